@@ -1,0 +1,73 @@
+"""What every job gets: the run context (rank, device, seeds, output) and the Job protocol.
+
+A job is a class registered in `JOBS`. The recipe's keys (all but the meta keys `job`, `seed`,
+`imports`, `_base_` and `_private` ones) are its constructor's keyword arguments, checked
+strictly against its signature. `run(ctx)` does the work; it runs on every rank.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+
+def derive_seed(seed: int, *parts: Any) -> int:
+    """A 63-bit seed derived from the recipe seed and any labels (rank, purpose, step ...)."""
+    text = ":".join(str(p) for p in (seed, *parts))
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little") >> 1
+
+
+@dataclass
+class RunContext:
+    recipe: dict = field(default_factory=dict)   # the resolved recipe, for saving beside outputs
+    recipe_file: str | None = None
+    seed: int = 0
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    launcher: str = "python"                     # python | torchrun | deepspeed
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    def generator(self, *purpose: Any, per_rank: bool = True, device: str | torch.device = "cpu") -> torch.Generator:
+        """A torch.Generator seeded from the recipe seed and `purpose` (and the rank, unless
+        per_rank=False: then every rank draws the same numbers)."""
+        parts = (*purpose, f"rank{self.rank}") if per_rank else purpose
+        g = torch.Generator(device=device)
+        g.manual_seed(derive_seed(self.seed, *parts))
+        return g
+
+    def barrier(self) -> None:
+        if self.distributed and torch.distributed.is_initialized():
+            torch.distributed.barrier()
+
+    def broadcast_object(self, obj: Any, src: int = 0) -> Any:
+        """Rank `src`'s value on every rank (random choices that change the number of forwards)."""
+        if not (self.distributed and torch.distributed.is_initialized()):
+            return obj
+        box = [obj]
+        torch.distributed.broadcast_object_list(box, src=src)
+        return box[0]
+
+
+class Job:
+    """Base class for registered jobs (optional: any class with `run(ctx)` will do)."""
+
+    def run(self, ctx: RunContext) -> None:  # pragma: no cover - interface
+        raise NotImplementedError
+
+
+def env_int(name: str, default: int) -> int:
+    value = os.environ.get(name)
+    return int(value) if value not in (None, "") else default

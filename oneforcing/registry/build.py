@@ -1,0 +1,244 @@
+"""Strict building of registered components from recipe configs.
+
+`build({"type": NAME, **kwargs}, REGISTRY)` looks NAME up and calls it with kwargs, after
+checking every kwarg against the component's signature: unknown keys, missing required keys
+and values of the wrong type (by the signature's annotations) are errors that name the recipe
+file and the dotted key path. Nested configs (a dict with `type`) are built recursively when
+the parameter's annotation asks for an object rather than a dict.
+"""
+
+from __future__ import annotations
+
+import collections.abc
+import difflib
+import inspect
+import os
+import types
+import typing
+from pathlib import Path
+from typing import Any, Literal, Union, get_args, get_origin
+
+from oneforcing.errors import RecipeError, UserError
+
+_EMPTY = inspect.Parameter.empty
+
+
+def _join(path: str, key: str | int) -> str:
+    if isinstance(key, int):
+        return f"{path}[{key}]"
+    return f"{path}.{key}" if path else key
+
+
+def _signature(obj) -> tuple[dict[str, inspect.Parameter], dict[str, Any], bool]:
+    """Parameters (minus self), resolved annotations, and whether it takes **kwargs."""
+    target = obj.__init__ if inspect.isclass(obj) else obj
+    sig = inspect.signature(target)
+    try:
+        hints = typing.get_type_hints(target)
+    except Exception:  # noqa: BLE001 - unresolvable annotations: check names only
+        hints = {}
+    params, var_kw = {}, False
+    for i, (name, p) in enumerate(sig.parameters.items()):
+        if inspect.isclass(obj) and i == 0 and name == "self":
+            continue
+        if p.kind is p.VAR_KEYWORD:
+            var_kw = True
+        elif p.kind is not p.VAR_POSITIONAL:
+            params[name] = p
+    return params, hints, var_kw
+
+
+def _type_name(ann: Any) -> str:
+    if isinstance(ann, type):
+        return ann.__name__
+    return str(ann).replace("typing.", "")
+
+
+def _wants_config_dict(ann: Any) -> bool:
+    """True when a parameter asks for a raw dict (the component builds it itself)."""
+    if ann is _EMPTY or ann is Any:
+        return False
+    origin = get_origin(ann) or ann
+    if origin in (dict, collections.abc.Mapping, collections.abc.MutableMapping):
+        return True
+    if origin in (Union, types.UnionType):
+        return any(_wants_config_dict(a) for a in get_args(ann) if a is not type(None))
+    return False
+
+
+def _matches(value: Any, ann: Any) -> bool:
+    if ann is _EMPTY or ann is Any or isinstance(ann, (str, typing.TypeVar)):
+        return True
+    origin = get_origin(ann)
+    args = get_args(ann)
+    if origin in (Union, types.UnionType):
+        return any(_matches(value, a) for a in args)
+    if origin is Literal:
+        return value in args
+    if ann is type(None) or ann is None:
+        return value is None
+    if ann is bool:
+        return isinstance(value, bool)
+    if ann is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if ann is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if ann in (Path, os.PathLike):
+        return isinstance(value, (str, os.PathLike))
+    if origin in (list, collections.abc.Sequence, collections.abc.Iterable):
+        if not isinstance(value, (list, tuple)):
+            return False
+        return not args or all(_matches(v, args[0]) for v in value)
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            return False
+        if not args:
+            return True
+        if len(args) == 2 and args[1] is Ellipsis:
+            return all(_matches(v, args[0]) for v in value)
+        return len(args) == len(value) and all(_matches(v, a) for v, a in zip(value, args))
+    if origin in (dict, collections.abc.Mapping):
+        if not isinstance(value, dict):
+            return False
+        return not args or all(_matches(v, args[1]) for v in value.values())
+    if origin is not None and isinstance(origin, type):
+        return isinstance(value, origin)
+    if isinstance(ann, type):
+        return isinstance(value, ann)
+    return True  # typing constructs we do not model (Callable, Protocol, ...)
+
+
+def _coerce(value: Any, ann: Any) -> Any:
+    """Small lossless conversions YAML cannot express: int -> float, list -> tuple, str -> Path."""
+    if ann is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if get_origin(ann) is tuple and isinstance(value, list):
+        return tuple(value)
+    if ann is Path and isinstance(value, str):
+        return Path(value)
+    return value
+
+
+def _is_component_cfg(value: Any) -> bool:
+    return isinstance(value, dict) and isinstance(value.get("type"), str)
+
+
+def _resolve_nested(value: Any, ann: Any, path: str, file: str | None, default_registry) -> Any:
+    """Build nested `{type: ...}` dicts (and lists of them) that an annotation asks for as objects."""
+    if _wants_config_dict(ann):
+        return value
+    if _is_component_cfg(value):
+        return build_from_any(value, path=path, file=file, prefer=default_registry, annotation=ann)
+    if isinstance(value, list) and value and all(_is_component_cfg(v) for v in value):
+        elem = get_args(ann)[0] if get_args(ann) else _EMPTY
+        if _wants_config_dict(elem):
+            return value
+        return [
+            build_from_any(v, path=_join(path, i), file=file, prefer=default_registry, annotation=elem)
+            for i, v in enumerate(value)
+        ]
+    return value
+
+
+def check_kwargs(obj, kwargs: dict, *, what: str, path: str = "", file: str | None = None,
+                 provided: tuple[str, ...] = (), registry=None) -> dict:
+    """Validate `kwargs` against `obj`'s signature; return them with nested configs built.
+
+    `provided` names parameters the caller passes at call time (not from the recipe)."""
+    params, hints, var_kw = _signature(obj)
+    out = {}
+    for key, value in kwargs.items():
+        key_path = _join(path, key)
+        if key not in params and not var_kw:
+            accepted = [p for p in params if p not in provided]
+            close = difflib.get_close_matches(key, accepted, n=1, cutoff=0.6)
+            hint = f" did you mean '{close[0]}'?" if close else ""
+            raise RecipeError(
+                f"{what} takes no key '{key}'.{hint} Accepted keys: {', '.join(accepted) or '(none)'}",
+                file=file, key=key_path,
+            )
+        ann = hints.get(key, params[key].annotation if key in params else _EMPTY)
+        value = _resolve_nested(value, ann, key_path, file, registry)
+        value = _coerce(value, ann)
+        if not _matches(value, ann):
+            shown = repr(value) if len(repr(value)) < 60 else repr(value)[:57] + "..."
+            raise RecipeError(
+                f"{what}: expected {_type_name(ann)}, got {type(value).__name__} {shown}",
+                file=file, key=key_path,
+            )
+        out[key] = value
+    missing = [
+        n for n, p in params.items()
+        if p.default is _EMPTY and n not in kwargs and n not in provided
+        and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+    ]
+    if missing:
+        raise RecipeError(
+            f"{what} needs key{'s' if len(missing) > 1 else ''} {', '.join(repr(m) for m in missing)}",
+            file=file, key=path or None,
+        )
+    return out
+
+
+def build(cfg: Any, registry, *, path: str = "", file: str | None = None, **provided) -> Any:
+    """Build `cfg = {type: NAME, ...}` from `registry`, strictly. `provided` are call-time
+    kwargs that do not come from the recipe (models, schedulers handed in by the trainer)."""
+    if not isinstance(cfg, dict):
+        raise RecipeError(
+            f"expected a mapping with a 'type' key naming one of the {registry.kind}, "
+            f"got {type(cfg).__name__} {cfg!r}", file=file, key=path or None,
+        )
+    if "type" not in cfg:
+        raise RecipeError(f"missing 'type' (one of the {registry.kind}: {', '.join(registry.names())})",
+                          file=file, key=path or None)
+    name = cfg["type"]
+    if not isinstance(name, str):
+        raise RecipeError(f"'type' must be a string, got {name!r}", file=file, key=_join(path, "type"))
+    if ":" in name:  # explicit "kind:name"
+        return build_from_any(cfg, path=path, file=file, **provided)
+    try:
+        obj = registry.get(name)
+    except UserError as err:
+        raise err.at(file=file, key=_join(path, "type")) from None
+    kwargs = {k: v for k, v in cfg.items() if k != "type"}
+    kwargs = check_kwargs(obj, kwargs, what=f"{registry.kind} '{name}'", path=path, file=file,
+                          provided=tuple(provided), registry=registry)
+    try:
+        return obj(**kwargs, **provided)
+    except UserError as err:
+        raise err.at(file=file, key=path or None) from None
+
+
+def build_from_any(cfg: dict, *, path: str = "", file: str | None = None, prefer=None,
+                   annotation: Any = _EMPTY, **provided) -> Any:
+    """Build a nested config whose registry is not fixed: `kind:name` says it explicitly;
+    otherwise the unique registry holding the name (the preferred one on a tie)."""
+    from oneforcing.registry import REGISTRIES, load_plugins
+
+    load_plugins()
+    name = cfg["type"]
+    if ":" in name:
+        kind, _, short = name.partition(":")
+        if kind not in REGISTRIES:
+            close = difflib.get_close_matches(kind, list(REGISTRIES), n=1)
+            hint = f" did you mean '{close[0]}'?" if close else ""
+            raise RecipeError(f"unknown registry kind '{kind}'.{hint} Kinds: {', '.join(REGISTRIES)}",
+                              file=file, key=_join(path, "type"))
+        return build({**cfg, "type": short}, REGISTRIES[kind], path=path, file=file, **provided)
+    holders = [r for r in REGISTRIES.values() if name in r]
+    if len(holders) > 1 and isinstance(annotation, type):
+        typed = [r for r in holders if inspect.isclass(r.get(name)) and issubclass(r.get(name), annotation)]
+        holders = typed or holders
+    if len(holders) > 1 and prefer is not None and prefer in holders:
+        holders = [prefer]
+    if len(holders) > 1:
+        kinds = ", ".join(f"'{r.kind}:{name}'" for r in holders)
+        raise RecipeError(f"'{name}' is registered in several kinds; write one of {kinds}",
+                          file=file, key=_join(path, "type"))
+    if not holders:
+        everything = sorted({n for r in REGISTRIES.values() for n in r.names()})
+        close = difflib.get_close_matches(name, everything, n=3, cutoff=0.5)
+        hint = f" did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+        raise RecipeError(f"unknown component '{name}'.{hint} (see `oneforcing list`)",
+                          file=file, key=_join(path, "type"))
+    return build(cfg, holders[0], path=path, file=file, **provided)

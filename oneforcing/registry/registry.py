@@ -1,0 +1,88 @@
+"""Named registries of components, with decorator registration and lazy plugin loading."""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from oneforcing.errors import RegistryError
+
+
+@dataclass(frozen=True)
+class Entry:
+    name: str
+    obj: Callable[..., Any]
+    source: str  # top-level package that registered it ("oneforcing", a plugin's package, ...)
+
+
+def _source_of(obj: Any) -> str:
+    module = inspect.getmodule(obj)
+    name = module.__name__ if module is not None else getattr(obj, "__module__", "?")
+    return (name or "?").split(".")[0]
+
+
+class Registry:
+    """A mapping from names to buildable components of one kind (losses, critics, ...)."""
+
+    def __init__(self, kind: str, doc: str = ""):
+        self.kind = kind
+        self.doc = doc
+        self._entries: dict[str, Entry] = {}
+
+    def register(self, name: str | None = None, *, replace: bool = False):
+        """Decorator: `@LOSSES.register("dmd")`. A second registration of a name is an error
+        unless `replace=True` (which is how a plugin deliberately overrides a built-in)."""
+
+        def decorator(obj):
+            key = name or obj.__name__
+            if key in self._entries and not replace and self._entries[key].obj is not obj:
+                prev = self._entries[key]
+                raise RegistryError(
+                    f"{self.kind} '{key}' is already registered by {prev.source} "
+                    f"({prev.obj.__module__}.{prev.obj.__qualname__}); "
+                    "pass replace=True to override it deliberately"
+                )
+            self._entries[key] = Entry(key, obj, _source_of(obj))
+            return obj
+
+        return decorator
+
+    def unregister(self, name: str) -> None:
+        self._entries.pop(name, None)
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._entries
+
+    def names(self) -> list[str]:
+        return sorted(self._entries)
+
+    def entries(self) -> list[Entry]:
+        return [self._entries[n] for n in self.names()]
+
+    def find(self, name: str) -> Entry | None:
+        """Look a name up without raising, loading plugins once on the first miss."""
+        if name not in self._entries:
+            from oneforcing.registry.plugins import load_plugins
+
+            load_plugins()
+        return self._entries.get(name)
+
+    def get(self, name: str) -> Callable[..., Any]:
+        entry = self.find(name)
+        if entry is None:
+            raise RegistryError(self.unknown_message(name))
+        return entry.obj
+
+    def unknown_message(self, name: str) -> str:
+        close = difflib.get_close_matches(name, self.names(), n=3, cutoff=0.5)
+        hint = f" did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+        known = ", ".join(self.names()) or "(none)"
+        return (
+            f"unknown {self.kind} '{name}'.{hint} Registered {self.kind}: {known} "
+            f"(see `oneforcing list {self.kind}`)"
+        )
+
+    def __repr__(self) -> str:
+        return f"Registry({self.kind!r}, {len(self._entries)} entries)"

@@ -1,0 +1,75 @@
+"""The flow-matching noise schedule with a timestep shift: the one place for x0/eps/v/x_t.
+
+Timesteps live on the 1000 grid. With shift k and u = t / 1000:
+    sigma(t) = k u / (1 + (k - 1) u)
+    x_t      = (1 - sigma) x0 + sigma eps
+    v        = eps - x0            (what the models predict)
+    x0       = x_t - sigma v,  eps = x_t + (1 - sigma) v
+Inference step lists are written on the un-shifted grid and warped by the shift, so
+[1000, 750, 500, 250] at k = 5 becomes [1000, 937.5, 833.3, 625.0].
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+from oneforcing.registry import SCHEDULERS
+
+
+def _bcast(s: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """Broadcast per-sample [B] or per-frame [B, F] sigmas over latents [B, F, C, H, W]."""
+    while s.dim() < like.dim():
+        s = s.unsqueeze(-1)
+    return s.to(like.dtype)
+
+
+@SCHEDULERS.register("flow_match")
+class FlowMatchScheduler:
+    def __init__(self, shift: float = 5.0, num_train_timesteps: int = 1000):
+        if shift <= 0:
+            raise ValueError(f"shift must be positive, got {shift}")
+        self.shift = float(shift)
+        self.num_train_timesteps = int(num_train_timesteps)
+
+    # --- the schedule -------------------------------------------------------------------
+    def warp(self, t):
+        """Shift a timestep on the 1000 grid: t -> 1000 * sigma(t)."""
+        return self.sigma(t) * self.num_train_timesteps
+
+    def sigma(self, t):
+        """sigma(t) for t on the 1000 grid (float, list or tensor); sigma(1000) = 1."""
+        if isinstance(t, (int, float)):
+            u = t / self.num_train_timesteps
+            return self.shift * u / (1 + (self.shift - 1) * u)
+        t = t.float() if torch.is_tensor(t) else torch.as_tensor(t, dtype=torch.float32)
+        u = t / self.num_train_timesteps
+        return self.shift * u / (1 + (self.shift - 1) * u)
+
+    def step_list(self, steps: Sequence[float], warp: bool = True) -> list[float]:
+        """An inference step list on the un-shifted 1000 grid, warped by the shift."""
+        return [float(self.warp(float(s))) if warp else float(s) for s in steps]
+
+    # --- conversions ----------------------------------------------------------------------
+    def add_noise(self, x0: torch.Tensor, eps: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        s = _bcast(self.sigma(t).to(x0.device), x0)
+        return (1 - s) * x0 + s * eps
+
+    @staticmethod
+    def velocity(x0: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+        return eps - x0
+
+    def x0_from_v(self, x_t: torch.Tensor, v: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        s = _bcast(self.sigma(t).to(x_t.device), x_t)
+        return x_t - s * v
+
+    def eps_from_v(self, x_t: torch.Tensor, v: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        s = _bcast(self.sigma(t).to(x_t.device), x_t)
+        return x_t + (1 - s) * v
+
+    def euler_step(self, x_t: torch.Tensor, v: torch.Tensor, t, t_next) -> torch.Tensor:
+        """One Euler step of the flow ODE dx/dsigma = v from t to t_next (t_next < t)."""
+        s = _bcast(self.sigma(t).to(x_t.device), x_t)
+        s_next = _bcast(self.sigma(t_next).to(x_t.device), x_t)
+        return x_t + (s_next - s) * v
