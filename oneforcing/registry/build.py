@@ -201,7 +201,7 @@ def build(cfg: Any, registry, *, path: str = "", file: str | None = None, **prov
     except UserError as err:
         raise err.at(file=file, key=_join(path, "type")) from None
     kwargs = {k: v for k, v in cfg.items() if k != "type"}
-    kwargs = check_kwargs(obj, kwargs, what=f"{registry.kind} '{name}'", path=path, file=file,
+    kwargs = check_kwargs(obj, kwargs, what=f"{registry.singular} '{name}'", path=path, file=file,
                           provided=tuple(provided), registry=registry)
     try:
         return obj(**kwargs, **provided)
@@ -226,6 +226,8 @@ def build_from_any(cfg: dict, *, path: str = "", file: str | None = None, prefer
                               file=file, key=_join(path, "type"))
         return build({**cfg, "type": short}, REGISTRIES[kind], path=path, file=file, **provided)
     holders = [r for r in REGISTRIES.values() if name in r]
+    if prefer is not None and name in prefer and prefer not in holders:
+        holders.append(prefer)  # a registry outside REGISTRIES (e.g. a plugin's own)
     if len(holders) > 1 and isinstance(annotation, type):
         typed = [r for r in holders if inspect.isclass(r.get(name)) and issubclass(r.get(name), annotation)]
         holders = typed or holders

@@ -24,7 +24,7 @@ BUILTIN_PACKAGES = (
     "oneforcing.data",
     "oneforcing.eval",
     "oneforcing.trainer",
-    "oneforcing.logging",
+    "oneforcing.loggers",
     "oneforcing.jobs",
 )
 

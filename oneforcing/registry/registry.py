@@ -30,6 +30,8 @@ class Registry:
         self.kind = kind
         self.doc = doc
         self._entries: dict[str, Entry] = {}
+        # "losses" -> "loss", "critics" -> "critic": how one entry is named in messages.
+        self.singular = kind[:-2] if kind.endswith("sses") else kind[:-1] if kind.endswith("s") else kind
 
     def register(self, name: str | None = None, *, replace: bool = False):
         """Decorator: `@LOSSES.register("dmd")`. A second registration of a name is an error

@@ -1,0 +1,121 @@
+"""The `oneforcing` console script: thin sugar over recipes and jobs.
+
+    oneforcing list [KIND]                 what is registered, and which package it came from
+    oneforcing show RECIPE [k=v ...]       the resolved recipe (bases merged, overrides applied)
+    oneforcing run RECIPE [k=v ...]        run a recipe on this process (same as recipes/run.py)
+    oneforcing JOB [RECIPE] [k=v ...]      run a registered job directly, e.g.
+                                           oneforcing toy-data out_dir=data/toy num_train=2000
+"""
+
+from __future__ import annotations
+
+import sys
+
+from oneforcing.errors import UserError
+
+USAGE = __doc__.split("\n", 2)[2]
+
+
+def strip_launcher_args(argv: list[str]) -> list[str]:
+    """Drop `--local_rank=N` / `--local_rank N` that the deepspeed launcher appends."""
+    out, skip = [], False
+    for i, arg in enumerate(argv):
+        if skip:
+            skip = False
+            continue
+        if arg.startswith("--local_rank=") or arg.startswith("--local-rank="):
+            continue
+        if arg in ("--local_rank", "--local-rank") and i + 1 < len(argv):
+            skip = True
+            continue
+        out.append(arg)
+    return out
+
+
+def split_recipe_args(args: list[str]) -> tuple[str | None, list[str]]:
+    """[RECIPE] [k=v ...] -> (recipe or None, overrides)."""
+    if args and "=" not in args[0]:
+        return args[0], args[1:]
+    return None, args
+
+
+def cmd_list(args: list[str]) -> int:
+    from oneforcing.registry import REGISTRIES, load_plugins, plugin_failures
+
+    load_plugins()
+    kinds = list(REGISTRIES)
+    if args:
+        kind = args[0].replace("-", "_")
+        if kind not in REGISTRIES:
+            import difflib
+
+            close = difflib.get_close_matches(kind, kinds, n=1)
+            hint = f" did you mean '{close[0]}'?" if close else ""
+            print(f"error: unknown kind '{args[0]}'.{hint} Kinds: {', '.join(kinds)}", file=sys.stderr)
+            return 2
+        kinds = [kind]
+    for kind in kinds:
+        reg = REGISTRIES[kind]
+        print(f"{kind}:" + ("" if reg.names() else " (none)"))
+        for entry in reg.entries():
+            doc = (entry.obj.__doc__ or "").strip().splitlines()
+            summary = doc[0] if doc else ""
+            print(f"  {entry.name:<28} [{entry.source}] {summary}")
+    for name, msg in plugin_failures.items():
+        print(f"plugin '{name}' failed to load: {msg}", file=sys.stderr)
+    return 0
+
+
+def cmd_show(args: list[str]) -> int:
+    from oneforcing.config import dump_recipe, load_recipe
+    from oneforcing.runner import prepare
+
+    if not args:
+        print("error: usage: oneforcing show RECIPE [key=value ...]", file=sys.stderr)
+        return 2
+    recipe_path, overrides = args[0], args[1:]
+    try:
+        recipe = load_recipe(recipe_path, overrides)
+        prepare(recipe_path, overrides)  # also validates every component against the registries
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return err.exit_code
+    print(dump_recipe(recipe), end="")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = strip_launcher_args(list(sys.argv[1:] if argv is None else argv))
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(USAGE)
+        return 0 if argv else 2
+    command, rest = argv[0], argv[1:]
+    if command == "list":
+        return cmd_list(rest)
+    if command == "show":
+        return cmd_show(rest)
+    from oneforcing.runner import run
+
+    if command == "run":
+        if not rest:
+            print("error: usage: oneforcing run RECIPE [key=value ...]", file=sys.stderr)
+            return 2
+        return run(rest[0], rest[1:])
+    from oneforcing.registry import JOBS, load_plugins
+
+    load_plugins()
+    job = command.replace("-", "_")
+    if job not in JOBS:
+        import difflib
+
+        names = ["list", "show", "run", *[n.replace("_", "-") for n in JOBS.names()]]
+        close = difflib.get_close_matches(command, names, n=1)
+        hint = f" did you mean '{close[0]}'?" if close else ""
+        print(f"error: unknown command '{command}'.{hint} Commands: {', '.join(names)}", file=sys.stderr)
+        return 2
+    recipe, overrides = split_recipe_args(rest)
+    return run(recipe, overrides, job_name=job)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

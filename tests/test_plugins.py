@@ -1,0 +1,100 @@
+"""Third-party components arrive through the `oneforcing.plugins` entry-point group."""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+
+def make_plugin(root, *, broken=False):
+    """A plugin package on disk with an entry-point dist-info (what pip install leaves behind)."""
+    pkg = root / "acme_critics"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text(textwrap.dedent('''
+        """Acme's critics for oneforcing."""
+        from oneforcing.registry import CRITICS
+
+        @CRITICS.register("acme_probe")
+        class AcmeProbe:
+            """A linear-probe critic from a third-party package."""
+
+            def __init__(self, layers: list[int] = (0,), width: int = 8):
+                self.layers, self.width = list(layers), width
+    '''))
+    eps = "[oneforcing.plugins]\nacme = acme_critics\n"
+    if broken:
+        (root / "broken_plugin.py").write_text("raise ImportError('needs libfoo >= 9')\n")
+        eps += "broken = broken_plugin\n"
+    dist = root / "acme_critics-0.1.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: acme-critics\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text(eps)
+    return root
+
+
+def run_cli(args, path, cwd):
+    env = {**os.environ, "PYTHONPATH": str(path)}
+    return subprocess.run([sys.executable, "-m", "oneforcing.cli", *args], capture_output=True, text=True,
+                          env=env, cwd=cwd, timeout=120)
+
+
+def test_plugin_critic_is_listed_with_its_package(tmp_path):
+    make_plugin(tmp_path)
+    proc = run_cli(["list", "critics"], tmp_path, tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    line = next(ln for ln in proc.stdout.splitlines() if "acme_probe" in ln)
+    assert "[acme_critics]" in line and "linear-probe" in line
+
+
+def test_plugin_critic_builds_from_a_recipe(tmp_path, monkeypatch):
+    from oneforcing.config import load_recipe
+    from oneforcing.registry import CRITICS, build, load_plugins
+
+    make_plugin(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    (tmp_path / "r.yaml").write_text("job: dist_check\ncritic: {type: acme_probe, layers: [21, 29]}\n")
+    load_plugins(force=True)
+    try:
+        critic = build(load_recipe(tmp_path / "r.yaml")["critic"], CRITICS, path="critic")
+        assert critic.layers == [21, 29] and type(critic).__module__ == "acme_critics"
+    finally:
+        CRITICS.unregister("acme_probe")
+        sys.modules.pop("acme_critics", None)
+
+
+def test_broken_plugin_is_one_line_and_the_rest_still_loads(tmp_path):
+    make_plugin(tmp_path, broken=True)
+    proc = run_cli(["list", "critics"], tmp_path, tmp_path)
+    assert proc.returncode == 0
+    assert "acme_probe" in proc.stdout
+    broken_lines = [ln for ln in proc.stderr.splitlines() if "broken" in ln]
+    assert broken_lines and all("needs libfoo >= 9" in ln for ln in broken_lines)
+    assert "Traceback" not in proc.stderr
+
+
+def test_recipe_imports_register_components(tmp_path, capsys):
+    from oneforcing.cli import main
+    from oneforcing.registry import JOBS
+
+    (tmp_path / "my_jobs.py").write_text(textwrap.dedent('''
+        from oneforcing.registry import JOBS
+
+        @JOBS.register("my_echo")
+        class MyEcho:
+            def __init__(self, text: str):
+                self.text = text
+
+            def run(self, ctx):
+                print("echo:", self.text)
+    '''))
+    (tmp_path / "r.yaml").write_text("job: my_echo\nimports: [my_jobs]\ntext: hi\n")
+    sys.path.insert(0, str(tmp_path))
+    try:
+        assert main(["run", str(tmp_path / "r.yaml")]) == 0
+        assert "echo: hi" in capsys.readouterr().out
+    finally:
+        sys.path.remove(str(tmp_path))
+        JOBS.unregister("my_echo")
+        sys.modules.pop("my_jobs", None)

@@ -1,0 +1,107 @@
+import pytest
+
+from oneforcing.errors import RecipeError, RegistryError
+from oneforcing.registry import Registry, build
+
+
+@pytest.fixture
+def reg():
+    r = Registry("things")
+
+    @r.register("adder")
+    class Adder:
+        """Adds."""
+
+        def __init__(self, weight: float, offset: int = 0, name: str | None = None, steps: list[int] = (1,)):
+            self.weight, self.offset, self.name, self.steps = weight, offset, name, steps
+
+    @r.register("pair")
+    class Pair:
+        def __init__(self, left: Adder, right: Adder | None = None, raw: dict | None = None):
+            self.left, self.right, self.raw = left, right, raw
+
+    @r.register("many")
+    class Many:
+        def __init__(self, items: list[Adder]):
+            self.items = items
+
+    return r
+
+
+def test_register_and_build(reg):
+    obj = build({"type": "adder", "weight": 2, "steps": [1, 2]}, reg)
+    assert obj.weight == 2.0 and isinstance(obj.weight, float)  # int is widened to float
+    assert obj.steps == [1, 2]
+
+
+def test_duplicate_name_is_an_error_unless_replaced(reg):
+    with pytest.raises(RegistryError, match="already registered"):
+        @reg.register("adder")
+        class Other:
+            pass
+
+    @reg.register("adder", replace=True)
+    class Replacement:
+        def __init__(self):
+            pass
+
+    assert isinstance(build({"type": "adder"}, reg), Replacement)
+
+
+def test_unknown_type_suggests_close_match(reg):
+    with pytest.raises(RegistryError) as exc:
+        build({"type": "addr", "weight": 1}, reg, file="r.yaml", path="losses[0]")
+    msg = str(exc.value)
+    assert "did you mean 'adder'" in msg and "r.yaml" in msg and "losses[0].type" in msg
+    assert "pair" in msg  # lists the registry's names
+
+
+def test_unknown_kwarg_names_file_and_dotted_path(reg):
+    with pytest.raises(RecipeError) as exc:
+        build({"type": "adder", "wieght": 1}, reg, file="r.yaml", path="generator_losses[1]")
+    msg = str(exc.value)
+    assert msg.startswith("r.yaml: generator_losses[1].wieght:")
+    assert "did you mean 'weight'" in msg
+
+
+def test_missing_required_kwarg(reg):
+    with pytest.raises(RecipeError, match="needs key 'weight'"):
+        build({"type": "adder"}, reg, file="r.yaml")
+
+
+@pytest.mark.parametrize("key,value", [("weight", "heavy"), ("offset", 1.5), ("offset", True),
+                                       ("name", 3), ("steps", [1, "x"])])
+def test_wrong_type_is_an_error(reg, key, value):
+    cfg = {"type": "adder", "weight": 1.0, key: value}
+    with pytest.raises(RecipeError, match=f"{key}: .*expected"):
+        build(cfg, reg, file="r.yaml")
+
+
+def test_nested_configs_are_built_recursively(reg):
+    pair = build({"type": "pair", "left": {"type": "adder", "weight": 1},
+                  "right": {"type": "adder", "weight": 3}, "raw": {"type": "kept", "x": 1}}, reg)
+    assert pair.left.weight == 1.0 and pair.right.weight == 3.0
+    assert pair.raw == {"type": "kept", "x": 1}  # a dict-annotated parameter keeps its dict
+    many = build({"type": "many", "items": [{"type": "adder", "weight": 1}, {"type": "adder", "weight": 2}]}, reg)
+    assert [i.weight for i in many.items] == [1.0, 2.0]
+
+
+def test_nested_error_carries_the_nested_path(reg):
+    with pytest.raises(RecipeError) as exc:
+        build({"type": "many", "items": [{"type": "adder", "weight": 1}, {"type": "adder", "wight": 2}]},
+              reg, file="r.yaml", path="critic")
+    assert "critic.items[1].wight" in str(exc.value)
+
+
+def test_provided_kwargs_are_not_recipe_keys(reg):
+    obj = build({"type": "adder"}, reg, weight=4.0)
+    assert obj.weight == 4.0
+
+
+def test_explicit_kind_prefix_uses_that_registry():
+    from oneforcing.registry import build_from_any
+
+    sched = build_from_any({"type": "schedulers:flow_match", "shift": 3})
+    assert sched.shift == 3.0
+    with pytest.raises(RecipeError, match="unknown registry kind"):
+        build_from_any({"type": "schedulrs:flow_match"})

@@ -1,0 +1,57 @@
+import pytest
+import torch
+
+from oneforcing.schedulers import FlowMatchScheduler, ShiftedUniformTimesteps
+
+
+def test_step_list_warp_matches_paper():
+    s = FlowMatchScheduler(shift=5.0)
+    assert s.step_list([1000, 750, 500, 250]) == pytest.approx([1000.0, 937.5, 833.3333, 625.0], abs=1e-3)
+
+
+def test_sigma_matches_diffusers_flow_match_scheduler():
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    ref = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=5.0)
+    # At construction diffusers holds the shifted sigmas of the un-shifted grid t = 1000 ... 1.
+    grid = torch.linspace(1, 1000, 1000).flip(0)
+    ours = FlowMatchScheduler(shift=5.0).sigma(grid)
+    torch.testing.assert_close(ours, ref.sigmas.float(), atol=1e-6, rtol=0)
+    torch.testing.assert_close(FlowMatchScheduler(shift=5.0).warp(grid), ref.timesteps.float(), atol=1e-3, rtol=0)
+
+
+def test_conversions_round_trip():
+    s = FlowMatchScheduler(shift=5.0)
+    x0, eps = torch.randn(2, 3, 4, 2, 2), torch.randn(2, 3, 4, 2, 2)
+    t = torch.tensor([937.5, 20.0])
+    x_t = s.add_noise(x0, eps, t)
+    v = s.velocity(x0, eps)
+    torch.testing.assert_close(s.x0_from_v(x_t, v, t), x0)
+    torch.testing.assert_close(s.eps_from_v(x_t, v, t), eps)
+    # Per-frame timesteps [B, F] broadcast the same way.
+    tf = t[:, None].expand(2, 3)
+    torch.testing.assert_close(s.add_noise(x0, eps, tf), x_t)
+    # An Euler step to t=0 with the true velocity lands on x0.
+    torch.testing.assert_close(s.euler_step(x_t, v, t, torch.zeros(2)), x0)
+
+
+def test_sigma_endpoints():
+    s = FlowMatchScheduler(shift=5.0)
+    assert s.sigma(1000.0) == pytest.approx(1.0) and s.sigma(0.0) == 0.0
+
+
+def test_shifted_uniform_sampler_range_and_shift():
+    sampler = ShiftedUniformTimesteps(shift=5.0, min_t=20, max_t=980)
+    t = sampler(20000, generator=torch.Generator().manual_seed(0))
+    assert t.shape == (20000,) and t.min() >= 20 and t.max() <= 980
+    # Shift 5 pushes mass to high t: P(t > 500) = P(u > 1/6) = 5/6.
+    assert (t > 500).float().mean().item() == pytest.approx(5 / 6, abs=0.01)
+    again = sampler(20000, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(t, again)
+
+
+def test_bad_schedule_arguments():
+    with pytest.raises(ValueError):
+        FlowMatchScheduler(shift=0)
+    with pytest.raises(ValueError):
+        ShiftedUniformTimesteps(min_t=900, max_t=100)
