@@ -13,10 +13,14 @@ os.environ.setdefault("DS_ACCELERATOR", "cpu")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+import torch  # noqa: E402
+
+# On a loaded 2-core machine, intra-op threads make tiny ops orders of magnitude slower.
+torch.set_num_threads(1)
+
+
 @pytest.fixture(autouse=True)
 def _deterministic():
-    import torch
-
     torch.manual_seed(0)
     yield
 

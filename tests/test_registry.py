@@ -105,3 +105,48 @@ def test_explicit_kind_prefix_uses_that_registry():
     assert sched.shift == 3.0
     with pytest.raises(RecipeError, match="unknown registry kind"):
         build_from_any({"type": "schedulrs:flow_match"})
+
+
+def test_int_to_float_inside_containers():
+    r = Registry("opts")
+
+    @r.register("adamw")
+    class Opt:
+        def __init__(self, betas: tuple[float, float] = (0.9, 0.999), lrs: list[float] | None = None):
+            self.betas, self.lrs = betas, lrs
+
+    opt = build({"type": "adamw", "betas": [0, 0.999], "lrs": [1, 2.5]}, r)
+    assert opt.betas == (0.0, 0.999) and all(type(b) is float for b in opt.betas)
+    assert opt.lrs == [1.0, 2.5] and type(opt.lrs[0]) is float
+
+
+def test_validate_checks_without_building(reg):
+    from oneforcing.registry import validate
+
+    built = []
+
+    @reg.register("loud")
+    class Loud:
+        def __init__(self, inner: object, n: int = 1):
+            built.append(self)
+
+    validate({"type": "loud", "inner": {"type": "adder", "weight": 1}, "n": 2}, reg)
+    assert built == []
+    with pytest.raises(RecipeError, match=r"x.inner.wieght"):
+        validate({"type": "loud", "inner": {"type": "adder", "wieght": 1}}, reg, path="x")
+    with pytest.raises(RecipeError, match=r"x.n: .*expected int"):
+        validate({"type": "loud", "inner": {"type": "adder", "weight": 1}, "n": "two"}, reg, path="x")
+    with pytest.raises(RecipeError, match="needs key 'inner'"):
+        validate({"type": "loud"}, reg)
+
+
+def test_optional_list_of_dicts_stays_raw(reg):
+    @reg.register("holder")
+    class Holder:
+        def __init__(self, cfgs: list[dict] | None = None, objs: list[object] | None = None):
+            self.cfgs, self.objs = cfgs, objs
+
+    h = build({"type": "holder", "cfgs": [{"type": "adder", "weight": 1}],
+               "objs": [{"type": "adder", "weight": 2}]}, reg)
+    assert h.cfgs == [{"type": "adder", "weight": 1}]
+    assert h.objs[0].weight == 2.0

@@ -109,11 +109,24 @@ def _matches(value: Any, ann: Any) -> bool:
 
 
 def _coerce(value: Any, ann: Any) -> Any:
-    """Small lossless conversions YAML cannot express: int -> float, list -> tuple, str -> Path."""
+    """Small lossless conversions YAML cannot express: int -> float (also inside lists and
+    tuples, so `betas: [0, 0.999]` becomes (0.0, 0.999)), list -> tuple, str -> Path."""
+    origin, args = get_origin(ann), get_args(ann)
     if ann is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
-    if get_origin(ann) is tuple and isinstance(value, list):
+    if origin in (Union, types.UnionType):
+        for option in args:
+            if _matches(value, option):
+                return _coerce(value, option)
+        return value
+    if origin is tuple and isinstance(value, (list, tuple)):
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(v, args[0]) for v in value)
+        if args and len(args) == len(value):
+            return tuple(_coerce(v, a) for v, a in zip(value, args))
         return tuple(value)
+    if origin is list and args and isinstance(value, list):
+        return [_coerce(v, args[0]) for v in value]
     if ann is Path and isinstance(value, str):
         return Path(value)
     return value
@@ -123,6 +136,22 @@ def _is_component_cfg(value: Any) -> bool:
     return isinstance(value, dict) and isinstance(value.get("type"), str)
 
 
+def _strip_optional(ann: Any) -> Any:
+    """`X | None` -> X (for a single non-None option)."""
+    if get_origin(ann) in (Union, types.UnionType):
+        options = [a for a in get_args(ann) if a is not type(None)]
+        if len(options) == 1:
+            return options[0]
+    return ann
+
+
+def _list_element(ann: Any) -> Any:
+    ann = _strip_optional(ann)
+    if get_origin(ann) in (list, tuple, collections.abc.Sequence) and get_args(ann):
+        return get_args(ann)[0]
+    return _EMPTY
+
+
 def _resolve_nested(value: Any, ann: Any, path: str, file: str | None, default_registry) -> Any:
     """Build nested `{type: ...}` dicts (and lists of them) that an annotation asks for as objects."""
     if _wants_config_dict(ann):
@@ -130,7 +159,7 @@ def _resolve_nested(value: Any, ann: Any, path: str, file: str | None, default_r
     if _is_component_cfg(value):
         return build_from_any(value, path=path, file=file, prefer=default_registry, annotation=ann)
     if isinstance(value, list) and value and all(_is_component_cfg(v) for v in value):
-        elem = get_args(ann)[0] if get_args(ann) else _EMPTY
+        elem = _list_element(ann)
         if _wants_config_dict(elem):
             return value
         return [
@@ -244,3 +273,43 @@ def build_from_any(cfg: dict, *, path: str = "", file: str | None = None, prefer
         raise RecipeError(f"unknown component '{name}'.{hint} (see `oneforcing list`)",
                           file=file, key=_join(path, "type"))
     return build(cfg, holders[0], path=path, file=file, **provided)
+
+
+def validate(cfg: Any, registry, *, path: str = "", file: str | None = None,
+             provided: tuple[str, ...] = ()) -> None:
+    """Check a config as `build` would (type, keys, value types, nested configs) without
+    constructing anything: jobs call it at construction so that `oneforcing show` and the first
+    seconds of a run catch every recipe mistake before any weights are loaded."""
+    if not isinstance(cfg, dict) or not isinstance(cfg.get("type"), str):
+        build(cfg, registry, path=path, file=file)  # raises the same error build would
+    name = cfg["type"]
+    if ":" in name:
+        from oneforcing.registry import REGISTRIES
+
+        kind, _, name = name.partition(":")
+        if kind not in REGISTRIES:
+            build_from_any(cfg, path=path, file=file)  # raises
+        registry = REGISTRIES[kind]
+    try:
+        obj = registry.get(name)
+    except UserError as err:
+        raise err.at(file=file, key=_join(path, "type")) from None
+    params, hints, var_kw = _signature(obj)
+    shallow = {k: v for k, v in cfg.items() if k != "type"}
+    for key, value in cfg.items():
+        if key == "type" or key not in params:
+            continue
+        ann = hints.get(key, params[key].annotation)
+        if _is_component_cfg(value) and not _wants_config_dict(ann):
+            validate(value, registry, path=_join(path, key), file=file)
+            shallow.pop(key)
+        elif isinstance(value, list) and value and all(_is_component_cfg(v) for v in value):
+            elem = _list_element(ann)
+            if not _wants_config_dict(elem):
+                for i, v in enumerate(value):
+                    validate(v, registry, path=_join(_join(path, key), i), file=file)
+                shallow.pop(key)
+    # Keys, required keys and plain value types (nested objects were checked above).
+    nested_ok = {k for k in cfg if k != "type" and k not in shallow}
+    check_kwargs(obj, shallow, what=f"{registry.singular} '{name}'", path=path, file=file,
+                 provided=tuple(provided) + tuple(nested_ok), registry=registry)

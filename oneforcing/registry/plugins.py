@@ -23,7 +23,6 @@ BUILTIN_PACKAGES = (
     "oneforcing.losses",
     "oneforcing.data",
     "oneforcing.eval",
-    "oneforcing.trainer",
     "oneforcing.loggers",
     "oneforcing.jobs",
 )

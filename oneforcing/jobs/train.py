@@ -1,0 +1,124 @@
+"""The `train` job: every method (teacher pre-training, ODE init, DMD, One-Forcing, ASD ...) is
+this job with different recipe lines. It validates the whole recipe at construction, then builds
+the roles, data and losses and hands them to `oneforcing.trainer.Trainer`."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+
+from oneforcing.errors import UserError
+from oneforcing.jobs.base import Job, RunContext
+from oneforcing.registry import (CRITICS, DATASETS, JOBS, LOSSES, MODELS, SAMPLERS, SCHEDULERS,
+                                 TEXT_ENCODERS, TIMESTEP_SAMPLERS, build, validate)
+
+log = logging.getLogger("oneforcing")
+
+ROLES = {"generator": MODELS, "critic": CRITICS, "real_score": MODELS}
+LOSS_META = ("weight", "name")  # per-loss keys the trainer reads; the rest go to the loss
+
+
+def _split_loss(cfg: dict) -> tuple[dict, float, str]:
+    body = {k: v for k, v in cfg.items() if k not in LOSS_META}
+    return body, float(cfg.get("weight", 1.0)), str(cfg.get("name", cfg.get("type")))
+
+
+@JOBS.register("train")
+class Train(Job):
+    """Train with the interleaved generator/critic schedule on DeepSpeed (or one role alone)."""
+
+    def __init__(self, run_dir: str, models: dict, data: dict, steps: int,
+                 generator_losses: list[dict] | None = None, critic_losses: list[dict] | None = None,
+                 generator_every: int = 5, sampler: dict | None = None,
+                 scheduler: dict | None = None, timesteps: dict | None = None,
+                 optim: dict | None = None, deepspeed: dict | None = None, ema: dict | None = None,
+                 checkpoint_every: int = 50, keep_last: int = 2, resume: str = "auto",
+                 text_encoder: dict | None = None, negative_prompt: str | None = None,
+                 loggers: list | None = None, export: dict | None = None, max_bad_steps: int = 3,
+                 log_every: int = 1, lora: dict | None = None):
+        from oneforcing.trainer.engines import DeepSpeedOptions, OptimizerConfig
+        from oneforcing.trainer.lora import LoraOptions
+
+        self.run_dir, self.steps, self.resume = run_dir, steps, resume
+        self.models = models
+        unknown = set(models) - set(ROLES)
+        if unknown:
+            raise UserError(f"unknown role '{sorted(unknown)[0]}' (roles: {', '.join(ROLES)})", key="models")
+        if "generator" not in models:
+            raise UserError("needs models.generator", key="models")
+        for role, cfg in models.items():
+            validate(cfg, ROLES[role], path=f"models.{role}")
+        self.data = data
+        validate(data, DATASETS, path="data")
+        self.generator_losses = generator_losses or []
+        self.critic_losses = critic_losses or []
+        if not self.generator_losses and not self.critic_losses:
+            raise UserError("needs generator_losses and/or critic_losses", key="generator_losses")
+        for key, losses in (("generator_losses", self.generator_losses), ("critic_losses", self.critic_losses)):
+            for i, cfg in enumerate(losses):
+                if not isinstance(cfg, dict):
+                    raise UserError(f"expected a loss config {{type: ...}}, got {cfg!r}", key=f"{key}[{i}]")
+                validate(_split_loss(cfg)[0], LOSSES, path=f"{key}[{i}]")
+        if self.critic_losses and "critic" not in models:
+            raise UserError("critic_losses need models.critic", key="critic_losses")
+        self.sampler = sampler
+        if sampler is not None:
+            validate(sampler, SAMPLERS, path="sampler")
+        self.scheduler = scheduler or {"type": "flow_match", "shift": 5.0}
+        validate(self.scheduler, SCHEDULERS, path="scheduler")
+        self.timesteps = timesteps or {"type": "shifted_uniform"}
+        validate(self.timesteps, TIMESTEP_SAMPLERS, path="timesteps")
+        self.text_encoder, self.negative_prompt = text_encoder, negative_prompt
+        if text_encoder is not None:
+            validate(text_encoder, TEXT_ENCODERS, path="text_encoder")
+        optim = optim or {}
+        extra_roles = set(optim) - {"generator", "critic"}
+        if extra_roles:
+            raise UserError(f"optim has no role '{sorted(extra_roles)[0]}' (generator, critic)", key="optim")
+        self.optim = {r: _dataclass_from(OptimizerConfig, optim.get(r, {}), f"optim.{r}") for r in ("generator", "critic")}
+        self.ds = _dataclass_from(DeepSpeedOptions, deepspeed or {}, "deepspeed")
+        self.ema_cfg = ema
+        if ema is not None and set(ema) - {"decay", "start_step"}:
+            raise UserError(f"unknown key(s) {sorted(set(ema) - {'decay', 'start_step'})} (decay, start_step)", key="ema")
+        self.lora = {r: _dataclass_from(LoraOptions, cfg, f"lora.{r}") for r, cfg in (lora or {}).items()}
+        if set(self.lora) - {"generator", "critic"}:
+            raise UserError("lora roles are generator and critic", key="lora")
+        self.checkpoint_every, self.keep_last = checkpoint_every, keep_last
+        self.generator_every, self.max_bad_steps, self.log_every = generator_every, max_bad_steps, log_every
+        self.loggers = loggers if loggers is not None else ["console", "jsonl"]
+        self.export = export
+        if export is not None and set(export) - {"dir", "merge_lora"}:
+            raise UserError("export keys are dir, merge_lora", key="export")
+
+    def run(self, ctx: RunContext) -> None:
+        from oneforcing.loggers import build_loggers
+        from oneforcing.trainer import build_trainer
+
+        trainer = build_trainer(self, ctx)
+        final_step = trainer.fit(self.resume)
+        if self.export and final_step >= self.steps:
+            from oneforcing.trainer.export import export_generator
+
+            export_generator(trainer, Path(self.export.get("dir", Path(self.run_dir) / "export")),
+                             merge_lora=bool(self.export.get("merge_lora", True)))
+
+
+def _dataclass_from(cls, cfg: dict, path: str):
+    import dataclasses
+
+    if not isinstance(cfg, dict):
+        raise UserError(f"expected a mapping, got {cfg!r}", key=path)
+    names = [f.name for f in dataclasses.fields(cls)]
+    for k in cfg:
+        if k not in names:
+            import difflib
+
+            close = difflib.get_close_matches(k, names, n=1)
+            hint = f" did you mean '{close[0]}'?" if close else ""
+            raise UserError(f"unknown key '{k}'.{hint} Keys: {', '.join(names)}", key=f"{path}.{k}")
+    from oneforcing.registry import check_kwargs
+
+    kwargs = check_kwargs(cls, dict(cfg), what=path, path=path)
+    return cls(**kwargs)

@@ -1,0 +1,51 @@
+"""Components for trainer tests and examples, registered only when imported
+(a recipe's `imports: [oneforcing.testing.train_fixtures]`)."""
+
+from __future__ import annotations
+
+import torch
+
+from oneforcing.jobs.base import derive_seed
+from oneforcing.registry import DATASETS, LOSSES
+
+
+@DATASETS.register("random_latents")
+class RandomLatents:
+    """An endless, rank-aware, resumable stream of random latents and prompt embeddings:
+    example i on rank r depends only on (seed, r, i), so a restored position replays exactly."""
+
+    def __init__(self, frames: int = 3, channels: int = 4, height: int = 4, width: int = 4,
+                 text_len: int = 6, text_dim: int = 24, batch_size: int = 1,
+                 rank: int = 0, world_size: int = 1, seed: int = 0):
+        self.shape = (frames, channels, height, width)
+        self.text_shape = (text_len, text_dim)
+        self.batch_size, self.rank, self.seed = batch_size, rank, seed
+        self.position = 0
+
+    def __iter__(self):
+        while True:
+            g = torch.Generator().manual_seed(derive_seed(self.seed, "data", self.rank, self.position))
+            self.position += 1
+            # A little structure (a per-sample mean) so a model can reduce its loss.
+            latents = torch.randn(self.batch_size, *self.shape, generator=g) * 0.5
+            latents = latents + torch.randn(self.batch_size, 1, 1, 1, 1, generator=g)
+            yield {"latents": latents, "text": torch.randn(self.batch_size, *self.text_shape, generator=g),
+                   "prompt": ["random"] * self.batch_size}
+
+    def state_dict(self) -> dict:
+        return {"position": self.position}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.position = int(state["position"])
+
+
+@LOSSES.register("nan_at_steps")
+class NanAtSteps:
+    """A zero loss that turns NaN at the listed steps (to test the trainer's bad-step handling)."""
+
+    def __init__(self, steps: list[int]):
+        self.steps = set(steps)
+
+    def __call__(self, s):
+        zero = 0.0 * s.generator(s.latents, torch.full((s.batch_size,), 500.0), s.text).mean()
+        return (zero + float("nan")) if s.step in self.steps else zero, {}

@@ -1,0 +1,105 @@
+"""The trainer: roles -> DeepSpeed engines, the interleaved loop, EMA, checkpoints, export.
+
+This package is the only place that knows about DeepSpeed, devices and precision.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+
+from oneforcing.jobs.base import RunContext, derive_seed
+from oneforcing.trainer.checkpoint import CheckpointManager
+from oneforcing.trainer.ema import EMA
+from oneforcing.trainer.engines import DeepSpeedOptions, FrozenRole, OptimizerConfig, TrainedRole
+from oneforcing.trainer.loop import Trainer, WeightedLoss
+
+log = logging.getLogger("oneforcing")
+
+__all__ = ["CheckpointManager", "DeepSpeedOptions", "EMA", "FrozenRole", "OptimizerConfig",
+           "TrainedRole", "Trainer", "WeightedLoss", "build_trainer"]
+
+
+def _build_module(cfg: dict, registry, *, role: str, seed: int, ds: DeepSpeedOptions, lora, ctx: RunContext):
+    from oneforcing.registry import build
+
+    # Same random init on every rank (weights that are not loaded from disk must agree).
+    torch.manual_seed(derive_seed(seed, "init", role))
+    module = build(cfg, registry, path=f"models.{role}")
+    if lora is not None:
+        from oneforcing.trainer.lora import apply_lora
+
+        apply_lora(module, lora, role)
+    if ds.gradient_checkpointing and hasattr(module, "enable_gradient_checkpointing"):
+        module.enable_gradient_checkpointing()
+    return module.to(device=ctx.device, dtype=ds.dtype)
+
+
+def build_trainer(job, ctx: RunContext) -> Trainer:
+    """Build everything a `train` recipe names (see oneforcing/jobs/train.py for the keys)."""
+    from oneforcing.config import dump_recipe
+    from oneforcing.loggers import build_loggers
+    from oneforcing.registry import (DATASETS, LOSSES, SAMPLERS, SCHEDULERS, TEXT_ENCODERS,
+                                     TIMESTEP_SAMPLERS, build)
+    from oneforcing.jobs.train import ROLES, _split_loss
+
+    run_dir = Path(job.run_dir)
+    if ctx.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "recipe.yaml").write_text(dump_recipe(ctx.recipe))
+    ctx.barrier()
+
+    ds = job.ds
+    modules = {role: _build_module(cfg, ROLES[role], role=role, seed=ctx.seed, ds=ds,
+                                   lora=job.lora.get(role), ctx=ctx)
+               for role, cfg in job.models.items()}
+    generator = TrainedRole("generator", modules["generator"], job.optim["generator"], ds)
+    critic = TrainedRole("critic", modules["critic"], job.optim["critic"], ds) if "critic" in modules else None
+    real_score = FrozenRole("real_score", modules["real_score"], ds) if "real_score" in modules else None
+
+    data = build(job.data, DATASETS, path="data", **_data_kwargs(job.data, ctx))
+    sampler = build(job.sampler, SAMPLERS, path="sampler") if job.sampler else None
+    scheduler = build(job.scheduler, SCHEDULERS, path="scheduler")
+    timesteps = build(job.timesteps, TIMESTEP_SAMPLERS, path="timesteps")
+
+    uncond = None
+    if job.text_encoder is not None:
+        encoder = build(job.text_encoder, TEXT_ENCODERS, path="text_encoder")
+        negative = job.negative_prompt if job.negative_prompt is not None else encoder.negative_prompt
+        with torch.no_grad():
+            uncond = encoder.encode([negative]).to(ctx.device, ds.dtype)
+        del encoder
+
+    def losses(key: str, cfgs: list[dict]) -> list[WeightedLoss]:
+        out = []
+        for i, cfg in enumerate(cfgs):
+            body, weight, name = _split_loss(cfg)
+            out.append(WeightedLoss(name, build(body, LOSSES, path=f"{key}[{i}]"), weight))
+        return out
+
+    ema = EMA(generator.module, **(job.ema_cfg or {})) if job.ema_cfg is not None else None
+    checkpoints = CheckpointManager(run_dir / "checkpoints", rank=ctx.rank, world_size=ctx.world_size,
+                                    keep_last=job.keep_last, barrier=ctx.barrier)
+    trainer = Trainer(ctx=ctx, generator=generator, critic=critic, real_score=real_score,
+                   generator_losses=losses("generator_losses", job.generator_losses),
+                   critic_losses=losses("critic_losses", job.critic_losses), data=data, sampler=sampler,
+                   scheduler=scheduler, timesteps=timesteps, uncond_text=uncond, ema=ema,
+                   checkpoints=checkpoints, loggers=build_loggers(job.loggers, ctx.rank), steps=job.steps,
+                   generator_every=job.generator_every, checkpoint_every=job.checkpoint_every,
+                   max_bad_steps=job.max_bad_steps, log_every=job.log_every, config=ctx.recipe,
+                   run_dir=str(run_dir))
+    trainer.lora = job.lora
+    return trainer
+
+
+def _data_kwargs(cfg: dict, ctx: RunContext) -> dict:
+    """Rank, world size and seed for datasets that take them (the rank-aware loaders do)."""
+    import inspect
+
+    from oneforcing.registry import DATASETS
+
+    params = inspect.signature(DATASETS.get(cfg["type"])).parameters
+    given = {"rank": ctx.rank, "world_size": ctx.world_size, "seed": ctx.seed}
+    return {k: v for k, v in given.items() if k in params and k not in cfg}

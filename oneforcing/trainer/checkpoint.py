@@ -1,0 +1,115 @@
+"""Atomic, pickle-free, multi-rank checkpoints with a `latest` pointer and retention.
+
+Layout under `run_dir/checkpoints/`:
+    step_00000050/meta.json             step, world size, what each rank saved
+    step_00000050/rank0/generator.{safetensors,json} ...   each rank's own shard of the state
+    latest                               JSON naming the newest complete checkpoint
+A checkpoint is written into `.tmp-step_N/` and renamed into place only once every rank has
+finished writing, so `latest` can only ever name a complete checkpoint; a run killed mid-write
+leaves a `.tmp-*` directory that the next run deletes.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from oneforcing.errors import UserError
+from oneforcing.trainer.state_io import load_state, save_state, write_json_atomic
+
+FORMAT = "oneforcing-checkpoint-v1"
+
+
+class CheckpointManager:
+    def __init__(self, root: str | Path, *, rank: int, world_size: int, keep_last: int | None = 2,
+                 barrier: Callable[[], None] = lambda: None):
+        self.root = Path(root)
+        self.rank, self.world_size = rank, world_size
+        self.keep_last = keep_last
+        self.barrier = barrier
+
+    @staticmethod
+    def dirname(step: int) -> str:
+        return f"step_{step:08d}"
+
+    def clean_partial(self) -> None:
+        """Remove directories left by a run killed while writing (rank 0 only)."""
+        if self.rank == 0 and self.root.exists():
+            for tmp in self.root.glob(".tmp-step_*"):
+                shutil.rmtree(tmp, ignore_errors=True)
+        self.barrier()
+
+    def save(self, step: int, states: dict[str, Any], extra: dict | None = None) -> Path:
+        """Every rank calls this with its own `states` ({name: nested state})."""
+        final = self.root / self.dirname(step)
+        tmp = self.root / f".tmp-{self.dirname(step)}"
+        if self.rank == 0:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+        self.barrier()
+        for name, state in states.items():
+            save_state(tmp / f"rank{self.rank}" / name, state)
+        self.barrier()
+        if self.rank == 0:
+            meta = {"format": FORMAT, "step": step, "world_size": self.world_size,
+                    "states": sorted(states), "time": time.time(), **(extra or {})}
+            write_json_atomic(tmp / "meta.json", meta)
+            if final.exists():  # the same step saved again (e.g. re-running a finished schedule)
+                old = self.root / f".old-{final.name}"
+                final.rename(old)
+                shutil.rmtree(old, ignore_errors=True)
+            tmp.rename(final)
+            write_json_atomic(self.root / "latest", {"checkpoint": final.name, "step": step})
+            self._prune()
+        self.barrier()
+        return final
+
+    def _prune(self) -> None:
+        if not self.keep_last or self.keep_last <= 0:
+            return
+        done = sorted(p for p in self.root.glob("step_*") if (p / "meta.json").exists())
+        for old in done[: -self.keep_last]:
+            shutil.rmtree(old, ignore_errors=True)
+
+    def latest(self) -> Path | None:
+        pointer = self.root / "latest"
+        if not pointer.exists():
+            return None
+        try:
+            name = json.loads(pointer.read_text())["checkpoint"]
+        except (ValueError, KeyError):
+            raise UserError(f"checkpoint pointer {pointer} is unreadable; delete it or pass resume=PATH") from None
+        path = self.root / name
+        return path if (path / "meta.json").exists() else None
+
+    def resolve(self, resume: str | None) -> Path | None:
+        """`auto` -> latest if any; `none`/None -> fresh start; otherwise a checkpoint directory."""
+        if resume in (None, "none", "never", False):
+            return None
+        if resume == "auto":
+            return self.latest()
+        path = Path(resume)
+        if path.is_dir() and (path / "latest").exists():  # a checkpoints/ root or a run dir
+            path = CheckpointManager(path, rank=self.rank, world_size=self.world_size).latest() or path
+        elif path.is_dir() and (path / "checkpoints" / "latest").exists():
+            path = CheckpointManager(path / "checkpoints", rank=0, world_size=1).latest() or path
+        if not (path / "meta.json").exists():
+            raise UserError(f"resume: '{resume}' is not a complete oneforcing checkpoint (no meta.json)")
+        return path
+
+    def load(self, path: Path, names: list[str]) -> tuple[dict[str, Any], dict]:
+        meta = json.loads((path / "meta.json").read_text())
+        if meta.get("format") != FORMAT:
+            raise UserError(f"resume: {path} has format {meta.get('format')!r}, expected {FORMAT!r}")
+        if meta["world_size"] != self.world_size:
+            raise UserError(f"resume: {path} was written by {meta['world_size']} ranks; this run has "
+                            f"{self.world_size} (resume with the same number of ranks)")
+        missing = [n for n in names if n not in meta["states"]]
+        if missing:
+            raise UserError(f"resume: {path} has no state for {', '.join(missing)} "
+                            f"(it holds {', '.join(meta['states'])}); is it from a different recipe?")
+        states = {n: load_state(path / f"rank{self.rank}" / n) for n in names}
+        return states, meta

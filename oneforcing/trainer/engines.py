@@ -1,0 +1,252 @@
+"""Roles -> DeepSpeed engines. The only module in the project that talks to DeepSpeed.
+
+A trained role (generator, critic) becomes a DeepSpeed engine with its own AdamW; a frozen role
+(real_score) becomes a ZeRO-3 inference engine or stays a plain module. Models are always
+*called* as `role.module(...)`, never `engine(...)`: the engine's own forward registers output
+hooks that would make a backward through the frozen critic (the GAN generator loss) look like a
+second engine's backward. ZeRO-3's parameter gathering lives on the module's hooks and works
+either way (checked against plain torch AdamW to the last bit in tests/test_trainer_engines.py).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import sys
+from dataclasses import dataclass, field
+
+import torch
+
+from oneforcing.errors import UserError
+
+log = logging.getLogger("oneforcing")
+
+
+def import_deepspeed():
+    """Import DeepSpeed, keeping it from JIT-building its shared-memory op on CPU (~30-90 s):
+    the gloo process group we create ourselves does the communication instead."""
+    import warnings
+
+    import deepspeed
+    import deepspeed.comm.torch  # noqa: F401 - the module whose builder we replace
+
+    # DeepSpeed 0.19 calls collectives that torch 2.13 deprecates, once per call: pure noise.
+    warnings.filterwarnings("ignore", message=r".*torch\.distributed\.\w+` is deprecated", category=FutureWarning)
+
+    if not torch.cuda.is_available():
+        sys.modules["deepspeed.comm.torch"].build_shm_op = lambda: None
+    if not torch.distributed.is_initialized():
+        # DeepSpeed needs a process group even alone: a one-rank group on a free local port.
+        import socket
+
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        for var, value in (("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1")):
+            os.environ.setdefault(var, value)  # DeepSpeed reads these even for one process
+        torch.distributed.init_process_group(backend, init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
+    return deepspeed
+
+
+@dataclass
+class OptimizerConfig:
+    """AdamW and its schedule for one trained role (recipe: `optim.generator`, `optim.critic`)."""
+
+    lr: float = 1e-5
+    betas: tuple[float, float] = (0.0, 0.999)
+    weight_decay: float = 0.01
+    eps: float = 1e-8
+    warmup_steps: int = 0
+    grad_clip: float = 10.0
+
+    def lr_at(self, update: int) -> float:
+        """Linear warm-up over `warmup_steps` optimizer updates, then constant."""
+        if self.warmup_steps > 0 and update < self.warmup_steps:
+            return self.lr * (update + 1) / self.warmup_steps
+        return self.lr
+
+
+@dataclass
+class DeepSpeedOptions:
+    """Recipe key `deepspeed:`; mapped onto a DeepSpeed config dict by `to_config`."""
+
+    zero_stage: int = 3
+    precision: str = "fp32"            # fp32 | bf16
+    offload_optimizer: bool = False
+    offload_params: bool = False
+    micro_batch_size: int = 1
+    gradient_accumulation: int = 1
+    gradient_checkpointing: bool = False
+    frozen_engine: bool = True         # real_score as a ZeRO-3 inference engine (else a plain module)
+    extra: dict = field(default_factory=dict)  # raw DeepSpeed keys merged last
+
+    def __post_init__(self):
+        if self.zero_stage not in (0, 3):
+            raise UserError(f"deepspeed.zero_stage: {self.zero_stage} is not supported (use 3, or 0 for no sharding)")
+        if self.precision not in ("fp32", "bf16"):
+            raise UserError(f"deepspeed.precision: '{self.precision}' is not one of fp32, bf16")
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return torch.bfloat16 if self.precision == "bf16" else torch.float32
+
+    def to_config(self, grad_clip: float | None = None, *, trained: bool = True) -> dict:
+        zero: dict = {"stage": self.zero_stage}
+        if self.zero_stage == 3:
+            zero.update({"stage3_param_persistence_threshold": 0, "stage3_max_live_parameters": 1e9,
+                         "stage3_prefetch_bucket_size": 5e7})
+            if self.offload_params:
+                zero["offload_param"] = {"device": "cpu", "pin_memory": torch.cuda.is_available()}
+            if self.offload_optimizer and trained:
+                zero["offload_optimizer"] = {"device": "cpu", "pin_memory": torch.cuda.is_available()}
+        cfg = {
+            "train_micro_batch_size_per_gpu": self.micro_batch_size,
+            "gradient_accumulation_steps": self.gradient_accumulation,
+            "zero_optimization": zero,
+            "bf16": {"enabled": self.precision == "bf16"},
+            "steps_per_print": 10**12,
+            "wall_clock_breakdown": False,
+            "zero_allow_untested_optimizer": True,
+        }
+        if grad_clip:
+            cfg["gradient_clipping"] = grad_clip
+        return _deep_update(cfg, self.extra)
+
+
+def _deep_update(base: dict, top: dict) -> dict:
+    out = dict(base)
+    for k, v in top.items():
+        out[k] = _deep_update(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def is_partitioned(param: torch.nn.Parameter) -> bool:
+    return hasattr(param, "ds_id")
+
+
+class TrainedRole:
+    """A trained model: its DeepSpeed engine, optimizer schedule, and checkpointable state."""
+
+    def __init__(self, name: str, module: torch.nn.Module, optim: OptimizerConfig, ds: DeepSpeedOptions):
+        deepspeed = import_deepspeed()
+        self.name, self.optim, self.ds = name, optim, ds
+        params = [p for p in module.parameters() if p.requires_grad]
+        if not params:
+            raise UserError(f"models.{name}: has no trainable parameters")
+        optimizer = torch.optim.AdamW(params, lr=optim.lr, betas=tuple(float(b) for b in optim.betas),
+                                      weight_decay=optim.weight_decay, eps=optim.eps)
+        self.engine, *_ = deepspeed.initialize(model=module, optimizer=optimizer,
+                                               config=ds.to_config(optim.grad_clip))
+        self.module = self.engine.module
+        self.updates = 0  # optimizer updates taken (drives the LR schedule)
+        self._trainable = [p for p in self.module.parameters() if p.requires_grad]
+        log_partitioning(name, self.module, ds)
+
+    @contextlib.contextmanager
+    def frozen(self):
+        """Parameters stop requiring grad: a backward through this model reaches its inputs only."""
+        for p in self._trainable:
+            p.requires_grad_(False)
+        try:
+            yield self.module
+        finally:
+            for p in self._trainable:
+                p.requires_grad_(True)
+
+    def backward(self, loss: torch.Tensor) -> None:
+        self.engine.backward(loss)
+
+    def step(self) -> float:
+        """Apply the update (DeepSpeed clips and skips non-finite gradients); returns the grad norm."""
+        lr = self.optim.lr_at(self.updates)
+        for group in self.engine.optimizer.param_groups:
+            group["lr"] = lr
+        self.engine.step()
+        norm = self.engine.get_global_grad_norm()
+        norm = float(norm) if norm is not None else float("nan")
+        if math.isfinite(norm):
+            self.updates += 1
+        return norm
+
+    @property
+    def lr(self) -> float:
+        return self.optim.lr_at(self.updates)
+
+    # --- checkpoint state (this rank's shard) -----------------------------------------------
+    def state_dict(self) -> dict:
+        state = {"updates": self.updates, "optimizer": _engine_optimizer_state(self.engine)}
+        if self.ds.zero_stage != 3:  # ZeRO-3 master weights live in the optimizer state
+            state["module"] = {k: v for k, v in self.module.state_dict().items()}
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        self.updates = int(state["updates"])
+        if "module" in state:
+            self.module.load_state_dict(state["module"])
+        _load_engine_optimizer_state(self.engine, state["optimizer"])
+
+
+def _engine_optimizer_state(engine) -> dict:
+    sd = engine.optimizer.state_dict()
+    sd = {k: v for k, v in sd.items() if k != "loss_scaler"}  # an object; fp32/bf16 use no scaling
+    return sd
+
+
+def _load_engine_optimizer_state(engine, sd: dict) -> None:
+    opt = engine.optimizer
+    if hasattr(opt, "fp32_partitioned_groups_flat"):  # ZeRO-3
+        from deepspeed.runtime.zero.config import ZeroStageEnum
+
+        sd = {**sd, "loss_scaler": opt.loss_scaler, "zero_stage": ZeroStageEnum(sd["zero_stage"])}
+        rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
+        world = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
+        state_list = [sd if r == rank else None for r in range(world)]
+        opt.load_state_dict(state_list, load_optimizer_states=True, load_from_fp32_weights=True)
+    else:
+        opt.load_state_dict(sd)
+
+
+class FrozenRole:
+    """A frozen model (the real score): ZeRO-3 inference engine or plain module, eval, no grad."""
+
+    def __init__(self, name: str, module: torch.nn.Module, ds: DeepSpeedOptions):
+        self.name = name
+        module.requires_grad_(False)
+        module.eval()
+        if ds.zero_stage == 3 and ds.frozen_engine:
+            deepspeed = import_deepspeed()
+            cfg = ds.to_config(None, trained=False)
+            self.engine, *_ = deepspeed.initialize(model=module, config=cfg)
+            self.module = self.engine.module
+        else:
+            self.engine, self.module = None, module
+        log_partitioning(name, self.module, ds)
+
+
+def local_numel(module: torch.nn.Module) -> tuple[int, int]:
+    """(parameters in the model, parameters held by this rank)."""
+    total = held = 0
+    for p in module.parameters():
+        full = p.ds_numel if is_partitioned(p) else p.numel()
+        total += full
+        held += p.ds_tensor.numel() if is_partitioned(p) else full
+    return total, held
+
+
+def log_partitioning(name: str, module: torch.nn.Module, ds: DeepSpeedOptions) -> None:
+    total, held = local_numel(module)
+    world = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
+    how = f"ZeRO-{ds.zero_stage} over {world} rank{'s' if world > 1 else ''}" if ds.zero_stage else "not sharded"
+    log.info("%s: %s parameters, this rank holds %s (%s, %s)", name, f"{total:,}", f"{held:,}", how, ds.precision)
+
+
+def gathered(module: torch.nn.Module):
+    """Context in which a ZeRO-3 module's parameters are whole (for export / inspection)."""
+    params = [p for p in module.parameters() if is_partitioned(p)]
+    if not params:
+        return contextlib.nullcontext()
+    deepspeed = import_deepspeed()
+    return deepspeed.zero.GatheredParameters(params, modifier_rank=None)

@@ -1,0 +1,225 @@
+"""The training loop, top to bottom.
+
+    for step in steps:
+        if generator_losses and step % generator_every == 0:
+            generator update on its own minibatch, critic frozen        (phase "generator")
+        if critic_losses:
+            critic update on its own minibatch                          (phase "critic")
+        log; checkpoint every N steps; stop on SIGTERM/SIGINT with a checkpoint
+
+A phase's loss is the weighted sum of its registered losses. A non-finite loss on any rank skips
+that phase's update on every rank; DeepSpeed skips non-finite gradients itself; `max_bad_steps`
+bad updates in a row stop the run, leaving the last good checkpoint in place.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import random
+import signal
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+
+from oneforcing.errors import UserError
+from oneforcing.jobs.base import RunContext
+from oneforcing.trainer.checkpoint import CheckpointManager
+from oneforcing.trainer.ema import EMA
+from oneforcing.trainer.engines import FrozenRole, TrainedRole
+from oneforcing.trainer.step import StepContext
+
+log = logging.getLogger("oneforcing")
+
+
+@dataclass
+class WeightedLoss:
+    name: str          # label in logs, e.g. "dmd"
+    fn: Callable       # the registered loss object
+    weight: float = 1.0
+
+
+class TooManyBadSteps(UserError):
+    pass
+
+
+class Trainer:
+    def __init__(self, *, ctx: RunContext, generator: TrainedRole, critic: TrainedRole | None,
+                 real_score: FrozenRole | None, generator_losses: list[WeightedLoss],
+                 critic_losses: list[WeightedLoss], data, sampler, scheduler, timesteps,
+                 uncond_text: torch.Tensor | None, ema: EMA | None, checkpoints: CheckpointManager,
+                 loggers, steps: int, generator_every: int = 5, checkpoint_every: int = 50,
+                 max_bad_steps: int = 3, log_every: int = 1, config: dict | None = None,
+                 run_dir: str | None = None):
+        self.ctx = ctx
+        self.roles = {"generator": generator, "critic": critic}
+        self.real_score = real_score
+        self.losses = {"generator": generator_losses, "critic": critic_losses}
+        if critic_losses and critic is None:
+            raise UserError("critic_losses are set but models.critic is not")
+        self.data, self.sampler = data, sampler
+        self.scheduler, self.timesteps, self.uncond_text = scheduler, timesteps, uncond_text
+        self.ema, self.checkpoints, self.loggers = ema, checkpoints, loggers
+        self.steps, self.generator_every = steps, max(1, generator_every)
+        self.checkpoint_every, self.max_bad_steps, self.log_every = checkpoint_every, max_bad_steps, log_every
+        self.config, self.run_dir = config or {}, run_dir
+        self.step = 0
+        self.bad_in_a_row = 0
+        self._stop_signal: int | None = None
+        self._data_iter = None
+        self._batch_size = 0
+
+    # --- the loop ------------------------------------------------------------------------
+    def fit(self, resume: str | None = "auto") -> int:
+        self.checkpoints.clean_partial()
+        self._resume(resume)
+        self.loggers.start(self.run_dir, self.config, self.steps, self.step)
+        previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            while self.step < self.steps:
+                t0 = time.perf_counter()
+                metrics: dict[str, float] = {}
+                if self.losses["generator"] and self.step % self.generator_every == 0:
+                    metrics.update(self._phase("generator"))
+                if self.losses["critic"]:
+                    metrics.update(self._phase("critic"))
+                self.step += 1
+                metrics["time/step_s"] = time.perf_counter() - t0
+                metrics["time/samples_per_s"] = self._batch_size * self.ctx.world_size / metrics["time/step_s"]
+                if self.step % self.log_every == 0 or self.step == self.steps:
+                    self.loggers.log(self.step, metrics)
+                stop = self._agreed_stop()
+                if self.step % self.checkpoint_every == 0 or self.step == self.steps or stop:
+                    self.save()
+                if stop:
+                    log.info("stopped by signal %s at step %d; checkpoint written", stop, self.step)
+                    break
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+            self.loggers.close()
+        return self.step
+
+    def _phase(self, phase: str) -> dict[str, float]:
+        role: TrainedRole = self.roles[phase]
+        critic = self.roles["critic"]
+        batch = self._next_batch()
+        self._batch_size = batch["text"].shape[0]
+        rng = self.ctx.generator("train", self.step, phase)
+        freeze = critic.frozen() if (phase == "generator" and critic is not None) else contextlib.nullcontext()
+        with freeze:
+            s = StepContext(step=self.step, phase=phase, batch=batch, generator=self.roles["generator"].module,
+                            critic=critic.module if critic else None,
+                            real_score=self.real_score.module if self.real_score else None,
+                            scheduler=self.scheduler, timesteps=self.timesteps, sampler=self.sampler,
+                            uncond_text=self.uncond_text, rng=rng, ctx=self.ctx, next_batch=self._next_batch)
+            total, figures = self._weighted_sum(phase, s)
+            ok = self._all_finite(total)
+            if ok:
+                role.backward(total)
+        metrics = {f"{phase}/{k}": v for k, v in figures.items()}
+        metrics[f"{phase}/lr"] = role.lr
+        if ok:
+            grad_norm = role.step()
+            ok = math.isfinite(grad_norm)
+            metrics[f"{phase}/grad_norm"] = grad_norm
+        if ok:
+            self.bad_in_a_row = 0
+            if phase == "generator" and self.ema is not None:
+                self.ema.update(self.step)
+        else:
+            self.bad_in_a_row += 1
+            log.warning("step %d: non-finite %s loss or gradient; update skipped on every rank (%d in a row)",
+                        self.step, phase, self.bad_in_a_row)
+            if self.bad_in_a_row >= self.max_bad_steps:
+                raise TooManyBadSteps(f"{self.bad_in_a_row} bad updates in a row (max_bad_steps="
+                                      f"{self.max_bad_steps}); stopped at step {self.step}, the last good "
+                                      f"checkpoint is kept in {self.checkpoints.root}")
+        return metrics
+
+    def _weighted_sum(self, phase: str, s: StepContext) -> tuple[torch.Tensor, dict[str, float]]:
+        total = None
+        figures: dict[str, float] = {}
+        for item in self.losses[phase]:
+            value, extra = item.fn(s)
+            figures[item.name] = float(value.detach())
+            figures.update({f"{item.name}/{k}": float(v) for k, v in (extra or {}).items()})
+            term = item.weight * value.float()
+            total = term if total is None else total + term
+        figures["loss"] = float(total.detach())
+        return total, figures
+
+    # --- agreement across ranks ------------------------------------------------------------
+    def _all_finite(self, value: torch.Tensor) -> bool:
+        bad = torch.tensor([0.0 if torch.isfinite(value.detach()).all() else 1.0])
+        if self.ctx.distributed:
+            torch.distributed.all_reduce(bad, op=torch.distributed.ReduceOp.MAX)
+        return bad.item() == 0.0
+
+    def _on_signal(self, signum, frame) -> None:
+        if self._stop_signal is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # a second Ctrl-C stops at once
+        self._stop_signal = signum
+        log.warning("received signal %d: will checkpoint and stop after this step", signum)
+
+    def _agreed_stop(self) -> int:
+        flag = torch.tensor([float(self._stop_signal or 0)])
+        if self.ctx.distributed:
+            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        return int(flag.item())
+
+    # --- data --------------------------------------------------------------------------------
+    def _next_batch(self) -> dict:
+        if self._data_iter is None:
+            self._data_iter = iter(self.data)
+        return next(self._data_iter)
+
+    # --- checkpoints -------------------------------------------------------------------------
+    def _rank_state(self) -> dict[str, Any]:
+        states: dict[str, Any] = {"generator": self.roles["generator"].state_dict()}
+        if self.roles["critic"] is not None:
+            states["critic"] = self.roles["critic"].state_dict()
+        if self.ema is not None:
+            states["ema"] = self.ema.state_dict()
+        states["trainer"] = {
+            "step": self.step, "bad_in_a_row": self.bad_in_a_row,
+            "torch_rng": torch.get_rng_state(), "python_rng": _python_rng_state(),
+            "data": self.data.state_dict() if hasattr(self.data, "state_dict") else {},
+        }
+        return states
+
+    def save(self) -> None:
+        path = self.checkpoints.save(self.step, self._rank_state(), {"recipe": self.config})
+        log.info("checkpoint: %s", path)
+
+    def _resume(self, resume: str | None) -> None:
+        path = self.checkpoints.resolve(resume)
+        if path is None:
+            return
+        states, meta = self.checkpoints.load(path, list(self._rank_state()))
+        self.roles["generator"].load_state_dict(states["generator"])
+        if self.roles["critic"] is not None:
+            self.roles["critic"].load_state_dict(states["critic"])
+        if self.ema is not None:
+            self.ema.load_state_dict(states["ema"])
+        t = states["trainer"]
+        self.step, self.bad_in_a_row = int(t["step"]), int(t["bad_in_a_row"])
+        torch.set_rng_state(t["torch_rng"])
+        random.setstate(_python_rng_from(t["python_rng"]))
+        if hasattr(self.data, "load_state_dict"):
+            self.data.load_state_dict(t["data"])
+        self._data_iter = None
+        log.info("resumed from %s at step %d", path, self.step)
+
+
+def _python_rng_state() -> list:
+    version, internal, gauss = random.getstate()
+    return [version, list(internal), gauss]
+
+
+def _python_rng_from(state: list) -> tuple:
+    version, internal, gauss = state
+    return (version, tuple(internal), gauss)

@@ -1,0 +1,98 @@
+"""What a loss sees: one phase (generator or critic update) of one training iteration.
+
+Losses are registered callables `loss(s: StepContext) -> (scalar tensor, {name: float})`. They
+take the models, data and randomness they need from `s`; shared work (the generator rollout)
+is computed once per phase and cached, so DMD and the GAN loss see the same rollout.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from oneforcing.jobs.base import RunContext
+
+
+@dataclass
+class Rollout:
+    """The generator's output for one phase, [B, F, C, H, W], with the frames whose gradient
+    counts (`frame_mask` [F] bool: the gradient window; all True without a window)."""
+
+    x: torch.Tensor
+    frame_mask: torch.Tensor
+    info: dict = field(default_factory=dict)
+
+
+class StepContext:
+    def __init__(self, *, step: int, phase: str, batch: dict, generator: torch.nn.Module,
+                 critic: torch.nn.Module | None, real_score: torch.nn.Module | None, scheduler,
+                 timesteps, sampler, uncond_text: torch.Tensor | None, rng: torch.Generator,
+                 ctx: RunContext, next_batch=None):
+        self.step, self.phase, self.batch = step, phase, batch
+        self.generator, self.critic, self.real_score = generator, critic, real_score
+        self.scheduler, self.timesteps, self.sampler = scheduler, timesteps, sampler
+        self.rng, self.ctx = rng, ctx
+        self._uncond = uncond_text
+        self._next_batch = next_batch
+        self.cache: dict[str, Any] = {}
+
+    # --- data ----------------------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        return self.ctx.device
+
+    @property
+    def latents(self) -> torch.Tensor:
+        """Clean real latents of this phase's minibatch [B, F, C, H, W]."""
+        return self.batch["latents"].to(self.device)
+
+    @property
+    def text(self) -> torch.Tensor:
+        return self.batch["text"].to(self.device)
+
+    @property
+    def batch_size(self) -> int:
+        return self.batch["text"].shape[0]
+
+    def uncond_text(self) -> torch.Tensor:
+        """The negative-prompt embedding, repeated over the batch (zeros if none was given)."""
+        text = self.text
+        if self._uncond is None:
+            return torch.zeros_like(text)
+        u = self._uncond.to(self.device, text.dtype)
+        if u.shape[-2] != text.shape[-2]:  # pad/crop to the conditioning length
+            L = text.shape[-2]
+            u = torch.nn.functional.pad(u, (0, 0, 0, max(0, L - u.shape[-2])))[..., :L, :]
+        return u.expand(text.shape[0], -1, -1)
+
+    def extra_batch(self) -> dict:
+        """One more minibatch from the data stream (drawn identically on every rank's schedule)."""
+        if self._next_batch is None:
+            raise RuntimeError("this step has no access to further batches")
+        return self._next_batch()
+
+    # --- randomness ----------------------------------------------------------------------
+    def randn_like(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.randn(x.shape, generator=self.rng, dtype=x.dtype).to(x.device)
+
+    def randn(self, shape, dtype=torch.float32) -> torch.Tensor:
+        return torch.randn(tuple(shape), generator=self.rng, dtype=dtype).to(self.device)
+
+    def sample_t(self, n: int | None = None) -> torch.Tensor:
+        return self.timesteps(n or self.batch_size, generator=self.rng, device=self.device)
+
+    # --- the generator's rollout ---------------------------------------------------------
+    def rollout(self) -> Rollout:
+        """The generator's rollout from fresh noise for this batch's prompts: with gradient in
+        the generator phase (inside the sampler's gradient window), without in the critic phase."""
+        if "rollout" not in self.cache:
+            noise = self.randn(self.batch["latents"].shape)
+            with torch.set_grad_enabled(self.phase == "generator"):
+                x, info = self.sampler(self.generator, noise, self.text, rng=self.rng, ctx=self.ctx)
+            mask = info.get("frame_mask")
+            if mask is None:
+                mask = torch.ones(x.shape[1], dtype=torch.bool)
+            self.cache["rollout"] = Rollout(x=x, frame_mask=mask.to(x.device), info=info)
+        return self.cache["rollout"]
