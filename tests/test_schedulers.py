@@ -15,9 +15,10 @@ def test_sigma_matches_diffusers_flow_match_scheduler():
     ref = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=5.0)
     # At construction diffusers holds the shifted sigmas of the un-shifted grid t = 1000 ... 1.
     grid = torch.linspace(1, 1000, 1000).flip(0)
-    ours = FlowMatchScheduler(shift=5.0).sigma(grid)
-    torch.testing.assert_close(ours, ref.sigmas.float(), atol=1e-6, rtol=0)
-    torch.testing.assert_close(FlowMatchScheduler(shift=5.0).warp(grid), ref.timesteps.float(), atol=1e-3, rtol=0)
+    sched = FlowMatchScheduler(shift=5.0)
+    torch.testing.assert_close(sched.warp(grid), ref.timesteps.float(), atol=1e-3, rtol=0)
+    # Model timestep -> noise level is t / 1000, as diffusers' sigmas = timesteps / 1000.
+    torch.testing.assert_close(sched.sigma(sched.warp(grid)), ref.sigmas.float(), atol=1e-6, rtol=0)
 
 
 def test_conversions_round_trip():
@@ -35,9 +36,12 @@ def test_conversions_round_trip():
     torch.testing.assert_close(s.euler_step(x_t, v, t, torch.zeros(2)), x0)
 
 
-def test_sigma_endpoints():
+def test_sigma_endpoints_and_shift_only_warps():
     s = FlowMatchScheduler(shift=5.0)
     assert s.sigma(1000.0) == pytest.approx(1.0) and s.sigma(0.0) == 0.0
+    # The shift changes which timesteps are used, never the noise level of a given timestep.
+    assert s.sigma(625.0) == FlowMatchScheduler(shift=1.0).sigma(625.0) == 0.625
+    assert s.warp(250.0) == pytest.approx(625.0)
 
 
 def test_shifted_uniform_sampler_range_and_shift():

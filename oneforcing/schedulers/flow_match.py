@@ -1,12 +1,13 @@
 """The flow-matching noise schedule with a timestep shift: the one place for x0/eps/v/x_t.
 
-Timesteps live on the 1000 grid. With shift k and u = t / 1000:
-    sigma(t) = k u / (1 + (k - 1) u)
-    x_t      = (1 - sigma) x0 + sigma eps
-    v        = eps - x0            (what the models predict)
-    x0       = x_t - sigma v,  eps = x_t + (1 - sigma) v
-Inference step lists are written on the un-shifted grid and warped by the shift, so
-[1000, 750, 500, 250] at k = 5 becomes [1000, 937.5, 833.3, 625.0].
+Every timestep passed around (to models, losses, samplers) is the *model* timestep t on the
+1000 grid, and the noise level is simply sigma = t / 1000 (Wan's convention):
+    x_t = (1 - sigma) x0 + sigma eps,   v = eps - x0 (what the models predict)
+    x0  = x_t - sigma v,                eps = x_t + (1 - sigma) v
+The shift k only decides *which* timesteps are used: a point u = s / 1000 of the un-shifted grid
+is warped to t = 1000 * k u / (1 + (k - 1) u). Inference step lists are written un-shifted and
+warped once, so [1000, 750, 500, 250] at k = 5 becomes [1000, 937.5, 833.3, 625.0]; training
+timesteps are drawn uniformly and warped the same way (schedulers/timesteps.py).
 """
 
 from __future__ import annotations
@@ -34,18 +35,21 @@ class FlowMatchScheduler:
         self.num_train_timesteps = int(num_train_timesteps)
 
     # --- the schedule -------------------------------------------------------------------
-    def warp(self, t):
-        """Shift a timestep on the 1000 grid: t -> 1000 * sigma(t)."""
-        return self.sigma(t) * self.num_train_timesteps
+    def warp(self, s):
+        """Un-shifted grid point(s) s in [0, 1000] -> the model timestep(s) the shift maps them to."""
+        if isinstance(s, (int, float)):
+            u = s / self.num_train_timesteps
+            return self.num_train_timesteps * self.shift * u / (1 + (self.shift - 1) * u)
+        s = s.float() if torch.is_tensor(s) else torch.as_tensor(s, dtype=torch.float32)
+        u = s / self.num_train_timesteps
+        return self.num_train_timesteps * self.shift * u / (1 + (self.shift - 1) * u)
 
     def sigma(self, t):
-        """sigma(t) for t on the 1000 grid (float, list or tensor); sigma(1000) = 1."""
+        """Noise level of model timestep(s) t: sigma = t / 1000 (float, list or tensor)."""
         if isinstance(t, (int, float)):
-            u = t / self.num_train_timesteps
-            return self.shift * u / (1 + (self.shift - 1) * u)
+            return t / self.num_train_timesteps
         t = t.float() if torch.is_tensor(t) else torch.as_tensor(t, dtype=torch.float32)
-        u = t / self.num_train_timesteps
-        return self.shift * u / (1 + (self.shift - 1) * u)
+        return t / self.num_train_timesteps
 
     def step_list(self, steps: Sequence[float], warp: bool = True) -> list[float]:
         """An inference step list on the un-shifted 1000 grid, warped by the shift."""

@@ -7,22 +7,11 @@ is computed once per phase and cached, so DMD and the GAN loss see the same roll
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
 from oneforcing.jobs.base import RunContext
-
-
-@dataclass
-class Rollout:
-    """The generator's output for one phase, [B, F, C, H, W], with the frames whose gradient
-    counts (`frame_mask` [F] bool: the gradient window; all True without a window)."""
-
-    x: torch.Tensor
-    frame_mask: torch.Tensor
-    info: dict = field(default_factory=dict)
 
 
 class StepContext:
@@ -84,15 +73,18 @@ class StepContext:
         return self.timesteps(n or self.batch_size, generator=self.rng, device=self.device)
 
     # --- the generator's rollout ---------------------------------------------------------
-    def rollout(self) -> Rollout:
-        """The generator's rollout from fresh noise for this batch's prompts: with gradient in
-        the generator phase (inside the sampler's gradient window), without in the critic phase."""
-        if "rollout" not in self.cache:
-            noise = self.randn(self.batch["latents"].shape)
+    def rollout(self, sampler=None, key: str = "rollout"):
+        """The generator's rollout from fresh noise for this batch's prompts (the sampler's
+        `Rollout`: `.x0` [B, F, C, H, W] and `.frame_mask` [F], the gradient window). With
+        gradient in the generator phase, without in the critic phase. Cached under `key`, so the
+        losses of one phase share it; pass another `sampler` (and key) for e.g. ASD's n+1 steps."""
+        if key not in self.cache:
+            sampler = sampler or self.sampler
+            if sampler is None:
+                raise RuntimeError("this recipe has no `sampler:` but a loss asked for a generator rollout")
+            noise = self.cache.setdefault("rollout_noise", self.randn(self.batch["latents"].shape))
+            exits = self.ctx.generator("exits", self.step, self.phase, key, per_rank=False)
             with torch.set_grad_enabled(self.phase == "generator"):
-                x, info = self.sampler(self.generator, noise, self.text, rng=self.rng, ctx=self.ctx)
-            mask = info.get("frame_mask")
-            if mask is None:
-                mask = torch.ones(x.shape[1], dtype=torch.bool)
-            self.cache["rollout"] = Rollout(x=x, frame_mask=mask.to(x.device), info=info)
-        return self.cache["rollout"]
+                self.cache[key] = sampler(self.generator, noise, self.text, generator=self.rng,
+                                          exit_generator=exits)
+        return self.cache[key]

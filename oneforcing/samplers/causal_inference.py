@@ -1,0 +1,78 @@
+"""Causal (streaming) inference: block by block with a KV cache, first-frame enhancement.
+
+For each autoregressive block: start from its noise, run the block's step list (model timesteps =
+the list warped by the shift); between steps, re-noise the predicted x0 with fresh noise to the
+next step (as in training rollouts). Then re-run the block's clean output at t = `context_t`
+(0: "context noise" 0) with write_cache=True so later blocks attend to it. The first block may use
+its own, longer list (first-frame enhancement): [1000, 750, 500, 250] for the first block,
+[1000] (one step) for the others.
+
+    sampler = CausalInference(steps=[1000], first_block_steps=[1000, 750, 500, 250])
+    x0 = sampler(model, noise, text, generator=g, on_block=lambda a, b, x0: ...)
+    for a, b, x0_block in sampler.stream(model, noise, text):  # frames [a, b) as soon as ready
+        ...
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Iterator
+
+import torch
+
+from oneforcing.registry import SAMPLERS
+from oneforcing.samplers.common import ON_GRID, full_t, randn_like, warped_steps
+
+DEFAULT_FIRST_BLOCK_STEPS = [1000.0, 750.0, 500.0, 250.0]
+
+
+@SAMPLERS.register("causal_inference")
+class CausalInference:
+    def __init__(self, steps: list[float] | None = None, first_block_steps: list[float] | None = None,
+                 first_frame_enhancement: bool = True, shift: float = 5.0, warp: bool = True,
+                 context_t: float = 0.0):
+        steps = [1000.0] if steps is None else steps
+        if first_block_steps is None:
+            first_block_steps = DEFAULT_FIRST_BLOCK_STEPS if first_frame_enhancement else steps
+        if not steps or not first_block_steps:
+            raise ValueError("step lists must not be empty")
+        self.steps = warped_steps(steps, shift, warp)
+        self.first_block_steps = warped_steps(first_block_steps, shift, warp)
+        self.context_t = float(context_t)
+
+    def steps_for_block(self, index: int) -> list[float]:
+        return self.first_block_steps if index == 0 else self.steps
+
+    def num_forwards(self, num_blocks: int) -> int:
+        """Model calls for a clip: the denoising steps plus one cache write per block but the last."""
+        return len(self.first_block_steps) + (num_blocks - 1) * (len(self.steps) + 1)
+
+    @torch.no_grad()
+    def stream(self, model, noise: torch.Tensor, text: torch.Tensor, *,
+               generator: torch.Generator | None = None) -> Iterator[tuple[int, int, torch.Tensor]]:
+        """Yield (first frame, end frame, clean latents [B, b-a, C, H, W]) block by block."""
+        B, F = noise.shape[:2]
+        blocks = model.block_ranges(F)
+        cache = model.new_kv_cache(B, F)
+        for i, (a, b) in enumerate(blocks):
+            x, steps = noise[:, a:b], self.steps_for_block(i)
+            for s, t in enumerate(steps):
+                tt = full_t(t, B, noise.device)
+                x0 = ON_GRID.x0_from_v(x, model(x, tt, text, kv_cache=cache, frame_offset=a), tt)
+                if s + 1 < len(steps):
+                    x = ON_GRID.add_noise(x0, randn_like(x0, generator), full_t(steps[s + 1], B, noise.device))
+            if i + 1 < len(blocks):  # the last block's K/V would never be read
+                ctx_t = full_t(self.context_t, B, noise.device)
+                ctx = x0 if self.context_t == 0 else ON_GRID.add_noise(x0, randn_like(x0, generator), ctx_t)
+                model(ctx, ctx_t, text, kv_cache=cache, frame_offset=a, write_cache=True)
+            yield a, b, x0
+
+    def __call__(self, model, noise: torch.Tensor, text: torch.Tensor, *,
+                 generator: torch.Generator | None = None,
+                 on_block: Callable[[int, int, torch.Tensor], None] | None = None) -> torch.Tensor:
+        """The whole clip [B, F, C, H, W]; `on_block(a, b, x0_block)` is called as blocks finish."""
+        out = torch.empty_like(noise)
+        for a, b, x0 in self.stream(model, noise, text, generator=generator):
+            out[:, a:b] = x0
+            if on_block is not None:
+                on_block(a, b, x0)
+        return out

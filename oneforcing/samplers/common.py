@@ -1,0 +1,59 @@
+"""Shared pieces of the samplers: timestep conventions, rank-0 draws, noise.
+
+Timesteps given to the model are on the *shifted* 1000 grid (t_model = 1000 * sigma): step lists
+are written on the un-shifted grid and warped once by `FlowMatchScheduler(shift).step_list`. After
+that the noise level of a model timestep is simply sigma = t_model / 1000, which is what every
+FlowMatchScheduler's conversions (add_noise, x0_from_v, euler_step) use whatever its shift.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+
+from oneforcing.schedulers import FlowMatchScheduler
+
+# Conversions of model timesteps (sigma = t / 1000; the shift only warps step lists).
+ON_GRID = FlowMatchScheduler(shift=1.0)
+
+
+def warped_steps(steps: Sequence[float], shift: float, warp: bool = True) -> list[float]:
+    """A step list on the un-shifted grid -> the model timesteps (warped by the shift)."""
+    return FlowMatchScheduler(shift=shift).step_list(list(steps), warp=warp)
+
+
+def full_t(value: float, batch: int, device) -> torch.Tensor:
+    return torch.full((batch,), float(value), device=device, dtype=torch.float32)
+
+
+def randn_like(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """Fresh noise like x; from `generator` when given (it may live on the CPU: moved over)."""
+    if generator is None:
+        return torch.randn_like(x)
+    gen_device = generator.device
+    return torch.randn(x.shape, generator=generator, device=gen_device, dtype=x.dtype).to(x.device)
+
+
+def broadcast_from_rank0(obj: Any) -> Any:
+    """Rank 0's value on every rank (no-op outside torch.distributed). Used for every random
+    choice that changes the number of forwards, so that ZeRO-3 ranks stay in lockstep."""
+    dist = torch.distributed
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def draw_exit_indices(num_blocks: int, num_steps: int, generator: torch.Generator | None = None,
+                      same_for_all_blocks: bool = False) -> list[int]:
+    """Per block, an exit step index uniform in [0, num_steps); drawn on rank 0 and broadcast."""
+    dist = torch.distributed
+    is_rank0 = not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+    drawn = None
+    if is_rank0:
+        n = 1 if same_for_all_blocks else num_blocks
+        idx = torch.randint(0, num_steps, (n,), generator=generator).tolist()
+        drawn = idx * num_blocks if same_for_all_blocks else idx
+    return broadcast_from_rank0(drawn)

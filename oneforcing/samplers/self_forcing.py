@@ -1,0 +1,102 @@
+"""Self-Forcing training rollout: the generator produces the clip it is trained on, block by block.
+
+Per block an exit step is drawn uniformly from the step list (rank 0, broadcast: every rank runs
+the same number of forwards under ZeRO-3). Steps before the exit run without gradient and re-noise
+the predicted x0 with fresh noise to the next step; the exit step runs with gradient only when the
+block overlaps the gradient window (the last `grad_frames` frames; None = all). Frames of a grad
+block that fall outside the window are detached, so exactly the window's frames carry gradient.
+Each finished block (but the last) is re-run at t = context_t without gradient to write its K/V:
+gradients never flow through the cache into earlier blocks.
+
+    out = SelfForcingRollout(steps=[1000], grad_frames=17)(generator_model, noise, text)
+    out.x0           [B, F, C, H, W]  rolled-out clean latents (graph on the window's frames)
+    out.frame_mask   [F] bool         the gradient window (mask for the DMD loss)
+    out.exit_indices / out.exit_t     per block
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from oneforcing.registry import SAMPLERS
+from oneforcing.samplers.common import ON_GRID, draw_exit_indices, full_t, randn_like, warped_steps
+
+DEFAULT_STEPS = [1000.0, 750.0, 500.0, 250.0]
+
+
+@dataclass
+class Rollout:
+    x0: torch.Tensor
+    frame_mask: torch.Tensor                      # [F] bool: the gradient window (the loss mask)
+    with_grad: bool = False                       # grad mode was on: the window's frames carry a graph
+    exit_indices: list[int] = field(default_factory=list)  # per block, index into the step list
+    exit_t: list[float] = field(default_factory=list)      # per block, the model timestep exited at
+    blocks: list[tuple[int, int]] = field(default_factory=list)
+    num_forwards: int = 0
+
+    @property
+    def grad_frames(self) -> list[int]:
+        return torch.nonzero(self.frame_mask).flatten().tolist()
+
+
+@SAMPLERS.register("self_forcing")
+class SelfForcingRollout:
+    def __init__(self, steps: list[float] | None = None, shift: float = 5.0, warp: bool = True,
+                 grad_frames: int | None = None, context_t: float = 0.0,
+                 same_exit_for_all_blocks: bool = False):
+        steps = DEFAULT_STEPS if steps is None else steps
+        if not steps:
+            raise ValueError("the step list must not be empty")
+        if grad_frames is not None and grad_frames < 0:
+            raise ValueError(f"grad_frames must be >= 0 or None, got {grad_frames}")
+        self.steps = warped_steps(steps, shift, warp)
+        self.grad_frames = grad_frames
+        self.context_t = float(context_t)
+        self.same_exit_for_all_blocks = bool(same_exit_for_all_blocks)
+
+    def window(self, num_frames: int) -> torch.Tensor:
+        n = num_frames if self.grad_frames is None else min(self.grad_frames, num_frames)
+        mask = torch.zeros(num_frames, dtype=torch.bool)
+        mask[num_frames - n:] = True
+        return mask
+
+    def __call__(self, model, noise: torch.Tensor, text: torch.Tensor, *,
+                 generator: torch.Generator | None = None,
+                 exit_generator: torch.Generator | None = None) -> Rollout:
+        """`generator`: fresh re-noising noise (may differ per rank); `exit_generator`: the exit
+        draws (only rank 0's is used). Gradients are taken only if grad mode is on at the call."""
+        B, F = noise.shape[:2]
+        dev = noise.device
+        blocks = model.block_ranges(F)
+        exits = draw_exit_indices(len(blocks), len(self.steps), exit_generator, self.same_exit_for_all_blocks)
+        window = self.window(F)
+        want_grad = torch.is_grad_enabled()
+        cache = model.new_kv_cache(B, F)
+        outs, forwards = [], 0
+        for i, (a, b) in enumerate(blocks):
+            grad_block = want_grad and bool(window[a:b].any())
+            x = noise[:, a:b]
+            for s in range(exits[i] + 1):
+                t = full_t(self.steps[s], B, dev)
+                exit_now = s == exits[i]
+                with torch.set_grad_enabled(grad_block and exit_now):
+                    x0 = ON_GRID.x0_from_v(x, model(x, t, text, kv_cache=cache, frame_offset=a), t)
+                forwards += 1
+                if not exit_now:
+                    x = ON_GRID.add_noise(x0, randn_like(x0, generator), full_t(self.steps[s + 1], B, dev))
+            if grad_block and not window[a:b].all():  # detach the frames before the window
+                keep = window[a:b].to(dev).view(1, -1, 1, 1, 1)
+                x0 = torch.where(keep, x0, x0.detach())
+            outs.append(x0)
+            if i + 1 < len(blocks):
+                with torch.no_grad():
+                    ctx_t = full_t(self.context_t, B, dev)
+                    ctx = x0 if self.context_t == 0 else ON_GRID.add_noise(x0, randn_like(x0, generator), ctx_t)
+                    model(ctx.detach(), ctx_t, text, kv_cache=cache, frame_offset=a, write_cache=True)
+                forwards += 1
+        return Rollout(
+            x0=torch.cat(outs, dim=1), frame_mask=window, with_grad=want_grad,
+            exit_indices=exits, exit_t=[self.steps[e] for e in exits], blocks=blocks, num_forwards=forwards,
+        )

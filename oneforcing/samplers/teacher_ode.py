@@ -1,0 +1,75 @@
+"""The bidirectional teacher's Euler ODE sampler with classifier-free guidance (ODE pairs).
+
+Model timesteps: t_i = warp(1000 * (1 - i / num_steps)) for i = 0 .. num_steps-1, then 0 (with 48
+steps and shift 5, indices 0, 12, 24, 36 are t = 1000, 937.5, 833.3, 625). Each step
+    v = v_uncond + guidance * (v_cond - v_uncond)          (guidance 6 = Wan's usual CFG scale)
+    x <- x + (sigma_{i+1} - sigma_i) v,  sigma = t / 1000
+The states x_i at `keep_indices` (the inputs of those steps) and the final x0 are returned.
+Conditional and unconditional passes share one batched forward when the texts have equal length.
+
+    out = TeacherODE()(teacher, noise, text, negative_text)
+    out.x0 [B, F, C, H, W]; out.states [B, K, F, C, H, W]; out.timesteps [K]
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from oneforcing.registry import SAMPLERS
+from oneforcing.samplers.common import ON_GRID, full_t, warped_steps
+
+
+@dataclass
+class ODEResult:
+    x0: torch.Tensor
+    states: torch.Tensor          # [B, K, F, C, H, W]
+    timesteps: torch.Tensor       # [K] model timesteps of the kept states
+    keep_indices: list[int]
+
+
+@SAMPLERS.register("teacher_ode")
+class TeacherODE:
+    def __init__(self, num_steps: int = 48, shift: float = 5.0, guidance: float = 6.0,
+                 keep_indices: list[int] | None = None, causal: bool | None = False):
+        keep = [0, 12, 24, 36] if keep_indices is None else list(keep_indices)
+        if num_steps < 1 or any(not 0 <= k < num_steps for k in keep):
+            raise ValueError(f"keep_indices {keep} must lie in [0, num_steps={num_steps})")
+        self.num_steps = num_steps
+        self.guidance = float(guidance)
+        self.keep_indices = keep
+        # `causal` is passed to the model's forward (False: a CausalWan teacher runs bidirectionally;
+        # None: the model's own setting / a model without that argument).
+        self.causal = causal
+        grid = [1000.0 * (1 - i / num_steps) for i in range(num_steps)]
+        self.timesteps = warped_steps(grid, shift) + [0.0]
+
+    def _v(self, model, x, t, text, negative_text):
+        kw = {} if self.causal is None else {"causal": self.causal}
+        if negative_text is None or self.guidance == 1.0:
+            return model(x, t, text, **kw)
+        if negative_text.shape == text.shape:
+            both = model(torch.cat([x, x]), torch.cat([t, t]), torch.cat([text, negative_text]), **kw)
+            cond, uncond = both.chunk(2)
+        else:
+            cond, uncond = model(x, t, text, **kw), model(x, t, negative_text, **kw)
+        return uncond + self.guidance * (cond - uncond)
+
+    @torch.no_grad()
+    def __call__(self, model, noise: torch.Tensor, text: torch.Tensor,
+                 negative_text: torch.Tensor | None = None, *, callback=None) -> ODEResult:
+        """`negative_text` [B, L, D] (Wan's negative prompt); None = no guidance.
+        `callback(i, t, x)` is called before each step."""
+        B = noise.shape[0]
+        x, kept = noise, {}
+        for i in range(self.num_steps):
+            t, t_next = full_t(self.timesteps[i], B, x.device), full_t(self.timesteps[i + 1], B, x.device)
+            if i in self.keep_indices:
+                kept[i] = x
+            if callback is not None:
+                callback(i, self.timesteps[i], x)
+            x = ON_GRID.euler_step(x, self._v(model, x, t, text, negative_text), t, t_next)
+        states = torch.stack([kept[i] for i in self.keep_indices], dim=1) if kept else x.new_zeros(B, 0, *x.shape[1:])
+        ts = torch.tensor([self.timesteps[i] for i in self.keep_indices])
+        return ODEResult(x0=x, states=states, timesteps=ts, keep_indices=list(self.keep_indices))

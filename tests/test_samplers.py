@@ -1,0 +1,178 @@
+"""Samplers on tiny CausalWan models: causal inference, self-forcing rollout, teacher ODE."""
+
+import os
+
+import pytest
+import torch
+
+from oneforcing.models.causal_wan import CausalWan
+from oneforcing.registry import SAMPLERS, build
+from oneforcing.samplers import ON_GRID, CausalInference, SelfForcingRollout, TeacherODE, draw_exit_indices
+from oneforcing.testing.tiny_wan import TINY_WAN_CONFIG, tiny_inputs
+
+
+def tiny_model(fpb=1, causal=True, seed=0):
+    torch.manual_seed(seed)
+    return CausalWan.from_config(TINY_WAN_CONFIG, frames_per_block=fpb, causal=causal, attention="sdpa")
+
+
+class Counting(torch.nn.Module):
+    """Wraps a model and records every call's (frame_offset, write_cache, t)."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model, self.calls = model, []
+
+    def forward(self, x, t, text, **kw):
+        self.calls.append((kw.get("frame_offset", 0), kw.get("write_cache", False), float(t.flatten()[0])))
+        return self.model(x, t, text, **kw)
+
+    def __getattr__(self, name):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(self.model, name)
+
+
+def test_causal_inference_one_step_equals_manual_blocks():
+    model = tiny_model(fpb=1).eval()
+    noise, text = tiny_inputs(2, 4, 4, 4, seed=1)
+    sampler = build({"type": "causal_inference", "steps": [1000], "first_frame_enhancement": False}, SAMPLERS)
+    out = sampler(model, noise, text)
+    with torch.no_grad():
+        cache = model.new_kv_cache(2, 4)
+        t1, t0 = torch.full((2,), 1000.0), torch.zeros(2)
+        for f in range(4):
+            x0 = ON_GRID.x0_from_v(noise[:, f:f + 1], model(noise[:, f:f + 1], t1, text, kv_cache=cache,
+                                                              frame_offset=f), t1)
+            assert (x0 - out[:, f:f + 1]).abs().max() <= 1e-5
+            model(x0, t0, text, kv_cache=cache, frame_offset=f, write_cache=True)
+
+
+@pytest.mark.parametrize("fpb", [1, 3])
+def test_causal_inference_ffe_schedule_stream_and_determinism(fpb):
+    model = Counting(tiny_model(fpb=fpb).eval())
+    noise, text = tiny_inputs(1, 6, 4, 4, seed=2)
+    sampler = CausalInference()  # FFE: [1000, 750, 500, 250] then [1000], shift 5
+    assert sampler.first_block_steps == pytest.approx([1000.0, 937.5, 833.333, 625.0], abs=1e-3)
+    seen = []
+    out = sampler(model, noise, text, generator=torch.Generator().manual_seed(0),
+                  on_block=lambda a, b, x0: seen.append((a, b, x0.shape[1])))
+    nb = 6 // fpb
+    assert seen == [(a, a + fpb, fpb) for a in range(0, 6, fpb)]
+    assert len(model.calls) == sampler.num_forwards(nb) == 4 + (nb - 1) * 2
+    assert [c[2] for c in model.calls[:4]] == pytest.approx([1000.0, 937.5, 833.333, 625.0], abs=1e-3)
+    assert all(c[2] == 0.0 for c in model.calls if c[1])  # cache writes at t = 0
+    again = sampler(model, noise, text, generator=torch.Generator().manual_seed(0))
+    streamed = torch.cat([x0 for _, _, x0 in sampler.stream(model, noise, text,
+                                                            generator=torch.Generator().manual_seed(0))], 1)
+    assert torch.equal(out, again) and torch.equal(out, streamed) and out.shape == noise.shape
+
+
+def _grads(out, f, params):
+    g = torch.autograd.grad(out[:, f].sum(), params, retain_graph=True, allow_unused=True)
+    return sum(0.0 if x is None else float(x.abs().sum()) for x in g)
+
+
+def test_self_forcing_gradient_window_and_no_grad_through_cache():
+    model = tiny_model(fpb=1)
+    noise, text = tiny_inputs(1, 6, 4, 4, seed=3)
+    noise.requires_grad_(True)
+    rollout = SelfForcingRollout(steps=[1000, 750, 500, 250], grad_frames=4)
+    out = rollout(model, noise, text, generator=torch.Generator().manual_seed(1),
+                  exit_generator=torch.Generator().manual_seed(2))
+    assert out.x0.shape == noise.shape and out.frame_mask.tolist() == [False] * 2 + [True] * 4
+    assert out.grad_frames == [2, 3, 4, 5] and out.with_grad
+    assert out.num_forwards == sum(e + 1 for e in out.exit_indices) + 5
+    assert out.exit_t == pytest.approx([rollout.steps[e] for e in out.exit_indices])
+    params = list(model.parameters())
+    assert _grads(out.x0, 0, params) == 0 and _grads(out.x0, 1, params) == 0
+    assert all(_grads(out.x0, f, params) > 0 for f in range(2, 6))
+    # the text K/V are cached without graph; the grad forward recomputes them for the generator
+    k_w = model.blocks[0].attn2.to_k.weight
+    assert torch.autograd.grad(out.x0[:, 5].sum(), k_w, retain_graph=True)[0].abs().sum() > 0
+    # frame 3's only link to frame 2 is the (detached) cache: no gradient to frame 2's noise
+    g = torch.autograd.grad(out.x0[:, 3].sum(), noise, retain_graph=True)[0]
+    assert g[:, 3].abs().sum() > 0 and g[:, :3].abs().sum() == 0
+
+
+def test_self_forcing_chunkwise_all_frames_and_one_step_exit():
+    model = tiny_model(fpb=3)
+    noise, text = tiny_inputs(1, 6, 4, 4, seed=4)
+    out = SelfForcingRollout(steps=[1000])(model, noise, text)
+    assert out.exit_indices == [0, 0] and out.frame_mask.all() and out.num_forwards == 3
+    assert out.x0.requires_grad
+    with torch.no_grad():
+        ref = CausalInference(steps=[1000], first_frame_enhancement=False)(model, noise, text)
+    assert (out.x0.detach() - ref).abs().max() <= 1e-5
+    with torch.no_grad():  # critic-side rollout: no graph at all
+        assert not SelfForcingRollout(steps=[1000])(model, noise, text).x0.requires_grad
+
+
+def test_exit_draws_are_seeded():
+    a = draw_exit_indices(21, 4, torch.Generator().manual_seed(5))
+    assert a == draw_exit_indices(21, 4, torch.Generator().manual_seed(5)) and set(a) <= {0, 1, 2, 3}
+    same = draw_exit_indices(7, 4, torch.Generator().manual_seed(5), same_for_all_blocks=True)
+    assert len(set(same)) == 1 and len(same) == 7
+
+
+def _dist_worker(rank, port, out_dir):
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    try:
+        model = tiny_model(fpb=1)
+        noise, text = tiny_inputs(1, 3, 2, 2, seed=rank)
+        out = SelfForcingRollout(steps=[1000, 750, 500, 250])(
+            model, noise, text, exit_generator=torch.Generator().manual_seed(100 + rank))
+        torch.save((out.exit_indices, out.num_forwards), os.path.join(out_dir, f"r{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_exit_steps_broadcast_from_rank0(tmp_path):
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_dist_worker, args=(port, str(tmp_path)), nprocs=2, join=True)
+    r0, r1 = torch.load(tmp_path / "r0.pt"), torch.load(tmp_path / "r1.pt")
+    assert r0 == r1
+    assert r0[0] == draw_exit_indices(3, 4, torch.Generator().manual_seed(100))  # rank 0's own draw
+
+
+def test_teacher_ode_grid_states_and_exact_straight_flow():
+    target = torch.randn(1, 2, 4, 4, 4)
+
+    def straight(x, t, text, causal=None):  # the exact velocity of x_t = (1-s) target + s eps
+        s = (t / 1000).view(-1, 1, 1, 1, 1)
+        return (x - target) / s  # = eps - target, constant along the path
+
+    noise = torch.randn_like(target)
+    sampler = build({"type": "teacher_ode", "num_steps": 48, "guidance": 6.0}, SAMPLERS)
+    out = sampler(straight, noise, torch.zeros(1, 3, 24), torch.zeros(1, 3, 24))
+    assert out.timesteps.tolist() == pytest.approx([1000.0, 937.5, 833.333, 625.0], abs=1e-3)
+    assert out.states.shape == (1, 4, 2, 4, 4, 4) and torch.equal(out.states[:, 0], noise)
+    assert (out.x0 - target).abs().max() < 1e-4
+    s12 = out.timesteps[1] / 1000
+    assert (out.states[:, 1] - ((1 - s12) * target + s12 * noise)).abs().max() < 1e-4
+
+
+@torch.no_grad()
+def test_teacher_ode_cfg_on_tiny_teacher():
+    teacher = tiny_model(causal=False).eval()
+    noise, text = tiny_inputs(1, 2, 4, 4, seed=6)
+    neg = torch.randn_like(text)
+    ode = TeacherODE(num_steps=4, keep_indices=[0, 2], guidance=6.0)
+    out = ode(teacher, noise, text, neg)
+    # batched cond/uncond == two separate calls
+    t = torch.full((1,), ode.timesteps[0])
+    cond, unc = teacher(noise, t, text), teacher(noise, t, neg)
+    x1 = ON_GRID.euler_step(noise, unc + 6.0 * (cond - unc), t, torch.full((1,), ode.timesteps[1]))
+    ode1 = TeacherODE(num_steps=4, keep_indices=[1], guidance=6.0)
+    assert (ode1(teacher, noise, text, neg).states[:, 0] - x1).abs().max() < 1e-5
+    assert out.x0.shape == noise.shape and out.states.shape[1] == 2
+    assert torch.equal(out.x0, ode(teacher, noise, text, neg).x0)  # deterministic

@@ -1,0 +1,80 @@
+"""LoRA training and export, and scale-out launches: 2 "nodes" x 1 rank via torchrun's
+rendezvous on 127.0.0.1, and the deepspeed launcher."""
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+ROOT = Path(__file__).resolve().parents[1]
+RECIPE = ROOT / "tests/recipes/tiny_teacher.yaml"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def env_for(run_dir: Path) -> dict:
+    return {**os.environ, "OF_RUN_DIR": str(run_dir), "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"}
+
+
+def bin_of(name: str) -> str:
+    return str(Path(sys.executable).with_name(name))
+
+
+def check(proc):
+    assert proc.returncode == 0, "\n".join(proc.stderr.splitlines()[-40:])
+    return proc
+
+
+def test_lora_trains_only_adapters_and_exports_merged_and_adapters(tmp_path):
+    lora = "lora={generator: {rank: 4, alpha: 8, target_modules: [to_q, to_v]}}"
+    merged_run, adapter_run = tmp_path / "merged", tmp_path / "adapters"
+    for run, merge in ((merged_run, "true"), (adapter_run, "false")):
+        check(subprocess.run([sys.executable, str(ROOT / "recipes/run.py"), str(RECIPE), lora, "ema=null",
+                              f"export={{dir: {run}/export, merge_lora: {merge}}}"],
+                             env=env_for(run), capture_output=True, text=True, timeout=300))
+    merged = load_file(str(merged_run / "export/generator/diffusion_pytorch_model.safetensors"))
+    base = load_file(str(adapter_run / "export/generator/diffusion_pytorch_model.safetensors"))
+    adapters = load_file(str(adapter_run / "export/generator/adapter_model.safetensors"))
+    assert not any("lora" in k or "base_layer" in k for k in merged)  # a plain Wan folder
+    assert merged.keys() == base.keys()
+    changed = {k for k in merged if not torch.equal(merged[k], base[k])}
+    # Only the adapted projections moved: the base weights were frozen.
+    assert changed and all(k.endswith(("attn1.to_q.weight", "attn1.to_v.weight", "attn2.to_q.weight",
+                                       "attn2.to_v.weight")) for k in changed)
+    # merged = base + (alpha / rank) * B @ A, layer by layer.
+    key = sorted(changed)[0]
+    prefix = key[: -len(".weight")]
+    a, b = adapters[f"{prefix}.lora_A.default.weight"], adapters[f"{prefix}.lora_B.default.weight"]
+    torch.testing.assert_close(merged[key], base[key] + 2.0 * b @ a)
+
+
+def test_two_nodes_one_rank_each_via_rendezvous(tmp_path):
+    run, port = tmp_path / "run", free_port()
+    common = ["--nnodes", "2", "--nproc_per_node", "1", "--rdzv_backend", "c10d",
+              "--rdzv_endpoint", f"127.0.0.1:{port}", "--rdzv_id", "oneforcing-test"]
+    args = [str(ROOT / "recipes/run.py"), str(RECIPE), "steps=2", "export=null"]
+    nodes = [subprocess.Popen([bin_of("torchrun"), *common, "--node_rank", str(i), *args], env=env_for(run),
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
+    outs = [n.communicate(timeout=300) for n in nodes]
+    for node, (_, err) in zip(nodes, outs):
+        assert node.returncode == 0, "\n".join(err.splitlines()[-30:])
+    logs = "".join(err for _, err in outs)
+    assert "ZeRO-3 over 2 ranks" in logs
+    assert (run / "checkpoints/step_00000002/rank1/generator.safetensors").exists()
+
+
+def test_deepspeed_launcher_runs_the_trainer(tmp_path):
+    run = tmp_path / "run"
+    proc = check(subprocess.run([bin_of("deepspeed"), "--num_gpus", "2", "--master_port", str(free_port()),
+                                 str(ROOT / "recipes/run.py"), str(RECIPE), "steps=2", "export=null"],
+                                env=env_for(run), capture_output=True, text=True, timeout=300))
+    assert "ZeRO-3 over 2 ranks" in proc.stdout + proc.stderr
+    assert (run / "checkpoints/step_00000002/rank1/generator.safetensors").exists()
