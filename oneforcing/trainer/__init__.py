@@ -24,16 +24,29 @@ __all__ = ["CheckpointManager", "DeepSpeedOptions", "EMA", "FrozenRole", "Optimi
 
 def _build_module(cfg: dict, registry, *, role: str, seed: int, ds: DeepSpeedOptions, lora, ctx: RunContext):
     from oneforcing.registry import build
+    from oneforcing.trainer.engines import is_partitioned
+    from oneforcing.trainer.zero_init import stream_pretrained_weights, zero_init_context
 
     # Same random init on every rank (weights that are not loaded from disk must agree).
     torch.manual_seed(derive_seed(seed, "init", role))
-    module = build(cfg, registry, path=f"models.{role}")
+    # Trained roles and a frozen role that becomes an inference engine are born partitioned.
+    partition = ds.zero_stage == 3 and ds.zero_init and (role != "real_score" or ds.frozen_engine)
+    with zero_init_context(ds.to_config(None), partition):
+        module = build(cfg, registry, path=f"models.{role}")
+    loaded = stream_pretrained_weights(module, ctx.rank)
+    if loaded:
+        log.info("%s: streamed %d pretrained tensors into %s parameters", role, loaded,
+                 "partitioned" if partition else "local")
     if lora is not None:
         from oneforcing.trainer.lora import apply_lora
 
         apply_lora(module, lora, role)
-    if ds.gradient_checkpointing and hasattr(module, "enable_gradient_checkpointing"):
-        module.enable_gradient_checkpointing()
+    if ds.gradient_checkpointing:  # every (sub)model that supports it, e.g. a critic's inner Wan
+        for sub in module.modules():
+            if hasattr(sub, "gradient_checkpointing"):
+                sub.gradient_checkpointing = True
+    if any(is_partitioned(p) for p in module.parameters()):
+        return module  # zero.Init already placed and cast the shards
     return module.to(device=ctx.device, dtype=ds.dtype)
 
 

@@ -81,6 +81,7 @@ class DeepSpeedOptions:
     gradient_accumulation: int = 1
     gradient_checkpointing: bool = False
     frozen_engine: bool = True         # real_score as a ZeRO-3 inference engine (else a plain module)
+    zero_init: bool = True             # build ZeRO-3 roles already partitioned (deepspeed.zero.Init)
     extra: dict = field(default_factory=dict)  # raw DeepSpeed keys merged last
 
     def __post_init__(self):
