@@ -176,6 +176,26 @@ class TrainedRole:
     def lr(self) -> float:
         return self.optim.lr_at(self.updates)
 
+    def state_bytes(self) -> int:
+        """Bytes of model parameters and optimizer state held by this rank (after the first step,
+        when AdamW's moments exist): what ZeRO-3 divides across ranks."""
+        seen: set[int] = set()
+
+        def size(t: torch.Tensor) -> int:
+            if id(t) in seen or t.numel() == 0:
+                return 0
+            seen.add(id(t))
+            return t.numel() * t.element_size()
+
+        total = sum(size(p.ds_tensor if is_partitioned(p) else p.data) for p in self.module.parameters())
+        opt = self.engine.optimizer
+        for flat in getattr(opt, "fp32_partitioned_groups_flat", []):
+            total += size(flat)
+        inner = getattr(opt, "optimizer", opt)
+        for state in inner.state.values():
+            total += sum(size(v) for v in state.values() if torch.is_tensor(v))
+        return total
+
     # --- checkpoint state (this rank's shard) -----------------------------------------------
     def state_dict(self) -> dict:
         state = {"updates": self.updates, "optimizer": _engine_optimizer_state(self.engine)}

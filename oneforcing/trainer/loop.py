@@ -130,6 +130,8 @@ class Trainer:
             self.bad_in_a_row = 0
             if phase == "generator" and self.ema is not None:
                 self.ema.update(self.step)
+            if role.updates == 1:  # optimizer state exists from the first update on
+                log.info("%s: model+optimizer state on this rank: %.3f MiB", phase, role.state_bytes() / 2**20)
         else:
             self.bad_in_a_row += 1
             log.warning("step %d: non-finite %s loss or gradient; update skipped on every rank (%d in a row)",
