@@ -103,3 +103,12 @@ def test_entry_point_maps_user_errors_to_exit_2_without_traceback(tmp_path, root
 def test_load_recipe_raises_recipe_error(tmp_path):
     with pytest.raises(RecipeError):
         load_recipe(tmp_path / "absent.yaml")
+
+
+def test_assets_reference(tmp_path):
+    write(tmp_path, {"r.yaml": "job: dist_check\nmessage: ${assets:toy_text_encoder}\n"})
+    r = load_recipe(tmp_path / "r.yaml")
+    assert r["message"].endswith("oneforcing/assets/toy_text_encoder")
+    write(tmp_path, {"bad.yaml": "job: dist_check\nmessage: ${assets:nope}\n"})
+    with pytest.raises(RecipeError, match="no packaged asset 'nope'"):
+        load_recipe(tmp_path / "bad.yaml")

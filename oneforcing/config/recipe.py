@@ -9,7 +9,8 @@
 - Overrides `a.b=value` and `a[2].b=value`; the value is parsed as YAML (`lr=1e-5` is a float,
   `steps=[1000,750]` a list, `name=null` None).
 - `${a.b}` is replaced by the value at that path (type kept when it is the whole string);
-  `${env:NAME}` / `${env:NAME,default}` by an environment variable.
+  `${env:NAME}` / `${env:NAME,default}` by an environment variable; `${assets:NAME}` by the path
+  of a file shipped in the package's assets folder (toy weights, the toy text encoder).
 - Top-level keys starting with `_` are private variables for references and are dropped after.
 Every user error raises `RecipeError` with one line naming the file and key.
 """
@@ -162,6 +163,13 @@ def resolve_references(data: dict, *, file: str | None = None) -> dict:
 
     def lookup(ref: str, where: str, stack: tuple[str, ...]) -> Any:
         ref = ref.strip()
+        if ref.startswith("assets:"):
+            import oneforcing
+
+            path = Path(oneforcing.__file__).parent / "assets" / ref[len("assets:"):]
+            if not path.exists():
+                raise RecipeError(f"no packaged asset '{ref[7:]}' (looked at {path})", file=file, key=where)
+            return str(path)
         if ref.startswith("env:"):
             name, _, default = ref[4:].partition(",")
             if name in os.environ:

@@ -1,3 +1,11 @@
-"""Registered generator and critic objectives."""
+"""Registered generator and critic objectives (and the GAN losses' real sources)."""
 
 from oneforcing.losses import flow_matching  # noqa: F401
+from oneforcing.losses import (  # noqa: F401
+    dmd,
+    flow_denoise,
+    gan,
+    ode_regression,
+    real_sources,
+    teacher_forcing,
+)

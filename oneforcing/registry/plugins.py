@@ -19,6 +19,7 @@ BUILTIN_PACKAGES = (
     "oneforcing.schedulers",
     "oneforcing.attention",
     "oneforcing.models",
+    "oneforcing.critics",
     "oneforcing.samplers",
     "oneforcing.losses",
     "oneforcing.data",

@@ -102,7 +102,7 @@ def build_trainer(job, ctx: RunContext) -> Trainer:
                    checkpoints=checkpoints, loggers=build_loggers(job.loggers, ctx.rank), steps=job.steps,
                    generator_every=job.generator_every, checkpoint_every=job.checkpoint_every,
                    max_bad_steps=job.max_bad_steps, log_every=job.log_every, config=ctx.recipe,
-                   run_dir=str(run_dir))
+                   run_dir=str(run_dir), batch_size=ds.micro_batch_size)
     trainer.lora = job.lora
     return trainer
 
@@ -114,5 +114,5 @@ def _data_kwargs(cfg: dict, ctx: RunContext) -> dict:
     from oneforcing.registry import DATASETS
 
     params = inspect.signature(DATASETS.get(cfg["type"])).parameters
-    given = {"rank": ctx.rank, "world_size": ctx.world_size, "seed": ctx.seed}
+    given = {"rank": ctx.rank, "world_size": ctx.world_size, "seed": ctx.seed, "infinite": True}
     return {k: v for k, v in given.items() if k in params and k not in cfg}

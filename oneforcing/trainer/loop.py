@@ -53,7 +53,7 @@ class Trainer:
                  uncond_text: torch.Tensor | None, ema: EMA | None, checkpoints: CheckpointManager,
                  loggers, steps: int, generator_every: int = 5, checkpoint_every: int = 50,
                  max_bad_steps: int = 3, log_every: int = 1, config: dict | None = None,
-                 run_dir: str | None = None):
+                 run_dir: str | None = None, batch_size: int = 1):
         self.ctx = ctx
         self.roles = {"generator": generator, "critic": critic}
         self.real_score = real_score
@@ -66,6 +66,7 @@ class Trainer:
         self.steps, self.generator_every = steps, max(1, generator_every)
         self.checkpoint_every, self.max_bad_steps, self.log_every = checkpoint_every, max_bad_steps, log_every
         self.config, self.run_dir = config or {}, run_dir
+        self.batch_size = batch_size
         self.step = 0
         self.bad_in_a_row = 0
         self._stop_signal: int | None = None
@@ -176,8 +177,13 @@ class Trainer:
     # --- data --------------------------------------------------------------------------------
     def _next_batch(self) -> dict:
         if self._data_iter is None:
-            self._data_iter = iter(self.data)
-        return next(self._data_iter)
+            # Shard loaders batch themselves (`batches(n)`); plain iterables yield batches.
+            stream = self.data.batches(self.batch_size) if hasattr(self.data, "batches") else iter(self.data)
+            self._data_iter = iter(stream)
+        try:
+            return normalize_batch(next(self._data_iter))
+        except StopIteration:
+            raise UserError("the training data ran out: use an infinite loader (data.infinite: true)") from None
 
     # --- checkpoints -------------------------------------------------------------------------
     def _rank_state(self) -> dict[str, Any]:
@@ -215,6 +221,18 @@ class Trainer:
             self.data.load_state_dict(t["data"])
         self._data_iter = None
         log.info("resumed from %s at step %d", path, self.step)
+
+
+# Shard loaders name fields after what is stored (latent, prompt_embed); losses read latents / text.
+_BATCH_ALIASES = {"latent": "latents", "prompt_embed": "text"}
+
+
+def normalize_batch(batch: dict) -> dict:
+    out = dict(batch)
+    for stored, used in _BATCH_ALIASES.items():
+        if stored in out and used not in out:
+            out[used] = out.pop(stored)
+    return out
 
 
 def _python_rng_state() -> list:

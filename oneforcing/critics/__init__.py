@@ -1,0 +1,26 @@
+"""Critics: the trainable fake score, optionally with a discriminator head (registered in CRITICS).
+
+The interface a critic plugin implements (an `nn.Module`, built from its recipe config like any
+component, `@CRITICS.register("name")`):
+
+    denoise(x_t, t, text) -> v        velocity (eps - x0) of the generator's distribution at x_t;
+                                      x_t [B, F, C, H, W], t [B] model timesteps (sigma = t / 1000),
+                                      text [B, L, D]. Used by `dmd` (fake score, no grad) and
+                                      `flow_denoise` (its training loss).
+    logit(x_t, t, text) -> [B]        optional: a real/fake logit, for the GAN losses
+                                      (`gan_generator`, `gan_discriminator`).
+
+Nothing else is required; `forward` should equal `denoise`. In the generator phase the trainer
+freezes the critic's parameters, and gradients flow through `logit` to x_t only. Under ZeRO-3
+keep every parameter inside a submodule that is called (DeepSpeed gathers parameters in the
+called module's forward hook), as `fake_score` and `register_gan_critic` do.
+
+Built in:
+    fake_score           bidirectional CausalWan under `model.`              (Self Forcing, DMD)
+    register_gan_critic  fake_score + register-token head under `head.`      (One-Forcing, ASD)
+"""
+
+from oneforcing.critics.fake_score import FakeScore
+from oneforcing.critics.register_gan import RegisterAttention, RegisterGANCritic, RegisterHead
+
+__all__ = ["FakeScore", "RegisterAttention", "RegisterGANCritic", "RegisterHead"]

@@ -1,0 +1,145 @@
+"""Non-saturating GAN losses on the critic's discriminator logits (One-Forcing, ASD).
+
+defaults.md, "One-Forcing adversarial branch" (paper Eqs. 5-6), with D = critic.logit:
+    generator      softplus(-D(fake_t))                               critic frozen by the trainer
+    discriminator  softplus(-D(real_t)) + softplus(D(fake_t))
+    relativistic   G: softplus(-(D_f - D_r)),  D: softplus(-(D_r - D_f))
+Real and fake are noised with the SAME t (s.sample_t: shift 5, clamp [20, 980]) and the SAME
+noise eps, and go through the critic as ONE batch [real; fake] (one forward, and the two sides
+see identical noise, so the logit gap measures the data and not the noise draw). The lambdas
+(0.03 in One-Forcing) are the recipe's `weight:`. The real side comes from `real:` (a
+REAL_SOURCES config; default `{type: dataset}`); the fake side is the phase's rollout.
+
+Finite-difference R1 / R2 (discriminator only; off by default, the framewise setting): with
+delta = sigma * n, n ~ N(0, I), added to the noised real (R1) / fake (R2) critic input x_t,
+    R = mean(((D(x_t + delta) - D(x_t)) / sigma)^2)
+whose expectation for small sigma is E[(n . grad D)^2] = ||grad_x D||^2, the usual R1/R2 penalty,
+without double backprop. Loss += r1_weight * R1 + r2_weight * R2 (inside the loss, so also scaled
+by the recipe's weight). The perturbed copies join the same critic batch. Chunkwise One-Forcing:
+r1_weight 1.0, r1_sigma 0.1, r2_weight 0.001, r2_sigma 0.01.
+
+Logged: logit_real, logit_fake (means), logit_gap = |mean l_r - mean l_f|, t_mean, r1, r2.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from oneforcing.errors import UserError
+from oneforcing.losses.common import GRID, critic_logit, figure
+from oneforcing.losses.real_sources import DatasetReal  # noqa: F401 - registers the real sources
+from oneforcing.registry import LOSSES, REAL_SOURCES, build
+
+
+def fd_penalty(d_perturbed: torch.Tensor, d_clean: torch.Tensor, sigma: float) -> torch.Tensor:
+    """mean(((D(x + sigma n) - D(x)) / sigma)^2): a finite-difference estimate of ||grad D||^2."""
+    return torch.mean(((d_perturbed - d_clean) / sigma) ** 2)
+
+
+class _GANBase:
+    def __init__(self, real: dict | None = None, relativistic: bool = False):
+        try:
+            self.real_source = build(real or {"type": "dataset"}, REAL_SOURCES, path="real")
+        except UserError as err:  # keep "real.type" in the message: the outer build adds the loss's path
+            raise type(err)(f"{err.key}: {err.message}" if err.key else err.message) from None
+        self.relativistic = bool(relativistic)
+
+    def _noised(self, s, fake: torch.Tensor, with_real: bool):
+        """(x_t of [real; fake] or of fake alone, t, text), one t and one eps shared by both sides."""
+        B = fake.shape[0]
+        t = s.sample_t(B)
+        eps = s.randn_like(fake).float()
+        fake_t = GRID.add_noise(fake.float(), eps, t)
+        if not with_real:
+            return fake_t, None, t, eps
+        real = self.real_source(s).float()
+        if real.shape != fake.shape:
+            raise ValueError(f"real samples {tuple(real.shape)} and generated {tuple(fake.shape)} differ in shape")
+        real_t = GRID.add_noise(real, eps, t)
+        return fake_t, real_t, t, eps
+
+    @staticmethod
+    def _figures(l_real, l_fake, t) -> dict[str, float]:
+        out = {"logit_fake": figure(l_fake), "t_mean": figure(t)}
+        if l_real is not None:
+            out["logit_real"] = figure(l_real)
+            out["logit_gap"] = abs(figure(l_real) - figure(l_fake))
+        return out
+
+
+@LOSSES.register("gan_generator")
+class GANGeneratorLoss(_GANBase):
+    """softplus(-D(fake_t)) (or relativistic softplus(-(D_f - D_r))) on the phase's rollout, with
+    gradient through the frozen critic into the generator's output.
+
+    The non-relativistic loss needs no real samples, but `log_real: true` (default) also scores
+    the real side in the same critic batch, for the logit-gap figure (one extra sample per batch;
+    set it false to save that compute)."""
+
+    def __init__(self, real: dict | None = None, relativistic: bool = False, log_real: bool = True):
+        super().__init__(real, relativistic)
+        self.log_real = bool(log_real)
+
+    def __call__(self, s):
+        fake = s.rollout().x0
+        want_real = self.relativistic or self.log_real
+        fake_t, real_t, t, _ = self._noised(s, fake, want_real)
+        if real_t is None:
+            l_fake, l_real = critic_logit(s.critic, fake_t, t, s.text), None
+        else:
+            both = critic_logit(s.critic, torch.cat([real_t.detach(), fake_t]), torch.cat([t, t]),
+                                torch.cat([s.text, s.text]))
+            l_real, l_fake = both.chunk(2)
+        if self.relativistic:
+            loss = F.softplus(-(l_fake - l_real.detach())).mean()
+        else:
+            loss = F.softplus(-l_fake).mean()
+        return loss, self._figures(l_real, l_fake, t)
+
+
+@LOSSES.register("gan_discriminator")
+class GANDiscriminatorLoss(_GANBase):
+    """softplus(-D(real_t)) + softplus(D(fake_t)) (or relativistic softplus(-(D_r - D_f))), plus
+    optional finite-difference R1 (real) / R2 (fake) penalties; critic phase."""
+
+    def __init__(self, real: dict | None = None, relativistic: bool = False, r1_weight: float = 0.0,
+                 r1_sigma: float = 0.1, r2_weight: float = 0.0, r2_sigma: float = 0.01):
+        super().__init__(real, relativistic)
+        for name, v in (("r1_weight", r1_weight), ("r2_weight", r2_weight)):
+            if v < 0:
+                raise ValueError(f"{name} must be >= 0, got {v}")
+        for name, v in (("r1_sigma", r1_sigma), ("r2_sigma", r2_sigma)):
+            if v <= 0:
+                raise ValueError(f"{name} must be > 0, got {v}")
+        self.r1_weight, self.r1_sigma = float(r1_weight), float(r1_sigma)
+        self.r2_weight, self.r2_sigma = float(r2_weight), float(r2_sigma)
+
+    def __call__(self, s):
+        fake = s.rollout().x0.detach()
+        fake_t, real_t, t, _ = self._noised(s, fake, with_real=True)
+        xs, ts = [real_t, fake_t], [t, t]
+        if self.r1_weight > 0:
+            xs.append(real_t + self.r1_sigma * s.randn_like(real_t))
+            ts.append(t)
+        if self.r2_weight > 0:
+            xs.append(fake_t + self.r2_sigma * s.randn_like(fake_t))
+            ts.append(t)
+        logits = critic_logit(s.critic, torch.cat(xs), torch.cat(ts), s.text.repeat(len(xs), 1, 1))
+        parts = list(logits.chunk(len(xs)))
+        l_real, l_fake = parts[0], parts[1]
+        if self.relativistic:
+            loss = F.softplus(-(l_real - l_fake)).mean()
+        else:
+            loss = F.softplus(-l_real).mean() + F.softplus(l_fake).mean()
+        figures = self._figures(l_real, l_fake, t)
+        k = 2
+        if self.r1_weight > 0:
+            r1 = fd_penalty(parts[k], l_real, self.r1_sigma)
+            loss, k = loss + self.r1_weight * r1, k + 1
+            figures["r1"] = float(r1.detach())
+        if self.r2_weight > 0:
+            r2 = fd_penalty(parts[k], l_fake, self.r2_sigma)
+            loss = loss + self.r2_weight * r2
+            figures["r2"] = float(r2.detach())
+        return loss, figures

@@ -1,0 +1,90 @@
+"""Regression onto stored teacher ODE trajectories: ODE initialisation and the forward-KL surrogate.
+
+Batch keys (written by the ODE-pairs dataset; the teacher's states at the kept step indices):
+    ode_states  [B, K, F, C, H, W]   x at the kept steps (TeacherODE `states`)
+    ode_t       [K] or [B, K]        their model timesteps (sigma = t / 1000; e.g. 1000, 937.5,
+                                     833.3, 625 for indices 0, 12, 24, 36 of 48 steps at shift 5)
+    ode_x0      [B, F, C, H, W]      the final clean ODE output (the regression target)
+    text        [B, L, D]            as in every batch
+
+`ode_regression` (defaults.md, "Initialisation stages"): per sample one kept index k (uniform,
+shared by all its frames), x0_hat = x_k - sigma_k * G(x_k, t_k, text) with the causal student in
+block-causal full-sequence mode (no cache: every frame sees the earlier *noisy* frames, as in
+CausVid / Self Forcing's ODE init), loss = mean((x0_hat - ode_x0)^2) in fp32.
+
+`fkl_surrogate` (defaults.md, "Forward-KL surrogate"; paper Eq. 10): the same MSE from ONE fixed
+kept state x_{t0} (`index`, default 0 = t 1000, the one-step generator's input) to the stored
+endpoint, through the generator in causal mode with per-frame t [B, F]. It is added to the DMD
+(+ GAN) generator objective with weight lambda_fkl (recipe `weight: 1.0`).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from oneforcing.losses.common import GRID, call_model, figure
+from oneforcing.registry import LOSSES
+
+BATCH_KEYS = ("ode_states", "ode_t", "ode_x0")
+
+
+def ode_batch(s) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(states [B, K, F, C, H, W], t [B, K], x0 [B, F, C, H, W]) from the batch, on the device."""
+    missing = [k for k in BATCH_KEYS if k not in s.batch]
+    if missing:
+        raise KeyError(f"this loss needs ODE-pair batches with keys {', '.join(BATCH_KEYS)}; missing "
+                       f"{', '.join(missing)} (use an ODE-pairs dataset)")
+    states = s.batch["ode_states"].to(s.device)
+    t = torch.as_tensor(s.batch["ode_t"]).to(s.device).float()
+    x0 = s.batch["ode_x0"].to(s.device)
+    B, K = states.shape[:2]
+    if t.dim() == 1:
+        t = t.expand(B, K)
+    if t.shape != (B, K):
+        raise ValueError(f"ode_t has shape {tuple(t.shape)}, expected [{K}] or [{B}, {K}]")
+    return states, t, x0
+
+
+def regress(s, states: torch.Tensor, t_all: torch.Tensor, x0: torch.Tensor, idx: torch.Tensor,
+            per_frame_t: bool):
+    """MSE between the causal student's x0 prediction from states[b, idx[b]] and x0."""
+    rows = torch.arange(states.shape[0], device=states.device)
+    idx = idx.to(states.device)
+    x_t = states[rows, idx].float()                       # [B, F, C, H, W]
+    t = t_all[rows, idx]                                  # [B]
+    t_model = t[:, None].expand(-1, x_t.shape[1]) if per_frame_t else t
+    v = call_model(s.generator, x_t, t_model, s.text, causal=True)
+    x0_hat = GRID.x0_from_v(x_t, v, t)
+    loss = torch.mean((x0_hat - x0.float()) ** 2)
+    return loss, {"t_mean": figure(t)}
+
+
+@LOSSES.register("ode_regression")
+class ODERegressionLoss:
+    """`{type: ode_regression}`; `per_frame_t`: pass t as [B, F] (the same value on every frame)."""
+
+    def __init__(self, per_frame_t: bool = False):
+        self.per_frame_t = bool(per_frame_t)
+
+    def __call__(self, s):
+        states, t, x0 = ode_batch(s)
+        B, K = states.shape[:2]
+        idx = torch.randint(0, K, (B,), generator=s.rng)
+        return regress(s, states, t, x0, idx, self.per_frame_t)
+
+
+@LOSSES.register("fkl_surrogate")
+class FKLSurrogateLoss:
+    """`{type: fkl_surrogate, index: 0, weight: 1.0}`: ||G(x_{t0}, t0) - x_ode||^2 for the kept
+    state `index` (0 = the pure-noise start at t = 1000)."""
+
+    def __init__(self, index: int = 0):
+        self.index = int(index)
+
+    def __call__(self, s):
+        states, t, x0 = ode_batch(s)
+        B, K = states.shape[:2]
+        if not -K <= self.index < K:
+            raise IndexError(f"fkl_surrogate index {self.index} out of range for {K} stored ODE states")
+        idx = torch.full((B,), self.index % K, dtype=torch.long)
+        return regress(s, states, t, x0, idx, per_frame_t=True)

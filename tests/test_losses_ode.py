@@ -1,0 +1,141 @@
+"""ODE regression, the forward-KL surrogate and teacher-forcing AR diffusion: formulas and grads."""
+
+import pytest
+import torch
+import torch.nn as nn
+
+from oneforcing.jobs.base import RunContext
+from oneforcing.registry import LOSSES, build
+from oneforcing.schedulers import FlowMatchScheduler, ShiftedUniformTimesteps
+from oneforcing.trainer.step import StepContext
+
+B, K, F, C, H, W = 3, 4, 4, 2, 2, 2
+
+
+class LinGen(nn.Module):
+    """v = a x + t / 1000 (per frame); records t and the keyword arguments."""
+
+    def __init__(self, frames_per_block=1):
+        super().__init__()
+        self.a = nn.Parameter(torch.tensor(0.4))
+        self.frames_per_block = frames_per_block
+        self.calls = []
+
+    def forward(self, x, t, text, **kw):
+        self.calls.append((t.detach().clone(), kw))
+        tt = t if t.dim() == 2 else t[:, None].expand(-1, x.shape[1])
+        return self.a * x + (tt / 1000).view(x.shape[0], x.shape[1], 1, 1, 1)
+
+
+def make_ctx(batch, gen, seed=0, timesteps=None, uncond=None):
+    return StepContext(step=0, phase="generator", batch=batch, generator=gen, critic=None, real_score=None,
+                       scheduler=FlowMatchScheduler(), timesteps=timesteps or ShiftedUniformTimesteps(),
+                       sampler=None, uncond_text=torch.zeros(1, 2, 3) if uncond is None else uncond,
+                       rng=torch.Generator().manual_seed(seed), ctx=RunContext())
+
+
+def ode_batch(t_shape="k"):
+    g = torch.Generator().manual_seed(1)
+    t = torch.tensor([1000.0, 937.5, 833.3, 625.0])
+    return {"ode_states": torch.randn(B, K, F, C, H, W, generator=g),
+            "ode_x0": torch.randn(B, F, C, H, W, generator=g),
+            "ode_t": t if t_shape == "k" else t.expand(B, K).clone(),
+            "text": torch.randn(B, 2, 3, generator=g)}
+
+
+def expected(batch, idx, a=0.4):
+    rows = torch.arange(B)
+    x_t = batch["ode_states"][rows, idx]
+    t = torch.as_tensor(batch["ode_t"]).expand(B, K)[rows, idx]
+    sig = (t / 1000).view(-1, 1, 1, 1, 1)
+    x0_hat = x_t - sig * (a * x_t + sig)
+    return torch.mean((x0_hat - batch["ode_x0"]) ** 2), x_t, t
+
+
+@pytest.mark.parametrize("t_shape", ["k", "bk"])
+def test_ode_regression_one_index_per_sample(t_shape):
+    batch = ode_batch(t_shape)
+    gen = LinGen()
+    loss, figs = build({"type": "ode_regression"}, LOSSES)(make_ctx(batch, gen, seed=7))
+    idx = torch.randint(0, K, (B,), generator=torch.Generator().manual_seed(7))
+    want, _, t = expected(batch, idx)
+    assert loss.item() == pytest.approx(want.item(), rel=1e-5)
+    (t_seen, kw), = gen.calls
+    assert t_seen.shape == (B,) and torch.equal(t_seen, t)  # one t per sample, shared by frames
+    assert figs["t_mean"] == pytest.approx(t.mean().item())
+    loss.backward()
+    assert gen.a.grad is not None
+
+
+def test_fkl_surrogate_fixed_state_per_frame_t_and_gradient():
+    batch = ode_batch()
+    gen = LinGen()
+    loss, _ = build({"type": "fkl_surrogate", "index": 0}, LOSSES)(make_ctx(batch, gen))
+    idx = torch.zeros(B, dtype=torch.long)
+    want, x_t, t = expected(batch, idx)
+    assert loss.item() == pytest.approx(want.item(), rel=1e-5)
+    (t_seen, _), = gen.calls
+    assert t_seen.shape == (B, F) and torch.all(t_seen == 1000.0)
+    loss.backward()
+    # d/da mean((x_t - s(a x_t + s) - x0)^2) = mean(2 r * (-s x_t))
+    sig = (t / 1000).view(-1, 1, 1, 1, 1)
+    r = x_t - sig * (0.4 * x_t + sig) - batch["ode_x0"]
+    assert gen.a.grad.item() == pytest.approx(torch.mean(2 * r * (-sig * x_t)).item(), rel=1e-4)
+    with pytest.raises(IndexError):
+        build({"type": "fkl_surrogate", "index": 9}, LOSSES)(make_ctx(batch, LinGen()))
+
+
+def test_ode_losses_name_missing_batch_keys():
+    with pytest.raises(KeyError, match="ode_states"):
+        build({"type": "ode_regression"}, LOSSES)(make_ctx({"text": torch.zeros(B, 2, 3)}, LinGen()))
+
+
+def test_ode_regression_on_tiny_causal_wan_runs_block_causal():
+    from oneforcing.models import CausalWan
+    from oneforcing.testing.tiny_wan import TINY_WAN_CONFIG
+
+    torch.manual_seed(0)
+    gen = CausalWan.from_config(TINY_WAN_CONFIG, frames_per_block=1, causal=True, attention="sdpa")
+    g = torch.Generator().manual_seed(2)
+    batch = {"ode_states": torch.randn(1, 2, 3, 4, 4, 4, generator=g), "ode_t": torch.tensor([1000.0, 625.0]),
+             "ode_x0": torch.randn(1, 3, 4, 4, 4, generator=g), "text": torch.randn(1, 5, 24, generator=g)}
+    loss, _ = build({"type": "ode_regression"}, LOSSES)(make_ctx(batch, gen))
+    loss.backward()
+    assert torch.isfinite(loss) and gen.blocks[0].attn1.to_q.weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("fpb,per_frame", [(2, False), (1, False), (2, True)])
+def test_teacher_forcing_diffusion_per_block_t_and_clean_context(fpb, per_frame):
+    g = torch.Generator().manual_seed(3)
+    F5 = 5
+    batch = {"latents": torch.randn(B, F5, C, H, W, generator=g), "text": torch.randn(B, 2, 3, generator=g)}
+    gen = LinGen(frames_per_block=fpb)
+    loss, _ = build({"type": "teacher_forcing_diffusion", "per_frame": per_frame}, LOSSES)(make_ctx(batch, gen, seed=4))
+    (t, kw), = gen.calls
+    assert t.shape == (B, F5) and torch.equal(kw["clean_x"], batch["latents"])
+    block = 1 if per_frame else fpb
+    n_blocks = -(-F5 // block)
+    # the same draws, in order: one t per (sample, block), then the noise
+    rng = torch.Generator().manual_seed(4)
+    t_want = ShiftedUniformTimesteps()(B * n_blocks, generator=rng).reshape(B, n_blocks)
+    t_want = t_want.repeat_interleave(block, dim=1)[:, :F5]
+    torch.testing.assert_close(t, t_want)
+    eps = torch.randn(batch["latents"].shape, generator=rng)
+    sig = (t / 1000)[..., None, None, None]
+    x_t = (1 - sig) * batch["latents"] + sig * eps
+    v = 0.4 * x_t + sig
+    assert loss.item() == pytest.approx(torch.mean((v - (eps - batch["latents"])) ** 2).item(), rel=1e-5)
+
+
+def test_teacher_forcing_diffusion_on_tiny_causal_wan():
+    from oneforcing.models import CausalWan
+    from oneforcing.testing.tiny_wan import TINY_WAN_CONFIG
+
+    torch.manual_seed(0)
+    gen = CausalWan.from_config(TINY_WAN_CONFIG, frames_per_block=1, causal=True, attention="sdpa")
+    g = torch.Generator().manual_seed(2)
+    batch = {"latents": torch.randn(2, 3, 4, 4, 4, generator=g), "text": torch.randn(2, 5, 24, generator=g)}
+    loss, _ = build({"type": "teacher_forcing_diffusion", "text_dropout": 0.5}, LOSSES)(
+        make_ctx(batch, gen, uncond=torch.zeros(1, 5, 24)))
+    loss.backward()
+    assert torch.isfinite(loss) and gen.proj_out.weight.grad.abs().sum() > 0
