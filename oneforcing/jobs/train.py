@@ -56,11 +56,16 @@ class Train(Job):
         self.critic_losses = critic_losses or []
         if not self.generator_losses and not self.critic_losses:
             raise UserError("needs generator_losses and/or critic_losses", key="generator_losses")
+        # Losses are small objects: build them now, so that a mistake anywhere inside one (even in
+        # a raw sub-config such as a GAN loss's `real:`) stops the run before any model loads.
+        self.built_losses: dict[str, list] = {}
         for key, losses in (("generator_losses", self.generator_losses), ("critic_losses", self.critic_losses)):
+            self.built_losses[key] = []
             for i, cfg in enumerate(losses):
                 if not isinstance(cfg, dict):
                     raise UserError(f"expected a loss config {{type: ...}}, got {cfg!r}", key=f"{key}[{i}]")
-                validate(_split_loss(cfg)[0], LOSSES, path=f"{key}[{i}]")
+                body, weight, name = _split_loss(cfg)
+                self.built_losses[key].append((name, build(body, LOSSES, path=f"{key}[{i}]"), weight))
         if self.critic_losses and "critic" not in models:
             raise UserError("critic_losses need models.critic", key="critic_losses")
         self.sampler = sampler

@@ -54,9 +54,8 @@ def build_trainer(job, ctx: RunContext) -> Trainer:
     """Build everything a `train` recipe names (see oneforcing/jobs/train.py for the keys)."""
     from oneforcing.config import dump_recipe
     from oneforcing.loggers import build_loggers
-    from oneforcing.registry import (DATASETS, LOSSES, SAMPLERS, SCHEDULERS, TEXT_ENCODERS,
-                                     TIMESTEP_SAMPLERS, build)
-    from oneforcing.jobs.train import ROLES, _split_loss
+    from oneforcing.jobs.train import ROLES
+    from oneforcing.registry import DATASETS, SAMPLERS, SCHEDULERS, TEXT_ENCODERS, TIMESTEP_SAMPLERS, build
 
     run_dir = Path(job.run_dir)
     if ctx.is_main:
@@ -85,19 +84,15 @@ def build_trainer(job, ctx: RunContext) -> Trainer:
             uncond = encoder.encode([negative]).to(ctx.device, ds.dtype)
         del encoder
 
-    def losses(key: str, cfgs: list[dict]) -> list[WeightedLoss]:
-        out = []
-        for i, cfg in enumerate(cfgs):
-            body, weight, name = _split_loss(cfg)
-            out.append(WeightedLoss(name, build(body, LOSSES, path=f"{key}[{i}]"), weight))
-        return out
+    def losses(key: str) -> list[WeightedLoss]:
+        return [WeightedLoss(name, fn, weight) for name, fn, weight in job.built_losses[key]]
 
     ema = EMA(generator.module, **(job.ema_cfg or {})) if job.ema_cfg is not None else None
     checkpoints = CheckpointManager(run_dir / "checkpoints", rank=ctx.rank, world_size=ctx.world_size,
                                     keep_last=job.keep_last, barrier=ctx.barrier)
     trainer = Trainer(ctx=ctx, generator=generator, critic=critic, real_score=real_score,
-                   generator_losses=losses("generator_losses", job.generator_losses),
-                   critic_losses=losses("critic_losses", job.critic_losses), data=data, sampler=sampler,
+                   generator_losses=losses("generator_losses"),
+                   critic_losses=losses("critic_losses"), data=data, sampler=sampler,
                    scheduler=scheduler, timesteps=timesteps, uncond_text=uncond, ema=ema,
                    checkpoints=checkpoints, loggers=build_loggers(job.loggers, ctx.rank), steps=job.steps,
                    generator_every=job.generator_every, checkpoint_every=job.checkpoint_every,

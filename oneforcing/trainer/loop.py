@@ -223,8 +223,9 @@ class Trainer:
         log.info("resumed from %s at step %d", path, self.step)
 
 
-# Shard loaders name fields after what is stored (latent, prompt_embed); losses read latents / text.
-_BATCH_ALIASES = {"latent": "latents", "prompt_embed": "text"}
+# Shard loaders name fields after what is stored; losses read latents / text / ode_*.
+_BATCH_ALIASES = {"latent": "latents", "prompt_embed": "text", "states": "ode_states",
+                  "timesteps": "ode_t", "clean": "ode_x0"}
 
 
 def normalize_batch(batch: dict) -> dict:
@@ -232,6 +233,10 @@ def normalize_batch(batch: dict) -> dict:
     for stored, used in _BATCH_ALIASES.items():
         if stored in out and used not in out:
             out[used] = out.pop(stored)
+    if "latents" not in out and "ode_x0" in out:
+        out["latents"] = out["ode_x0"]  # ODE pairs: the teacher's clean output is the "real" clip
+    if "ode_t" in out and out["ode_t"].dim() == 2:
+        out["ode_t"] = out["ode_t"][0]  # the same kept timesteps for every example
     return out
 
 
