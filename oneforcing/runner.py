@@ -71,6 +71,8 @@ def run(recipe_path: str | None, overrides: list[str], job_name: str | None = No
         job.run(ctx)
         return 0
     except UserError as err:
+        if err.key and not err.file:  # a recipe key named at run time: say which recipe
+            err = err.at(file=recipe_path)
         print(f"error: {err}", file=sys.stderr)
         return err.exit_code
     except KeyboardInterrupt:

@@ -37,7 +37,7 @@ class Train(Job):
                  checkpoint_every: int = 50, keep_last: int = 2, resume: str = "auto",
                  text_encoder: dict | None = None, negative_prompt: str | None = None,
                  loggers: list | None = None, export: dict | None = None, max_bad_steps: int = 3,
-                 log_every: int = 1, lora: dict | None = None):
+                 log_every: int = 1, lora: dict | None = None, ode_data: dict | None = None):
         from oneforcing.trainer.engines import DeepSpeedOptions, OptimizerConfig
         from oneforcing.trainer.lora import LoraOptions
 
@@ -52,6 +52,9 @@ class Train(Job):
             validate(cfg, ROLES[role], path=f"models.{role}")
         self.data = data
         validate(data, DATASETS, path="data")
+        self.ode_data = ode_data  # a second stream (ODE pairs) merged into each batch as ode_*
+        if ode_data is not None:
+            validate(ode_data, DATASETS, path="ode_data")
         self.generator_losses = generator_losses or []
         self.critic_losses = critic_losses or []
         if not self.generator_losses and not self.critic_losses:
@@ -97,9 +100,26 @@ class Train(Job):
         if export is not None and set(export) - {"dir", "merge_lora"}:
             raise UserError("export keys are dir, merge_lora", key="export")
 
+    def check_paths(self, recipe_file: str | None) -> None:
+        """Fail before any engine starts if a weights folder or dataset is missing, and say how
+        to get it or where the CPU-sized version of the same recipe is."""
+        wanted = [(f"models.{role}.pretrained", cfg.get("pretrained")) for role, cfg in self.models.items()]
+        wanted += [(f"{key}.path", cfg.get("path")) for key, cfg in (("data", self.data), ("ode_data", self.ode_data))
+                   if isinstance(cfg, dict)]
+        for key, path in wanted:
+            if isinstance(path, str) and not Path(path).exists():
+                hint = ""
+                if recipe_file:
+                    toy = Path(recipe_file).parent / "toy" / Path(recipe_file).name
+                    if toy.exists() and toy.resolve() != Path(recipe_file).resolve():
+                        hint = f"; to run this method on a CPU without Wan weights: python recipes/run.py {toy}"
+                raise UserError(f"'{path}' does not exist (download it, produce it with the recipe that "
+                                f"writes it, or override the path; see README 'Real runs'){hint}", key=key)
+
     def run(self, ctx: RunContext) -> None:
-        from oneforcing.loggers import build_loggers
         from oneforcing.trainer import build_trainer
+
+        self.check_paths(ctx.recipe_file)
 
         trainer = build_trainer(self, ctx)
         final_step = trainer.fit(self.resume)

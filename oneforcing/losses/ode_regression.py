@@ -53,7 +53,8 @@ def regress(s, states: torch.Tensor, t_all: torch.Tensor, x0: torch.Tensor, idx:
     x_t = states[rows, idx].float()                       # [B, F, C, H, W]
     t = t_all[rows, idx]                                  # [B]
     t_model = t[:, None].expand(-1, x_t.shape[1]) if per_frame_t else t
-    v = call_model(s.generator, x_t, t_model, s.text, causal=True)
+    text = s.batch["ode_text"].to(s.device) if "ode_text" in s.batch else s.text  # its own prompts
+    v = call_model(s.generator, x_t, t_model, text, causal=True)
     x0_hat = GRID.x0_from_v(x_t, v, t)
     loss = torch.mean((x0_hat - x0.float()) ** 2)
     return loss, {"t_mean": figure(t)}

@@ -72,6 +72,8 @@ def build_trainer(job, ctx: RunContext) -> Trainer:
     real_score = FrozenRole("real_score", modules["real_score"], ds) if "real_score" in modules else None
 
     data = build(job.data, DATASETS, path="data", **_data_kwargs(job.data, ctx))
+    ode_data = (build(job.ode_data, DATASETS, path="ode_data", **_data_kwargs(job.ode_data, ctx))
+                if job.ode_data is not None else None)
     sampler = build(job.sampler, SAMPLERS, path="sampler") if job.sampler else None
     scheduler = build(job.scheduler, SCHEDULERS, path="scheduler")
     timesteps = build(job.timesteps, TIMESTEP_SAMPLERS, path="timesteps")
@@ -97,7 +99,7 @@ def build_trainer(job, ctx: RunContext) -> Trainer:
                    checkpoints=checkpoints, loggers=build_loggers(job.loggers, ctx.rank), steps=job.steps,
                    generator_every=job.generator_every, checkpoint_every=job.checkpoint_every,
                    max_bad_steps=job.max_bad_steps, log_every=job.log_every, config=ctx.recipe,
-                   run_dir=str(run_dir), batch_size=ds.micro_batch_size)
+                   run_dir=str(run_dir), batch_size=ds.micro_batch_size, ode_data=ode_data)
     trainer.lora = job.lora
     return trainer
 

@@ -53,7 +53,7 @@ class Trainer:
                  uncond_text: torch.Tensor | None, ema: EMA | None, checkpoints: CheckpointManager,
                  loggers, steps: int, generator_every: int = 5, checkpoint_every: int = 50,
                  max_bad_steps: int = 3, log_every: int = 1, config: dict | None = None,
-                 run_dir: str | None = None, batch_size: int = 1):
+                 run_dir: str | None = None, batch_size: int = 1, ode_data=None):
         self.ctx = ctx
         self.roles = {"generator": generator, "critic": critic}
         self.real_score = real_score
@@ -67,6 +67,8 @@ class Trainer:
         self.checkpoint_every, self.max_bad_steps, self.log_every = checkpoint_every, max_bad_steps, log_every
         self.config, self.run_dir = config or {}, run_dir
         self.batch_size = batch_size
+        self.ode_data = ode_data
+        self._ode_iter = None
         self.step = 0
         self.bad_in_a_row = 0
         self._stop_signal: int | None = None
@@ -177,11 +179,20 @@ class Trainer:
     # --- data --------------------------------------------------------------------------------
     def _next_batch(self) -> dict:
         if self._data_iter is None:
-            # Shard loaders batch themselves (`batches(n)`); plain iterables yield batches.
-            stream = self.data.batches(self.batch_size) if hasattr(self.data, "batches") else iter(self.data)
-            self._data_iter = iter(stream)
+            self._data_iter = _batches(self.data, self.batch_size)
+        batch = normalize_batch(self._draw(self._data_iter))
+        if self.ode_data is not None:  # ODE pairs alongside real data (the fKL surrogate ablation)
+            if self._ode_iter is None:
+                self._ode_iter = _batches(self.ode_data, self.batch_size)
+            ode = normalize_batch(self._draw(self._ode_iter))
+            batch.update({k: v for k, v in ode.items() if k.startswith("ode_")})
+            batch["ode_text"] = ode["text"]
+        return batch
+
+    @staticmethod
+    def _draw(iterator) -> dict:
         try:
-            return normalize_batch(next(self._data_iter))
+            return next(iterator)
         except StopIteration:
             raise UserError("the training data ran out: use an infinite loader (data.infinite: true)") from None
 
@@ -196,6 +207,7 @@ class Trainer:
             "step": self.step, "bad_in_a_row": self.bad_in_a_row,
             "torch_rng": torch.get_rng_state(), "python_rng": _python_rng_state(),
             "data": self.data.state_dict() if hasattr(self.data, "state_dict") else {},
+            "ode_data": self.ode_data.state_dict() if hasattr(self.ode_data, "state_dict") else {},
         }
         return states
 
@@ -219,8 +231,15 @@ class Trainer:
         random.setstate(_python_rng_from(t["python_rng"]))
         if hasattr(self.data, "load_state_dict"):
             self.data.load_state_dict(t["data"])
-        self._data_iter = None
+        if hasattr(self.ode_data, "load_state_dict"):
+            self.ode_data.load_state_dict(t["ode_data"])
+        self._data_iter = self._ode_iter = None
         log.info("resumed from %s at step %d", path, self.step)
+
+
+def _batches(data, batch_size: int):
+    """Shard loaders batch themselves (`batches(n)`); plain iterables already yield batches."""
+    return iter(data.batches(batch_size) if hasattr(data, "batches") else data)
 
 
 # Shard loaders name fields after what is stored; losses read latents / text / ode_*.

@@ -1,0 +1,199 @@
+"""`ode_pairs`: the teacher's ODE trajectories as `ode_pairs` shards (ODE-regression initialisation).
+
+    job: ode_pairs
+    teacher: Wan2.1-T2V-14B-Diffusers/transformer     # or a training export (ema/ | generator/)
+    prompts_from: data/latents                       # a latent_shards folder: its prompts + embeddings
+    text_encoder: {type: umt5, path: Wan2.1-T2V-1.3B-Diffusers}   # for the negative prompt only
+    out: data/ode_pairs
+    # Causal Forcing: ODE pairs from the AR-diffusion (teacher-forcing) model, run causally:
+    # model: {causal: true, frames_per_block: 3}
+    # sampler: {type: teacher_ode, causal: true}
+
+Per prompt: noise -> `num_steps` (48) Euler steps, shift 5, CFG 6 in the usual form
+(v_u + 6 (v_c - v_u)), keeping the states at step indices [0, 12, 24, 36] (t = 1000, 937.5,
+833.3, 625) and the clean endpoint: fields states [K, F, C, H, W], timesteps [K], clean, prompt_embed,
+prompt_mask. Without `prompts_from`, the prompts are a toy-world `split` (world seed = recipe seed),
+encoded with `text_encoder` (default: the toy UMT5 asset, negative prompt "").
+
+Example g's noise comes from derive_seed(recipe seed, "ode_pairs", g); shard j (examples
+[j n, (j+1) n)) is written by rank j % world_size in batches that do not depend on the number of
+ranks, so any world size writes the same files. A shard that exists is complete (atomic writes), so
+a killed run restarts where it stopped; job.json refuses a restart with other settings.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from oneforcing.data.loader import LatentShards
+from oneforcing.data.pipeline import encode_text, plan_shards, prepare_output, shard_name
+from oneforcing.data.shards import ShardWriter, dtype_from_name, write_index
+from oneforcing.data.toy_codec import ToyCodec
+from oneforcing.data.toy_world import ToyWorld
+from oneforcing.errors import UserError
+from oneforcing.jobs.base import Job, RunContext, derive_seed
+from oneforcing.jobs.generate import load_generator_model, resolve_model_dir
+from oneforcing.jobs.toy_eval import DEFAULT_TEXT_ENCODER, build_sampler, model_config
+from oneforcing.models.text_encoder import parse_dtype
+from oneforcing.registry import JOBS, TEXT_ENCODERS, build, validate
+
+log = logging.getLogger("oneforcing")
+
+DEFAULT_ODE_TEXT_ENCODER = {**DEFAULT_TEXT_ENCODER, "negative_prompt": ""}  # the toy teacher's uncond text
+
+
+class _ShardSource:
+    """Prompts, embeddings and metadata of a latent_shards folder (latents are not needed)."""
+
+    def __init__(self, path: str, num_examples: int | None):
+        self.ds = LatentShards(path, shuffle=False, rank=0, world_size=1, check_finite=False)
+        self.num = self.ds.num_examples if num_examples is None else num_examples
+        if self.num > self.ds.num_examples:
+            raise UserError(f"ode_pairs: num_examples={self.num} but prompts_from '{path}' holds "
+                            f"{self.ds.num_examples}")
+        self.shape = tuple(self.ds.fields["latent"]["shape"])
+
+    def batch(self, indices: range, encoder) -> tuple[list[str], torch.Tensor, torch.Tensor, list[dict]]:
+        items = [self.ds.read(g) for g in indices]
+        return ([it["prompt"] for it in items], torch.stack([it["prompt_embed"].float() for it in items]),
+                torch.stack([it["prompt_mask"].bool() for it in items]), [it["metadata"] for it in items])
+
+
+class _ToySource:
+    def __init__(self, split: str, num_examples: int | None, seed: int, frames: int, size: int):
+        if num_examples is None:
+            raise UserError("ode_pairs: set 'num_examples' for a toy-world split")
+        self.world = ToyWorld(split, num_examples=num_examples, seed=seed, frames=frames, size=size)
+        self.num = num_examples
+        self.shape = tuple(ToyCodec().latent_shape(frames, size, size))
+
+    def batch(self, indices: range, encoder):
+        scenes = self.world.scenes(indices)
+        prompts = [s["prompt"] for s in scenes]
+        embed, mask = encode_text(encoder, prompts)
+        return prompts, embed, mask, scenes
+
+
+@JOBS.register("ode_pairs")
+class OdePairsJob(Job):
+    """Teacher ODE trajectories (states at kept steps + clean endpoint) as ode_pairs shards."""
+
+    def __init__(self, teacher: str, out: str, prompts_from: str | None = None, split: str | None = None,
+                 num_examples: int | None = None, examples_per_shard: int = 64, batch_size: int = 4,
+                 model: dict | None = None, sampler: dict | None = None, text_encoder: dict | None = None,
+                 negative_prompt: str | None = None, use_ema: bool = True, frames: int = 21, size: int = 32,
+                 latent_dtype: str = "float16", dtype: str = "auto", overwrite: bool = False,
+                 progress: bool = True):
+        if (prompts_from is None) == (split is None):
+            raise UserError("ode_pairs: give exactly one of 'prompts_from' (a latent_shards folder) or 'split' "
+                            "(a toy-world split)")
+        for key, value in (("examples_per_shard", examples_per_shard), ("batch_size", batch_size),
+                           ("num_examples", 1 if num_examples is None else num_examples)):
+            if value < 1:
+                raise UserError(f"ode_pairs: '{key}' must be >= 1, got {value}")
+        dtype_from_name(latent_dtype, what="ode_pairs.latent_dtype")
+        if split is not None:
+            _ToySource(split, num_examples, 0, frames, size)  # validate now
+        self.weights_dir = resolve_model_dir(teacher, use_ema)
+        self.model_cfg = model_config({"causal": False, **(model or {})})
+        self.sampler_cfg = sampler or {"type": "teacher_ode"}
+        self.sampler = build_sampler(self.sampler_cfg)
+        if not getattr(self.sampler, "keep_indices", None):
+            raise UserError(f"ode_pairs: sampler '{self.sampler_cfg.get('type')}' keeps no ODE states; "
+                            "use {type: teacher_ode, ...} with non-empty keep_indices")
+        self.text_cfg = text_encoder or dict(DEFAULT_ODE_TEXT_ENCODER)
+        validate(self.text_cfg, TEXT_ENCODERS, path="text_encoder")
+        self.teacher, self.use_ema, self.prompts_from, self.split = teacher, use_ema, prompts_from, split
+        self.num_examples, self.per_shard, self.batch_size = num_examples, examples_per_shard, batch_size
+        self.negative_prompt, self.frames, self.size = negative_prompt, frames, size
+        self.latent_dtype, self.dtype, self.overwrite = latent_dtype, dtype, overwrite
+        self.out, self.progress = out, progress
+        self._dtype(torch.device("cpu"))  # validate now
+
+    def settings(self, seed: int) -> dict:
+        """What shapes the output: a restart with other values is refused (unless overwrite)."""
+        return {"job": "ode_pairs", "seed": seed, "teacher": str(self.weights_dir), "model": self.model_cfg,
+                "sampler": self.sampler_cfg, "prompts_from": self.prompts_from, "split": self.split,
+                "num_examples": self.num_examples, "frames": self.frames, "size": self.size,
+                "examples_per_shard": self.per_shard, "text_encoder": self.text_cfg,
+                "negative_prompt": self.negative_prompt, "latent_dtype": self.latent_dtype}
+
+    def _dtype(self, device: torch.device) -> torch.dtype:
+        """The teacher's compute dtype; "auto" = bfloat16 on CUDA, float32 on CPU."""
+        if self.dtype == "auto":
+            return torch.bfloat16 if device.type == "cuda" else torch.float32
+        return parse_dtype(self.dtype, key="ode_pairs.dtype")
+
+    def _source(self, seed: int):
+        if self.prompts_from is not None:
+            return _ShardSource(self.prompts_from, self.num_examples)
+        return _ToySource(self.split, self.num_examples, seed, self.frames, self.size)
+
+    def run(self, ctx: RunContext) -> None:
+        from tqdm.auto import tqdm
+
+        settings = self.settings(ctx.seed)
+        out = prepare_output(self.out, settings, self.overwrite, ctx, "ode_pairs")
+        source = self._source(ctx.seed)
+        todo = [p for p in plan_shards(source.num, self.per_shard, ctx.rank, ctx.world_size)
+                if not (out / shard_name(p[0])).exists()]
+        log.info("ode_pairs: %d examples in shards of %d -> %s (%d shards to write on this rank)",
+                 source.num, self.per_shard, out, len(todo))
+        if todo:
+            self._write(ctx, source, out, todo, tqdm)
+        ctx.barrier()
+        if ctx.is_main:
+            write_index(out, info={"source": self.prompts_from or f"toy_world:{self.split}", **settings},
+                        kind="ode_pairs")
+        ctx.barrier()
+
+    def _write(self, ctx: RunContext, source, out, todo, tqdm) -> None:
+        device = ctx.device
+        dtype = self._dtype(device)
+        encoder = build(self.text_cfg, TEXT_ENCODERS, path="text_encoder", file=ctx.recipe_file)
+        negative_text = encoder.negative_prompt if self.negative_prompt is None else self.negative_prompt
+        negative = encode_text(encoder, [negative_text])[0]
+        model = load_generator_model(self.model_cfg, self.weights_dir, ctx.recipe_file).to(device, dtype)
+        model.eval().requires_grad_(False)
+        store = dtype_from_name(self.latent_dtype)
+        checked = False
+        bar = tqdm(total=sum(e - s for _, s, e in todo), desc="ode_pairs", unit="ex",
+                   disable=not (self.progress and ctx.is_main))
+        for j, start, end in todo:
+            writer = ShardWriter(out, kind="ode_pairs", examples_per_shard=end - start, start=j, index=False,
+                                 dtypes={"states": store, "clean": store})
+            for b in range(start, end, self.batch_size):
+                idx = range(b, min(b + self.batch_size, end))
+                prompts, embed, mask, metadata = source.batch(idx, encoder)
+                if not checked:
+                    self._check_shapes(model, source.shape, embed, negative)
+                    checked = True
+                seeds = [derive_seed(ctx.seed, "ode_pairs", g) for g in idx]
+                noise = torch.stack([torch.randn(source.shape, generator=torch.Generator().manual_seed(s))
+                                     for s in seeds])
+                neg = negative.expand(len(idx), *negative.shape[1:])
+                res = self.sampler(model, noise.to(device, dtype), embed.to(device, dtype), neg.to(device, dtype))
+                writer.add_batch(prompts=prompts,
+                                 metadata=[{**m, "source_index": g, "noise_seed": s}
+                                           for m, g, s in zip(metadata, idx, seeds)],
+                                 states=res.states.float().cpu(), clean=res.x0.float().cpu(),
+                                 timesteps=res.timesteps.float().expand(len(idx), -1),
+                                 prompt_embed=embed, prompt_mask=mask)
+                bar.update(len(idx))
+            writer.close()  # exactly shard j (the writer flushes when it holds end - start examples)
+        bar.close()
+        del model, encoder
+
+    def _check_shapes(self, model, shape: tuple, embed: torch.Tensor, negative: torch.Tensor) -> None:
+        cfg = getattr(model, "config", {})
+        if cfg.get("in_channels") not in (None, shape[1]):
+            raise UserError(f"ode_pairs: teacher has in_channels={cfg['in_channels']} but the latents have "
+                            f"{shape[1]} channels ({self.prompts_from or 'toy codec'})")
+        if embed.shape[-1] != negative.shape[-1]:
+            raise UserError(f"ode_pairs: text_encoder gives dim {negative.shape[-1]}, the prompts' embeddings "
+                            f"{embed.shape[-1]}: set 'text_encoder' to the encoder that made prompts_from")
+        if cfg.get("text_dim") not in (None, embed.shape[-1]):
+            raise UserError(f"ode_pairs: teacher has text_dim={cfg['text_dim']}, prompt embeddings "
+                            f"{embed.shape[-1]}")

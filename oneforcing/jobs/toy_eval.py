@@ -1,0 +1,244 @@
+"""`toy_eval`: sample a model on toy-world prompts and score it with ToyBench, in latent space.
+
+    job: toy_eval
+    checkpoint: runs/toy/one_forcing/export        # diffusers folder, or a checkpoint with ema/ | generator/
+    out: runs/toy/eval/one_forcing                 # toybench.json, toybench.md, videos/*.mp4, samples.gif
+    name: one_forcing_framewise                    # the markdown row's label
+    # sampler: {type: teacher_ode, num_steps: 50, guidance: 6.0}   # the bidirectional teacher, with CFG
+
+Latents are decoded with the toy codec and scored as tensors: no lossy mp4 between the model and
+ToyBench (the mp4s and the GIF are for eyeballing only). The prompts are ToyWorld(split,
+num_videos, seed=EVAL_SEED): a fixed seed, independent of the recipe's, so every model is scored on
+the same prompts. Video i's noise is drawn from derive_seed(recipe seed, "toy_eval", i); videos go
+in fixed batches of `batch_size` and batch k runs on rank k % world_size, so any number of ranks
+gives the same numbers. Each rank leaves its latents in out/.parts/; rank 0 scores and writes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from oneforcing.data.shards import atomic_write_text
+from oneforcing.data.toy_text_encoder import TOY_MAX_LENGTH, TOY_TEXT_ENCODER_PATH
+from oneforcing.data.toy_world import ToyWorld
+from oneforcing.errors import UserError
+from oneforcing.eval.toybench import ToyBench, markdown_header, markdown_row
+from oneforcing.jobs.base import Job, RunContext, derive_seed
+from oneforcing.jobs.generate import _takes, load_generator_model, resolve_model_dir, rollout
+from oneforcing.registry import JOBS, MODELS, SAMPLERS, TEXT_ENCODERS, VAES, build, validate
+
+log = logging.getLogger("oneforcing")
+
+EVAL_SEED = 1234  # the toy world's seed for eval prompts: the same for every model and recipe
+DEFAULT_TEXT_ENCODER = {"type": "umt5", "path": TOY_TEXT_ENCODER_PATH, "max_length": TOY_MAX_LENGTH}
+GIF_VIDEOS = 4
+
+
+def model_config(model: dict | None, *, key: str = "model") -> dict:
+    """`model:` as extra CausalWan kwargs ({frames_per_block: 3, causal: false}) or a full config
+    with its own `type`; validated now. The weights come from the checkpoint, never from here."""
+    cfg = {"type": "causal_wan", **(model or {})}
+    validate(cfg, MODELS, path=key, provided=("pretrained",))
+    return cfg
+
+
+def build_sampler(cfg: dict, *, key: str = "sampler"):
+    """Build a sampler now (they are cheap): its own checks (ValueError) become a UserError."""
+    try:
+        return build(cfg, SAMPLERS, path=key)
+    except ValueError as exc:
+        raise UserError(f"{key}: {exc}") from None
+
+
+def takes_negative(sampler) -> bool:
+    """True for samplers called as (model, noise, text, negative_text) -> ODEResult (teacher_ode)."""
+    return _takes(sampler, "negative_text")
+
+
+def sample(sampler, model, noise: torch.Tensor, text: torch.Tensor, negative: torch.Tensor | None,
+           device: torch.device, generator: torch.Generator | None) -> torch.Tensor:
+    """Clean latents from either calling convention: the teacher ODE (with CFG against `negative`)
+    or a causal sampler (`generate.rollout`: stream/__call__ with a re-noising generator)."""
+    with torch.no_grad():
+        if takes_negative(sampler):
+            neg = None if negative is None else negative.expand(noise.shape[0], *negative.shape[1:])
+            out = sampler(model, noise, text, neg)
+            return out.x0 if hasattr(out, "x0") else out
+        return rollout(sampler, model, noise, text, device, generator)[0]
+
+
+@JOBS.register("toy_eval")
+class ToyEvalJob(Job):
+    """Sample a model on toy-world prompts and score it with ToyBench in latent space (json + md row)."""
+
+    def __init__(self, checkpoint: str, out: str, name: str | None = None, use_ema: bool = True,
+                 model: dict | None = None, sampler: dict | None = None, text_encoder: dict | None = None,
+                 negative_prompt: str = "", codec: dict | None = None, split: str = "test",
+                 num_videos: int = 64, batch_size: int = 8, frames: int = 21, size: int = 32,
+                 fd: bool = True, save_mp4: int = 8, gif: bool = True, markdown: str | None = None,
+                 progress: bool = True):
+        for key, value, low in (("num_videos", num_videos, 1), ("batch_size", batch_size, 1), ("save_mp4", save_mp4, 0)):
+            if value < low:
+                raise UserError(f"toy_eval: '{key}' must be >= {low}, got {value}")
+        self.world = ToyWorld(split, num_examples=num_videos, seed=EVAL_SEED, frames=frames, size=size)
+        self.weights_dir = resolve_model_dir(checkpoint, use_ema)
+        self.model_cfg = model_config(model)
+        self.sampler_cfg = dict(sampler or {"type": "causal_inference"})
+        if self.sampler_cfg.get("type") == "teacher_ode":
+            self.sampler_cfg.setdefault("keep_indices", [])  # only the endpoint is scored
+        self.sampler = build_sampler(self.sampler_cfg)
+        self.text_cfg = text_encoder or dict(DEFAULT_TEXT_ENCODER)
+        validate(self.text_cfg, TEXT_ENCODERS, path="text_encoder")
+        self.codec_cfg = codec or {"type": "toy_codec"}
+        validate(self.codec_cfg, VAES, path="codec")
+        self.checkpoint, self.use_ema, self.negative_prompt = checkpoint, use_ema, negative_prompt
+        self.name = name or Path(checkpoint).name
+        self.num_videos, self.batch_size, self.fd = num_videos, batch_size, fd
+        self.out = Path(out).expanduser()
+        self.save_mp4, self.gif, self.progress = save_mp4, gif, progress
+        self.markdown = Path(markdown).expanduser() if markdown else self.out / "toybench.md"
+
+    def settings(self, seed: int) -> dict:
+        return {"checkpoint": str(self.checkpoint), "weights": str(self.weights_dir), "use_ema": self.use_ema,
+                "model": self.model_cfg, "sampler": self.sampler_cfg, "text_encoder": self.text_cfg,
+                "negative_prompt": self.negative_prompt, "codec": self.codec_cfg, "split": self.world.split,
+                "eval_seed": EVAL_SEED, "seed": seed, "num_videos": self.num_videos, "frames": self.world.frames,
+                "size": self.world.size, "batch_size": self.batch_size, "fd": self.fd}
+
+    # --- sampling (every rank) ---------------------------------------------------------------
+    def run(self, ctx: RunContext) -> dict | None:
+        from tqdm.auto import tqdm
+
+        t_start = time.perf_counter()
+        settings = self.settings(ctx.seed)
+        key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+        parts = self.out / ".parts"
+        parts.mkdir(parents=True, exist_ok=True)
+        n_batches = -(-self.num_videos // self.batch_size)
+        mine = list(range(ctx.rank, n_batches, ctx.world_size))
+        prompts = self.world.prompts()
+        codec = build(self.codec_cfg, VAES, path="codec", file=ctx.recipe_file)
+        shape = tuple(codec.latent_shape(self.world.frames, self.world.size, self.world.size))
+
+        encoder = build(self.text_cfg, TEXT_ENCODERS, path="text_encoder", file=ctx.recipe_file)
+        with torch.no_grad():
+            text = encoder.encode(prompts).float().cpu()
+            negative = encoder.encode([self.negative_prompt]).float().cpu()
+        del encoder
+        model = load_generator_model(self.model_cfg, self.weights_dir, ctx.recipe_file).to(ctx.device, torch.float32)
+        model.eval().requires_grad_(False)
+        sampler = self.sampler
+        log.info("toy_eval: %d %s videos in %d batches (%d on this rank) from %s", self.num_videos,
+                 self.world.split, n_batches, len(mine), self.weights_dir)
+
+        t_sample = time.perf_counter()
+        bar = tqdm(total=len(mine), desc=f"toy_eval {self.name}", unit="batch",
+                   disable=not (self.progress and ctx.is_main))
+        for k in mine:
+            idx = range(k * self.batch_size, min((k + 1) * self.batch_size, self.num_videos))
+            noise = torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(
+                derive_seed(ctx.seed, "toy_eval", i))) for i in idx]).to(ctx.device)
+            renoise = torch.Generator().manual_seed(derive_seed(ctx.seed, "toy_eval", "renoise", k))
+            latents = sample(sampler, model, noise, text[idx.start:idx.stop].to(ctx.device),
+                             negative.to(ctx.device), ctx.device, renoise)
+            path = parts / f"batch-{k:05d}.safetensors"
+            tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+            save_file({"latents": latents.float().cpu().contiguous()}, str(tmp), metadata={"key": key})
+            os.replace(tmp, path)
+            bar.update(1)
+        bar.close()
+        sample_s = time.perf_counter() - t_sample
+        del model
+        ctx.barrier()
+        result = None
+        if ctx.is_main:
+            latents = self._gather(parts, n_batches, key)
+            timing = {"sample_s_rank0": sample_s, "videos_rank0": sum(
+                min((k + 1) * self.batch_size, self.num_videos) - k * self.batch_size for k in mine),
+                "world_size": ctx.world_size, "device": ctx.device.type}
+            result = self._score(codec, latents, prompts, settings, timing, t_start)
+        ctx.barrier()
+        return result
+
+    def _gather(self, parts: Path, n_batches: int, key: str) -> torch.Tensor:
+        out = []
+        for k in range(n_batches):
+            path = parts / f"batch-{k:05d}.safetensors"
+            try:
+                with safe_open(str(path), framework="pt") as f:
+                    if (f.metadata() or {}).get("key") != key:
+                        raise UserError(f"toy_eval: {path} belongs to another run (did a rank fail?)")
+                    out.append(f.get_tensor("latents"))
+            except UserError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - missing or truncated part
+                raise UserError(f"toy_eval: cannot read {path} ({str(exc).splitlines()[0]})") from None
+        return torch.cat(out)
+
+    # --- scoring and writing (rank 0) ----------------------------------------------------------
+    def _score(self, codec, latents: torch.Tensor, prompts: list[str], settings: dict, timing: dict,
+               t_start: float) -> dict:
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            videos = codec.decode(latents.to(codec.device, codec.dtype)).float().cpu().clamp(-1, 1)
+        scores = ToyBench(fd=self.fd)(videos, prompts)
+        timing.update(score_s=time.perf_counter() - t0, total_s=time.perf_counter() - t_start)
+        result = {"name": self.name, **scores, "config": settings, "timing": timing}
+        self.out.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(self.out / "toybench.json", json.dumps(result, indent=1) + "\n")
+        row = markdown_row(result, self.name)
+        self.markdown.parent.mkdir(parents=True, exist_ok=True)
+        text = self.markdown.read_text(encoding="utf-8") if self.markdown.exists() else markdown_header()
+        atomic_write_text(self.markdown, text + row)
+        self._write_media(videos, prompts)
+        for p in (self.out / ".parts").glob("batch-*.safetensors"):
+            p.unlink(missing_ok=True)
+        try:
+            (self.out / ".parts").rmdir()
+        except OSError:
+            pass
+        print(markdown_header() + row, end="", flush=True)
+        return result
+
+    def _write_media(self, videos: torch.Tensor, prompts: list[str]) -> None:
+        from oneforcing.video import write_mp4
+
+        seen: dict[str, int] = {}
+        for v, p in zip(videos[:self.save_mp4], prompts[:self.save_mp4]):
+            i = seen.get(p, 0)
+            seen[p] = i + 1
+            write_mp4(self.out / "videos" / f"{p}-{i}.mp4", v)  # VBench naming: `eval` can read them
+        if self.gif:
+            n = min(GIF_VIDEOS, len(prompts))
+            write_grid_gif(self.out / "samples.gif", videos[:n], self.world.render(range(n)))
+
+
+def write_grid_gif(path: str | Path, generated: torch.Tensor, real: torch.Tensor, scale: int = 2,
+                   fps: int = 8) -> Path:
+    """A looping GIF: generated videos on the top row, the real ones (same prompts) below."""
+    import imageio.v3 as iio
+
+    from oneforcing.video import to_uint8_frames
+
+    def row(vids: torch.Tensor):  # [n, T, 3, H, W] -> [T, H+2, n*(W+2), 3] with a white gutter
+        frames = [torch.from_numpy(to_uint8_frames(v)) for v in vids]
+        frames = [torch.nn.functional.pad(f, (0, 0, 1, 1, 1, 1), value=255) for f in frames]
+        return torch.cat(frames, dim=2)
+
+    grid = torch.cat([row(generated), row(real)], dim=1)
+    grid = grid.repeat_interleave(scale, dim=1).repeat_interleave(scale, dim=2)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}.gif")
+    iio.imwrite(tmp, grid.numpy(), extension=".gif", duration=int(1000 / fps), loop=0)
+    os.replace(tmp, path)
+    return path
