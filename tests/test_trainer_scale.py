@@ -102,3 +102,22 @@ def test_pretrained_weights_stream_into_zero3_partitions(tmp_path):
     assert exported.keys() == original.keys()
     for k in original:
         assert torch.equal(exported[k], original[k]), k
+
+
+def test_pretrained_critic_and_teacher_stream_under_zero3(tmp_path):
+    """The critic wraps a Wan under `model.`: its weights stream into the inner model."""
+    from oneforcing.models import CausalWan
+
+    wan = {"num_layers": 2, "num_attention_heads": 2, "attention_head_dim": 16, "in_channels": 4,
+           "out_channels": 4, "text_dim": 24, "freq_dim": 32, "ffn_dim": 64}
+    src = tmp_path / "base"
+    CausalWan.from_config(wan, causal=False).save_pretrained(src)
+    run = tmp_path / "run"
+    proc = check(subprocess.run(
+        [bin_of("torchrun"), "--nproc_per_node", "2", "--master_port", str(free_port()),
+         str(ROOT / "recipes/run.py"), str(ROOT / "tests/recipes/tiny_distill.yaml"), "steps=1", "export=null",
+         f"models.critic={{type: register_gan_critic, pretrained: {src}, layers: [0, 1], heads: 2, ffn_dim: 32}}",
+         f"models.real_score={{type: causal_wan, causal: false, pretrained: {src}}}"],
+        env=env_for(run), capture_output=True, text=True, timeout=300))
+    for role in ("critic", "real_score"):
+        assert f"{role}: streamed" in proc.stderr

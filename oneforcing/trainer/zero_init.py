@@ -53,10 +53,13 @@ def stream_pretrained_weights(module: torch.nn.Module, rank: int) -> int:
 
     deepspeed = import_deepspeed()
     loaded = 0
-    for sub in module.modules():
-        path = getattr(sub, "pretrained", None)
-        if not isinstance(path, str) or getattr(sub, "weights_loaded", True):
-            continue
+    wanting = [m for m in module.modules()
+               if isinstance(getattr(m, "pretrained", None), str) and not getattr(m, "weights_loaded", True)]
+    # A wrapper (a critic around its Wan) names the same folder as the model inside it: the
+    # innermost module is the one whose parameter names match the checkpoint.
+    owners = [m for m in wanting if not any(o is not m and any(o is d for d in m.modules()) for o in wanting)]
+    for sub in owners:
+        path = sub.pretrained
         files = _tensor_files(Path(path))
         own = dict(sub.named_parameters())
         missing = sorted(set(own) - set(files))
