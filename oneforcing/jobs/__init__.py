@@ -1,3 +1,5 @@
 """Registered jobs: what a recipe's `job:` can name."""
 
-from oneforcing.jobs import dist_check, eval, generate, prepare_data, toy_data, train  # noqa: F401
+from oneforcing.jobs import (  # noqa: F401
+    dist_check, eval, generate, ode_pairs, plot, prepare_data, toy_data, toy_eval, train,
+)

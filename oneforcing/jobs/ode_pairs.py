@@ -23,6 +23,8 @@ a killed run restarts where it stopped; job.json refuses a restart with other se
 
 from __future__ import annotations
 
+import functools
+
 import logging
 
 import torch
@@ -96,7 +98,6 @@ class OdePairsJob(Job):
         dtype_from_name(latent_dtype, what="ode_pairs.latent_dtype")
         if split is not None:
             _ToySource(split, num_examples, 0, frames, size)  # validate now
-        self.weights_dir = resolve_model_dir(teacher, use_ema)
         self.model_cfg = model_config({"causal": False, **(model or {})})
         self.sampler_cfg = sampler or {"type": "teacher_ode"}
         self.sampler = build_sampler(self.sampler_cfg)
@@ -111,6 +112,12 @@ class OdePairsJob(Job):
         self.latent_dtype, self.dtype, self.overwrite = latent_dtype, dtype, overwrite
         self.out, self.progress = out, progress
         self._dtype(torch.device("cpu"))  # validate now
+
+
+    @functools.cached_property
+    def weights_dir(self):
+        """Resolved when first needed (run time), so `oneforcing show` works without weights."""
+        return resolve_model_dir(self.teacher, self.use_ema)
 
     def settings(self, seed: int) -> dict:
         """What shapes the output: a restart with other values is refused (unless overwrite)."""

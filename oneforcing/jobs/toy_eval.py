@@ -16,6 +16,8 @@ gives the same numbers. Each rank leaves its latents in out/.parts/; rank 0 scor
 
 from __future__ import annotations
 
+import functools
+
 import hashlib
 import json
 import logging
@@ -86,11 +88,11 @@ class ToyEvalJob(Job):
                  num_videos: int = 64, batch_size: int = 8, frames: int = 21, size: int = 32,
                  fd: bool = True, save_mp4: int = 8, gif: bool = True, markdown: str | None = None,
                  progress: bool = True):
-        for key, value, low in (("num_videos", num_videos, 1), ("batch_size", batch_size, 1), ("save_mp4", save_mp4, 0)):
+        for key, value, low in (("num_videos", num_videos, 1), ("batch_size", batch_size, 1),
+                                ("save_mp4", save_mp4, 0)):
             if value < low:
                 raise UserError(f"toy_eval: '{key}' must be >= {low}, got {value}")
         self.world = ToyWorld(split, num_examples=num_videos, seed=EVAL_SEED, frames=frames, size=size)
-        self.weights_dir = resolve_model_dir(checkpoint, use_ema)
         self.model_cfg = model_config(model)
         self.sampler_cfg = dict(sampler or {"type": "causal_inference"})
         if self.sampler_cfg.get("type") == "teacher_ode":
@@ -106,6 +108,11 @@ class ToyEvalJob(Job):
         self.out = Path(out).expanduser()
         self.save_mp4, self.gif, self.progress = save_mp4, gif, progress
         self.markdown = Path(markdown).expanduser() if markdown else self.out / "toybench.md"
+
+    @functools.cached_property
+    def weights_dir(self):
+        """Resolved when first needed (run time), so `oneforcing show` works without weights."""
+        return resolve_model_dir(self.checkpoint, self.use_ema)
 
     def settings(self, seed: int) -> dict:
         return {"checkpoint": str(self.checkpoint), "weights": str(self.weights_dir), "use_ema": self.use_ema,
