@@ -21,14 +21,14 @@ from oneforcing.samplers.teacher_ode import TeacherODE
 from oneforcing.testing.tiny_wan import tiny_wan_config
 
 ROOT = Path(__file__).resolve().parents[1]
-SHAPE = (3, 48, 4, 4)  # frames 3, 16 x 16 pixels through the toy codec
+SHAPE = (3, 16, 4, 4)  # frames 3, 16 x 16 pixels through the toy codec (16 PCA channels)
 FAST = {"type": "teacher_ode", "num_steps": 8, "keep_indices": [0, 2, 4, 6]}
 
 
 @pytest.fixture(scope="module")
 def teacher(tmp_path_factory):
     path = tmp_path_factory.mktemp("teacher") / "transformer"
-    cfg = tiny_wan_config(in_channels=48, out_channels=48, text_dim=32, rope_max_seq_len=64)
+    cfg = tiny_wan_config(in_channels=16, out_channels=16, text_dim=32, rope_max_seq_len=64)
     CausalWan.from_config(cfg, causal=False).save_pretrained(path)
     return path
 

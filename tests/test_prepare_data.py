@@ -65,7 +65,7 @@ def test_round_trip_and_resume(clips, tmp_path):
         assert item["prompt"] == world.prompts()[i] and item["metadata"] == {"source": f"clip{i}.mp4"}
         # what comes back decodes to the scene (up to resampling and mp4 rounding)
         # antialiased resampling blurs edges slightly
-        assert (codec.decode(item["latent"][None])[0] - world.render([i])[0, :21]).abs().mean() < 0.03
+        assert (codec.decode(item["latent"][None])[0] - world.render([i])[0, :21]).abs().mean() < 0.06  # + the PCA codec (16 of 48 components)
 
     (out / "shard-00001.safetensors").unlink()
     stamp = (out / "shard-00000.safetensors").stat().st_mtime_ns
@@ -81,7 +81,7 @@ def test_jsonl_captions_and_frame_stride(clips, tmp_path):
                              for i, p in enumerate(world.prompts()[:3])))
     _job(root, tmp_path / "s", captions=str(jsonl), frames=11, frame_stride=2).run(RunContext())
     ds = LatentShards(str(tmp_path / "s"), shuffle=False)
-    assert ds.num_examples == 3 and ds.fields["latent"]["shape"] == [11, 48, 8, 8]
+    assert ds.num_examples == 3 and ds.fields["latent"]["shape"] == [11, 16, 8, 8]
 
 
 def test_user_errors(clips, tmp_path):

@@ -64,7 +64,7 @@ def test_toy_data_reads_back_bit_exactly(toy_shards):
         assert torch.equal(it["prompt_mask"], embeds[i].ne(0).any(-1))
         assert it["metadata"]["objects"] == world.scene(i)["objects"]
     batch = next(ds.batches(8))
-    assert batch["latent"].shape == (8, 21, 48, 8, 8) and len(batch["prompt"]) == 8
+    assert batch["latent"].shape == (8, 21, 16, 8, 8) and len(batch["prompt"]) == 8
 
 
 def test_ranks_read_disjoint_parts(toy_shards):

@@ -19,7 +19,7 @@ from oneforcing.testing.tiny_wan import tiny_wan_config
 def tiny_model(tmp_path_factory):
     """A training-export-shaped folder: ema/ and generator/ (different weights)."""
     root = tmp_path_factory.mktemp("ckpt")
-    cfg = tiny_wan_config(in_channels=48, out_channels=48, text_dim=32, rope_max_seq_len=64)
+    cfg = tiny_wan_config(in_channels=16, out_channels=16, text_dim=32, rope_max_seq_len=64)
     for i, sub in enumerate(("ema", "generator")):
         torch.manual_seed(i)
         CausalWan.from_config(cfg, causal=False).save_pretrained(root / sub)

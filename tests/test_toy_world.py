@@ -1,3 +1,4 @@
+import math
 """The toy world, the toy codec and the toy text-encoder asset."""
 
 from pathlib import Path
@@ -79,14 +80,38 @@ def test_codec_round_trip_and_interface():
     assert isinstance(codec, ToyCodec)
     v = ToyWorld("validation", 16).render(range(16))
     z = codec.encode(v)
-    assert z.shape == (16, 21, 48, 8, 8) and codec.latent_channels == 48
+    assert z.shape == (16, 21, 16, 8, 8) and codec.latent_channels == 16
     assert (codec.temporal_factor, codec.spatial_factor) == (1, 4)
     assert codec.num_latent_frames(21) == 21 and codec.num_video_frames(21) == 21
+    assert abs(z.mean().item()) < 0.1 and abs(z.std().item() - 1) < 0.1  # normalised components
+    # PCA keeps 16 of 48 patch components: lossy like a VAE, but close (PSNR > 27 dB on [-1, 1]).
+    mse = ((codec.decode(z) - v) ** 2).mean().item()
+    assert 10 * math.log10(4 / mse) > 27
+    # decode(encode(decode(z))) == decode(z): the codec is a projection.
+    torch.testing.assert_close(codec.encode(codec.decode(z)), z, atol=1e-4, rtol=0)
+
+
+def test_exact_codec_round_trip():
+    codec = build({"type": "toy_codec", "channels": None}, VAES)
+    v = ToyWorld("validation", 16).render(range(16))
+    z = codec.encode(v)
+    assert z.shape == (16, 21, 48, 8, 8) and codec.latent_channels == 48
     assert torch.allclose(codec.decode(z), v, atol=1e-6)
-    assert abs(z.mean().item()) < 0.1 and abs(z.std().item() - 1) < 0.1  # fixed stats fit the data
     # fp16 storage keeps the 8-bit video exact after rounding
     back = codec.decode(z.half().float())
     assert torch.equal(((back + 1) * 127.5).round(), ((v + 1) * 127.5).round())
+
+
+def test_codec_basis_asset_rebuilds_exactly():
+    from safetensors.torch import load_file
+
+    from oneforcing.data.toy_codec import PCA_ASSET
+    from oneforcing.data.toy_codec_fit import fit_pca
+
+    shipped, rebuilt = load_file(str(PCA_ASSET)), fit_pca()
+    for key in ("components", "mean", "std"):
+        torch.testing.assert_close(rebuilt[key], shipped[key], atol=1e-5, rtol=1e-5)
+    assert rebuilt["explained"][:16].sum() > 0.99
 
 
 def test_text_encoder_asset_loads_offline_and_rebuilds(tmp_path):

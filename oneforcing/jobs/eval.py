@@ -22,6 +22,8 @@ from oneforcing.registry import JOBS
 
 @JOBS.register("eval")
 class EvalJob(Job):
+    """Score a folder of toy videos ({prompt}-{i}.mp4 or a .safetensors) with ToyBench (json + md row)."""
+
     def __init__(self, videos: str, out: str, name: str | None = None, fd: bool = True,
                  per_video: bool = False, max_videos: int | None = None):
         self.videos, self.out, self.fd, self.per_video = videos, out, fd, per_video

@@ -71,6 +71,8 @@ def read_captions(captions: str, videos: str) -> list[tuple[Path, str, str]]:
 
 @JOBS.register("prepare_data")
 class PrepareDataJob(Job):
+    """Real videos + captions -> VAE latents + text embeddings in shards (rank-parallel, resumable)."""
+
     def __init__(self, videos: str, captions: str, out: str, vae: dict, text_encoder: dict,
                  height: int, width: int, frames: int, frame_stride: int = 1,
                  examples_per_shard: int = 64, batch_size: int = 4, latent_dtype: str = "bfloat16",

@@ -29,6 +29,8 @@ DEFAULT_TEXT_ENCODER = {"type": "umt5", "path": TOY_TEXT_ENCODER_PATH, "max_leng
 
 @JOBS.register("toy_data")
 class ToyDataJob(Job):
+    """Render toy-world videos and write their codec latents + prompt embeddings as shards."""
+
     def __init__(self, out: str, split: str = "train", num_examples: int = 2000,
                  examples_per_shard: int = 250, frames: int = 21, size: int = 32, max_objects: int = 2,
                  codec: dict | None = None, text_encoder: dict | None = None,
