@@ -18,7 +18,7 @@ install: $(STAMP)
 
 # The main job on the embedded toy default (see README "Quick start").
 demo: $(STAMP)
-	$(BIN)/python recipes/run.py recipes/toy/demo.yaml
+	DS_ACCELERATOR=cpu $(BIN)/python recipes/run.py recipes/toy/demo.yaml
 
 # The whole test suite (CPU, fp32, tiny models). .ci/run calls exactly this.
 test: $(STAMP)

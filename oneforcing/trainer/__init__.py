@@ -99,7 +99,8 @@ def build_trainer(job, ctx: RunContext) -> Trainer:
                    checkpoints=checkpoints, loggers=build_loggers(job.loggers, ctx.rank), steps=job.steps,
                    generator_every=job.generator_every, checkpoint_every=job.checkpoint_every,
                    max_bad_steps=job.max_bad_steps, log_every=job.log_every, config=ctx.recipe,
-                   run_dir=str(run_dir), batch_size=ds.micro_batch_size, ode_data=ode_data)
+                   run_dir=str(run_dir), batch_size=ds.micro_batch_size, ode_data=ode_data,
+                      dtype=ds.dtype)
     trainer.lora = job.lora
     return trainer
 

@@ -53,7 +53,8 @@ class Trainer:
                  uncond_text: torch.Tensor | None, ema: EMA | None, checkpoints: CheckpointManager,
                  loggers, steps: int, generator_every: int = 5, checkpoint_every: int = 50,
                  max_bad_steps: int = 3, log_every: int = 1, config: dict | None = None,
-                 run_dir: str | None = None, batch_size: int = 1, ode_data=None):
+                 run_dir: str | None = None, batch_size: int = 1, ode_data=None,
+                 dtype: torch.dtype = torch.float32):
         self.ctx = ctx
         self.roles = {"generator": generator, "critic": critic}
         self.real_score = real_score
@@ -68,6 +69,7 @@ class Trainer:
         self.config, self.run_dir = config or {}, run_dir
         self.batch_size = batch_size
         self.ode_data = ode_data
+        self.dtype = dtype
         self._ode_iter = None
         self.step = 0
         self.bad_in_a_row = 0
@@ -180,11 +182,11 @@ class Trainer:
     def _next_batch(self) -> dict:
         if self._data_iter is None:
             self._data_iter = _batches(self.data, self.batch_size)
-        batch = normalize_batch(self._draw(self._data_iter))
+        batch = normalize_batch(self._draw(self._data_iter), self.dtype)
         if self.ode_data is not None:  # ODE pairs alongside real data (the fKL surrogate ablation)
             if self._ode_iter is None:
                 self._ode_iter = _batches(self.ode_data, self.batch_size)
-            ode = normalize_batch(self._draw(self._ode_iter))
+            ode = normalize_batch(self._draw(self._ode_iter), self.dtype)
             batch.update({k: v for k, v in ode.items() if k.startswith("ode_")})
             batch["ode_text"] = ode["text"]
         return batch
@@ -247,8 +249,11 @@ _BATCH_ALIASES = {"latent": "latents", "prompt_embed": "text", "states": "ode_st
                   "timesteps": "ode_t", "clean": "ode_x0"}
 
 
-def normalize_batch(batch: dict) -> dict:
-    out = dict(batch)
+def normalize_batch(batch: dict, dtype: torch.dtype | None = None) -> dict:
+    """Rename stored fields to what losses read; cast floating tensors to the compute dtype
+    (shards keep latents in fp16 to halve the disk; training runs in fp32 or bf16)."""
+    out = {k: (v.to(dtype) if dtype is not None and torch.is_tensor(v) and v.is_floating_point() else v)
+           for k, v in batch.items()}
     for stored, used in _BATCH_ALIASES.items():
         if stored in out and used not in out:
             out[used] = out.pop(stored)
