@@ -95,3 +95,23 @@ def test_user_errors(clips, tmp_path):
         _job(root, tmp_path / "b", captions=str(bad)).run(RunContext())
     with pytest.raises(UserError, match=r"clip0\.mp4: has 23 frames, prepare_data needs 41"):
         _job(root, tmp_path / "c", frames=41).run(RunContext())
+
+
+def test_with_tiny_wan_vae_and_umt5(clips, tmp_path):
+    """The real code path: a tiny diffusers AutoencoderKLWan and a tiny UMT5, as a Wan pipeline
+    folder; 21 frames -> 1 + 20/4 = 6 latent frames at 1/8 the resolution."""
+    from oneforcing.models import UMT5TextEncoder, WanVAE
+    from oneforcing.testing.tiny_encoders import save_tiny_encoders
+
+    root, world = clips
+    wan = save_tiny_encoders(tmp_path / "wan", z_dim=4, extra_words=world.prompts())
+    vae, text = {"type": "wan_vae", "path": str(wan)}, {"type": "umt5", "path": str(wan), "max_length": 16}
+    job = _job(root, tmp_path / "out", vae=vae, text_encoder=text)
+    job.run(RunContext())
+    ds = LatentShards(str(tmp_path / "out"), shuffle=False)
+    assert ds.num_examples == 5 and ds.fields["latent"]["shape"] == [6, 4, 4, 4]
+    encoder, codec = UMT5TextEncoder(path=str(wan), max_length=16), WanVAE(path=str(wan))
+    for i, item in enumerate(ds):
+        assert torch.equal(item["prompt_embed"], encoder.encode([world.prompts()[i]])[0])
+        video = resize_center_crop(read_video(root / f"clip{i}.mp4")[:21], 32, 32)
+        torch.testing.assert_close(item["latent"], codec.encode(video[None])[0], atol=1e-5, rtol=1e-5)
