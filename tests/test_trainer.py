@@ -84,12 +84,13 @@ def test_single_rank_run_checkpoints_ema_and_export(tmp_path):
     assert torch.equal(model.state_dict()["proj_out.weight"], ema["proj_out.weight"])
 
 
-@pytest.mark.parametrize("ranks", [1, 2])
-def test_kill_and_resume_is_bit_identical(tmp_path, ranks):
+@pytest.mark.parametrize("ranks,zero_stage", [(1, "3"), (2, "3"), (1, "0")])
+def test_kill_and_resume_is_bit_identical(tmp_path, ranks, zero_stage):
+    stage = f"deepspeed.zero_stage={zero_stage}"
     clean = tmp_path / "clean"
-    train(clean, ranks)
+    train(clean, ranks, stage)
     killed = tmp_path / "killed"
-    proc = subprocess.Popen(command(ranks), env=env_for(killed), cwd=tmp_path, start_new_session=True,
+    proc = subprocess.Popen(command(ranks, stage), env=env_for(killed), cwd=tmp_path, start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
     while latest_step(killed) < 2 and proc.poll() is None and time.time() < deadline:
@@ -98,7 +99,7 @@ def test_kill_and_resume_is_bit_identical(tmp_path, ranks):
     proc.wait()
     step_at_kill = latest_step(killed)
     assert 2 <= step_at_kill < 6, "the run was not interrupted mid-way"
-    resumed = train(killed, ranks)
+    resumed = train(killed, ranks, stage)
     assert f"resumed from" in resumed.stderr
     for sub in ("generator", "ema"):
         assert_identical(weights(clean / "export" / sub), weights(killed / "export" / sub))
@@ -136,6 +137,29 @@ def test_nan_losses_skip_updates_then_stop(tmp_path):
     # is good, and it is what `latest` names: nothing was written after the run went bad.
     assert latest_step(run2) == 4
     assert sorted(p.name for p in (run2 / "checkpoints").glob("step_*")) == ["step_00000002", "step_00000004"]
+
+
+@pytest.mark.parametrize("zero_stage", ["3", "0"])
+def test_nan_gradient_with_finite_loss_is_skipped(tmp_path, zero_stage):
+    # ZeRO-3 detects non-finite gradients itself; unsharded DeepSpeed does not, so the trainer
+    # measures the norm. Either way the weights of the skipped update stay as they were.
+    run, clean = tmp_path / "run", tmp_path / "clean"
+    bad = "generator_losses=[{type: nan_at_steps, steps: [0, 1, 2, 3, 4, 5], in_gradient: true}]"
+    proc = train(run, 1, bad, f"deepspeed.zero_stage={zero_stage}", "max_bad_steps=10", "ema=null")
+    assert sum("update skipped on every rank" in ln for ln in proc.stderr.splitlines()) == 6
+    # A zero loss (zero gradients, no weight decay in this recipe) leaves the initial weights.
+    train(clean, 1, "generator_losses=[{type: nan_at_steps, steps: []}]", f"deepspeed.zero_stage={zero_stage}",
+          "ema=null")
+    after = weights(run / "export/generator")
+    assert all(torch.isfinite(v).all() for v in after.values())
+    assert_identical(weights(clean / "export/generator"), after)
+
+
+def test_zero_stage_auto_shards_only_with_several_ranks(tmp_path):
+    one = train(tmp_path / "one", 1, "steps=1", "export=null", "deepspeed.zero_stage=auto")
+    assert "this rank holds" in one.stderr and "(not sharded, fp32)" in one.stderr
+    two = train(tmp_path / "two", 2, "steps=1", "export=null", "deepspeed.zero_stage=auto")
+    assert "(ZeRO-3 over 2 ranks, fp32)" in two.stderr
 
 
 def test_sigterm_writes_a_checkpoint_and_exits_cleanly(tmp_path):

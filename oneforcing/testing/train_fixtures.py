@@ -41,11 +41,17 @@ class RandomLatents:
 
 @LOSSES.register("nan_at_steps")
 class NanAtSteps:
-    """A zero loss that turns NaN at the listed steps (to test the trainer's bad-step handling)."""
+    """A zero loss that turns bad at the listed steps (to test the trainer's bad-step handling):
+    `in_gradient: false` makes the loss NaN; `true` keeps the loss finite (0) with a NaN gradient."""
 
-    def __init__(self, steps: list[int]):
-        self.steps = set(steps)
+    def __init__(self, steps: list[int], in_gradient: bool = False):
+        self.steps, self.in_gradient = set(steps), in_gradient
 
     def __call__(self, s):
-        zero = 0.0 * s.generator(s.latents, torch.full((s.batch_size,), 500.0), s.text).mean()
-        return (zero + float("nan")) if s.step in self.steps else zero, {}
+        out = s.generator(s.latents, torch.full((s.batch_size,), 500.0), s.text)
+        zero = 0.0 * out.mean()
+        if s.step not in self.steps:
+            return zero, {}
+        if self.in_gradient:  # sqrt'(0) = inf reaches every weight as inf - inf = NaN
+            return zero + torch.sqrt(out - out.detach()).sum(), {}
+        return zero + float("nan"), {}
