@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parents[1]
 REAL = sorted(p.name for p in (ROOT / "recipes").glob("*.yaml") if not p.name.startswith("_"))
 TOY_TRAIN = ["one_forcing_framewise", "one_forcing_chunkwise", "self_forcing_1step", "self_forcing_4step",
              "asd_1step", "one_forcing_fkl", "ode_init", "causal_forcing_ar_diffusion",
-             "causal_forcing_ode_init", "causal_forcing_dmd", "teacher"]
+             "causal_forcing_ode_init", "causal_forcing_dmd", "teacher", "student_base"]
 
 
 @pytest.mark.parametrize("name", REAL)
@@ -55,9 +55,9 @@ def toy_inputs(tmp_path_factory):
 def test_toy_recipe_runs_a_few_steps(name, toy_inputs, tmp_path):
     overrides = [f"run_dir={tmp_path}/run", "steps=2", "generator_every=1", "checkpoint_every=2", "export=null",
                  "deepspeed.micro_batch_size=1", f"_paths.data={toy_inputs}/data", f"_paths.ode_pairs={toy_inputs}/ode",
-                 f"_paths.cf_ode_pairs={toy_inputs}/ode", "_paths.cf_ar_diffusion=${assets:toy_teacher}",
+                 f"_paths.cf_ode_pairs={toy_inputs}/ode", "_paths.cf_ar_diffusion=${assets:toy_student_base}",
                  "_paths.cf_ode_init=${assets:toy_ode_init}"]
-    if name == "teacher":
+    if name in ("teacher", "student_base"):
         overrides = [o for o in overrides if not o.startswith("_paths")] + [f"data.path={toy_inputs}/data"]
     run([str(ROOT / "recipes/toy" / f"{name}.yaml"), *overrides], tmp_path)
     assert (tmp_path / "run/checkpoints/step_00000002/meta.json").exists()

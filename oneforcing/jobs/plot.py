@@ -113,10 +113,11 @@ def plot_metrics(runs: list[str | Path], out: str | Path, metrics: list[str] | N
     fig = Figure(figsize=(4.8 * cols, 3.2 * rows), layout="constrained")
     axes = fig.subplots(rows, cols, squeeze=False).ravel()
     for ax, metric in zip(axes, metrics):
-        for d, label in zip(data, labels):
+        for n, (d, label) in enumerate(zip(data, labels)):
             if metric in d:
                 steps, values = d[metric]
-                ax.plot(steps, moving_average(values, smooth), label=label, linewidth=1.2)
+                ax.plot(steps, moving_average(values, smooth), label=label, linewidth=1.2,
+                        color=f"C{n % 10}")  # one colour per run in every panel
         ax.set_title(metric, fontsize=10)
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
