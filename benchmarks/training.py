@@ -4,9 +4,10 @@
     python benchmarks/training.py --recipe tests/recipes/tiny_distill.yaml
 
 P3  share of a distillation iteration spent inside model forward/backward (target >= 0.85):
-    forward time is measured by hooks on each role's top-level module (generator, critic, real
-    score), backward time around the engine's backward; the rest is the trainer's own work
-    (data, loss arithmetic, optimizer step, EMA, logging).
+    forward time is the time inside any module call of a role's model (generator, critic, real
+    score; hooks on every submodule, outermost call timed), backward time around the engine's
+    backward; the rest is the trainer's own work (data, noise, loss arithmetic, sampler
+    bookkeeping, optimizer step, EMA, logging).
 P4  per-rank model+optimizer state with ZeRO-3 on 2 ranks / 1 rank (target <= 0.55), from the
     trainer's "model+optimizer state on this rank" line after the first update.
 """
@@ -57,9 +58,13 @@ def measure_p3(recipe: str, overrides: list[str], steps: int, warmup: int) -> li
     modules = [r.module for r in trainer.roles.values() if r is not None]
     if trainer.real_score is not None:
         modules.append(trainer.real_score.module)
+    # Hooks on every submodule, not only the top-level ones: losses call methods such as
+    # `critic.denoise(...)`, which enter the critic's inner Wan without the critic's own __call__.
+    # The depth counter makes the outermost module call the one that is timed.
     for m in modules:
-        m.register_forward_pre_hook(pre)
-        m.register_forward_hook(post)
+        for sub in m.modules():
+            sub.register_forward_pre_hook(pre)
+            sub.register_forward_hook(post)
     for role in (r for r in trainer.roles.values() if r is not None):
         original = role.backward
 
@@ -94,8 +99,9 @@ def state_mib(recipe: str, overrides: list[str], ranks: int) -> dict[str, float]
     launcher = [str(Path(sys.executable).with_name("torchrun")), "--nproc_per_node", str(ranks),
                 "--master_port", str(port)] if ranks > 1 else [sys.executable]
     env = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1", "OF_RUN_DIR": run_dir}
+    # ZeRO-3 on both sides (a recipe's `zero_stage: auto` would leave the 1-rank run unsharded).
     proc = subprocess.run([*launcher, str(ROOT / "recipes/run.py"), recipe, *overrides, f"run_dir={run_dir}",
-                           "steps=1", "export=null", "loggers=[]"], env=env, capture_output=True, text=True)
+                           "steps=1", "export=null", "loggers=[]", "deepspeed.zero_stage=3"], env=env, capture_output=True, text=True)
     if proc.returncode != 0:
         raise SystemExit(proc.stderr[-3000:])
     found = re.findall(r"\] (\w+): model\+optimizer state on this rank: ([\d.]+) MiB", proc.stderr)
