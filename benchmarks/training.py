@@ -101,7 +101,8 @@ def state_mib(recipe: str, overrides: list[str], ranks: int) -> dict[str, float]
     env = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1", "OF_RUN_DIR": run_dir}
     # ZeRO-3 on both sides (a recipe's `zero_stage: auto` would leave the 1-rank run unsharded).
     proc = subprocess.run([*launcher, str(ROOT / "recipes/run.py"), recipe, *overrides, f"run_dir={run_dir}",
-                           "steps=1", "export=null", "loggers=[]", "deepspeed.zero_stage=3"], env=env, capture_output=True, text=True)
+                           "steps=1", "export=null", "loggers=[]", "deepspeed.zero_stage=3"],
+                          env=env, capture_output=True, text=True)
     if proc.returncode != 0:
         raise SystemExit(proc.stderr[-3000:])
     found = re.findall(r"\] (\w+): model\+optimizer state on this rank: ([\d.]+) MiB", proc.stderr)

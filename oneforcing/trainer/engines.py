@@ -87,7 +87,7 @@ class DeepSpeedOptions:
     def __post_init__(self):
         if self.zero_stage == "auto":
             # One process has nothing to shard, and ZeRO-3's per-module gather hooks cost more than
-            # a tiny model's forward (the toy recipes run ~5x faster unsharded on one CPU process).
+            # a tiny model's forward (toy iterations run ~4x faster unsharded on one CPU process).
             world = int(os.environ.get("WORLD_SIZE", "1"))
             self.zero_stage = 3 if world > 1 else 0
         if self.zero_stage not in (0, 3):
