@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from oneforcing.critics import FakeScore, RegisterGANCritic
-from oneforcing.errors import RecipeError
+from oneforcing.errors import RecipeError, UserError
 from oneforcing.models import CausalWan
 from oneforcing.registry import CRITICS, build
 from oneforcing.testing.tiny_wan import TINY_WAN_CONFIG, tiny_inputs
@@ -70,9 +70,9 @@ def test_register_critic_gradients_reach_registers_backbone_and_inputs():
 def test_register_critic_layers_negative_and_invalid():
     critic = tiny_critic(layers=[-1], ffn_dim=8)
     assert critic.layers == [1] and len(critic.head.registers) == 1
-    with pytest.raises(ValueError, match="out of range"):
+    with pytest.raises(UserError, match=r"\[2\] do not exist in a 2-block base"):
         tiny_critic(layers=[2])
-    with pytest.raises(ValueError, match="same block"):
+    with pytest.raises(UserError, match="same block"):
         tiny_critic(layers=[1, -1])
     with pytest.raises(RecipeError, match="did you mean 'layers'"):
         tiny_critic(layer=[0])

@@ -24,6 +24,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from oneforcing.critics.fake_score import FakeScore
+from oneforcing.errors import UserError
 from oneforcing.registry import CRITICS
 
 
@@ -32,8 +33,7 @@ class RegisterAttention(nn.Module):
 
     def __init__(self, dim: int, heads: int, ffn_dim: int, eps: float = 1e-6, init_std: float = 0.02):
         super().__init__()
-        if dim % heads:
-            raise ValueError(f"the model dim {dim} is not divisible by heads={heads}")
+        check_heads(heads, dim)
         self.heads = heads
         self.token = nn.Parameter(torch.randn(dim) * init_std)
         self.token_norm = nn.RMSNorm(dim, eps=eps)
@@ -73,6 +73,30 @@ class RegisterHead(nn.Module):
         return self.out(feats).squeeze(-1)
 
 
+DEFAULT_LAYERS = [21, 29]  # of the 30-block 1.3B (framewise One-Forcing)
+
+
+def selected_blocks(layers: list[int], num_layers: int, base: str | None = None) -> list[int]:
+    """`layers` (negative = from the end) as 0-based block indices of a `num_layers`-block base."""
+    n, layers = num_layers, list(layers)
+    where = f"the {n}-block base '{base}'" if base else f"a {n}-block base"
+    if not layers:
+        raise UserError("register_gan_critic needs at least one layer", key="layers")
+    bad = [i for i in layers if not isinstance(i, int) or not -n <= i < n]
+    if bad:
+        raise UserError(f"{bad} do not exist in {where} (valid: -{n} .. {n - 1}; the defaults [21, 29] "
+                        "fit the 30-block Wan2.1-1.3B)", key="layers")
+    blocks = [i % n for i in layers]
+    if len(set(blocks)) != len(blocks):
+        raise UserError(f"{layers} name the same block twice in {where}", key="layers")
+    return blocks
+
+
+def check_heads(heads: int, dim: int) -> None:
+    if not isinstance(heads, int) or heads < 1 or dim % heads:
+        raise UserError(f"{heads!r} does not divide the base model's dim {dim}", key="heads")
+
+
 @CRITICS.register("register_gan_critic")
 class RegisterGANCritic(FakeScore):
     """`{type: register_gan_critic, pretrained: DIR, layers: [21, 29], heads: 12, ffn_dim: 2048}`."""
@@ -82,17 +106,21 @@ class RegisterGANCritic(FakeScore):
                  load_weights: bool = True):
         super().__init__(pretrained=pretrained, config=config, attention=attention,
                          gradient_checkpointing=gradient_checkpointing, load_weights=load_weights)
-        layers = [21, 29] if layers is None else list(layers)
-        if not layers:
-            raise ValueError("register_gan_critic needs at least one layer")
-        n = self.num_layers
-        bad = [i for i in layers if not -n <= i < n]
-        if bad:
-            raise ValueError(f"layers {bad} out of range for a {n}-block model (valid: -{n} .. {n - 1})")
-        self.layers = [i % n for i in layers]
-        if len(set(self.layers)) != len(self.layers):
-            raise ValueError(f"layers {layers} name the same block twice")
+        self.layers = selected_blocks(DEFAULT_LAYERS if layers is None else layers, self.num_layers, pretrained)
+        check_heads(heads, self.dim)
         self.head = RegisterHead(self.dim, len(self.layers), heads, ffn_dim)
+
+    @staticmethod
+    def check_recipe(cfg: dict) -> None:
+        """Check `layers` and `heads` against the base Wan's config.json (or `config`) without
+        building anything, so that a mismatch stops a run before any model is built."""
+        from oneforcing.models.wan_io import WAN_DEFAULTS, load_config
+
+        pretrained = cfg.get("pretrained")
+        base = {**WAN_DEFAULTS, **(load_config(pretrained) if pretrained else {}), **(cfg.get("config") or {})}
+        layers = cfg.get("layers")
+        selected_blocks(DEFAULT_LAYERS if layers is None else layers, base["num_layers"], pretrained)
+        check_heads(cfg.get("heads", 12), base["num_attention_heads"] * base["attention_head_dim"])
 
     def _head_input(self, hidden: dict) -> list[torch.Tensor]:
         return [hidden[i] for i in self.layers]

@@ -10,15 +10,30 @@ from __future__ import annotations
 import hashlib
 import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
+
+from oneforcing.errors import UserError
 
 
 def derive_seed(seed: int, *parts: Any) -> int:
     """A 63-bit seed derived from the recipe seed and any labels (rank, purpose, step ...)."""
     text = ":".join(str(p) for p in (seed, *parts))
     return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little") >> 1
+
+
+def missing_path(path: str, key: str, recipe_file: str | None) -> UserError:
+    """The error for a recipe path that does not exist: how to get it, and the CPU-sized twin of
+    the same recipe (recipes/toy/<name>.yaml) when there is one."""
+    hint = ""
+    if recipe_file:
+        toy = Path(recipe_file).parent / "toy" / Path(recipe_file).name
+        if toy.exists() and toy.resolve() != Path(recipe_file).resolve():
+            hint = f"; to run this method on a CPU without Wan weights: python recipes/run.py {toy}"
+    return UserError(f"'{path}' does not exist (download it, produce it with the recipe that writes it, "
+                     f"or override the path; see README 'Real runs'){hint}", key=key)
 
 
 @dataclass

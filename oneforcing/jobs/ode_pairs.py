@@ -24,8 +24,8 @@ a killed run restarts where it stopped; job.json refuses a restart with other se
 from __future__ import annotations
 
 import functools
-
 import logging
+from pathlib import Path
 
 import torch
 
@@ -35,7 +35,7 @@ from oneforcing.data.shards import ShardWriter, dtype_from_name, write_index
 from oneforcing.data.toy_codec import ToyCodec
 from oneforcing.data.toy_world import ToyWorld
 from oneforcing.errors import UserError
-from oneforcing.jobs.base import Job, RunContext, derive_seed
+from oneforcing.jobs.base import Job, RunContext, derive_seed, missing_path
 from oneforcing.jobs.generate import load_generator_model, resolve_model_dir
 from oneforcing.jobs.toy_eval import DEFAULT_TEXT_ENCODER, build_sampler, model_config
 from oneforcing.models.text_encoder import parse_dtype
@@ -138,9 +138,21 @@ class OdePairsJob(Job):
             return _ShardSource(self.prompts_from, self.num_examples)
         return _ToySource(self.split, self.num_examples, seed, self.frames, self.size)
 
+    def check_paths(self, recipe_file: str | None) -> None:
+        """Fail before writing anything if the teacher or the prompts are missing (one line naming
+        the recipe key, and the toy twin of the recipe)."""
+        for key, path in (("teacher", self.teacher), ("prompts_from", self.prompts_from)):
+            if path is not None and not Path(path).expanduser().exists():
+                raise missing_path(path, key, recipe_file)
+        try:
+            self.weights_dir
+        except UserError as err:  # a folder that holds no weights
+            raise UserError(err.message.removeprefix("generate: "), key="teacher") from None
+
     def run(self, ctx: RunContext) -> None:
         from tqdm.auto import tqdm
 
+        self.check_paths(ctx.recipe_file)
         settings = self.settings(ctx.seed)
         out = prepare_output(self.out, settings, self.overwrite, ctx, "ode_pairs")
         source = self._source(ctx.seed)

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from oneforcing.errors import UserError
-from oneforcing.jobs.base import Job, RunContext
+from oneforcing.jobs.base import Job, RunContext, missing_path
 from oneforcing.registry import (CRITICS, DATASETS, JOBS, LOSSES, MODELS, SAMPLERS, SCHEDULERS,
                                  TEXT_ENCODERS, TIMESTEP_SAMPLERS, build, validate)
 
@@ -108,18 +108,27 @@ class Train(Job):
                    if isinstance(cfg, dict)]
         for key, path in wanted:
             if isinstance(path, str) and not Path(path).exists():
-                hint = ""
-                if recipe_file:
-                    toy = Path(recipe_file).parent / "toy" / Path(recipe_file).name
-                    if toy.exists() and toy.resolve() != Path(recipe_file).resolve():
-                        hint = f"; to run this method on a CPU without Wan weights: python recipes/run.py {toy}"
-                raise UserError(f"'{path}' does not exist (download it, produce it with the recipe that "
-                                f"writes it, or override the path; see README 'Real runs'){hint}", key=key)
+                raise missing_path(path, key, recipe_file)
+
+    def check_models(self, recipe_file: str | None) -> None:
+        """Fail before any model is built when a role's settings do not fit its base weights (a
+        component with a `check_recipe(cfg)` static method, e.g. the register critic's layers)."""
+        for role, cfg in self.models.items():
+            registry, name = ROLES[role], cfg["type"]
+            check = getattr(registry.get(name), "check_recipe", None) if name in registry.names() else None
+            if check is None:
+                continue
+            try:
+                check(cfg)
+            except UserError as err:
+                sub = f"models.{role}.{err.key}" if err.key else f"models.{role}"
+                raise UserError(err.message, file=err.file or recipe_file, key=sub) from None
 
     def run(self, ctx: RunContext) -> None:
         from oneforcing.trainer import build_trainer
 
         self.check_paths(ctx.recipe_file)
+        self.check_models(ctx.recipe_file)
 
         trainer = build_trainer(self, ctx)
         final_step = trainer.fit(self.resume)

@@ -21,6 +21,9 @@ from oneforcing.registry import SAMPLERS
 from oneforcing.samplers.common import ON_GRID, full_t, in_model_dtype, warped_steps
 
 
+DEFAULT_STEPS, DEFAULT_KEEP = 48, [0, 12, 24, 36]  # change num_steps and keep_indices together
+
+
 @dataclass
 class ODEResult:
     x0: torch.Tensor
@@ -31,10 +34,16 @@ class ODEResult:
 
 @SAMPLERS.register("teacher_ode")
 class TeacherODE:
-    def __init__(self, num_steps: int = 48, shift: float = 5.0, guidance: float = 6.0,
+    def __init__(self, num_steps: int = DEFAULT_STEPS, shift: float = 5.0, guidance: float = 6.0,
                  keep_indices: list[int] | None = None, causal: bool | None = False):
-        keep = [0, 12, 24, 36] if keep_indices is None else list(keep_indices)
-        if num_steps < 1 or any(not 0 <= k < num_steps for k in keep):
+        keep = DEFAULT_KEEP if keep_indices is None else list(keep_indices)
+        if num_steps < 1:
+            raise ValueError(f"num_steps must be >= 1, got {num_steps}")
+        if keep_indices is None and any(k >= num_steps for k in keep):
+            same = sorted({round(k * num_steps / DEFAULT_STEPS) for k in keep})
+            raise ValueError(f"num_steps={num_steps} needs keep_indices too: the default {keep} is for "
+                             f"{DEFAULT_STEPS} steps (the same fractions of {num_steps} steps: {same})")
+        if any(not 0 <= k < num_steps for k in keep):
             raise ValueError(f"keep_indices {keep} must lie in [0, num_steps={num_steps})")
         self.num_steps = num_steps
         self.guidance = float(guidance)
