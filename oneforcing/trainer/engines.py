@@ -95,6 +95,10 @@ class DeepSpeedOptions:
                             "(use 3, 0 for no sharding, or auto)")
         if self.precision not in ("fp32", "bf16"):
             raise UserError(f"deepspeed.precision: '{self.precision}' is not one of fp32, bf16")
+        for key in ("micro_batch_size", "gradient_accumulation"):
+            value = getattr(self, key)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise UserError(f"deepspeed.{key}: must be an integer >= 1, got {value!r}")
 
     @property
     def dtype(self) -> torch.dtype:
@@ -149,6 +153,7 @@ class TrainedRole:
                                                config=ds.to_config(optim.grad_clip))
         self.module = self.engine.module
         self.updates = 0  # optimizer updates taken (drives the LR schedule)
+        self._backwards = 0  # micro-batch backwards since the last step
         self._trainable = [p for p in self.module.parameters() if p.requires_grad]
         log_partitioning(name, self.module, ds)
 
@@ -163,39 +168,68 @@ class TrainedRole:
             for p in self._trainable:
                 p.requires_grad_(True)
 
-    def backward(self, loss: torch.Tensor) -> None:
-        self.engine.backward(loss)
+    @property
+    def accumulation(self) -> int:
+        """Micro-batches per update (`deepspeed.gradient_accumulation`)."""
+        return self.ds.gradient_accumulation
 
-    def step(self) -> float:
-        """Apply the update (DeepSpeed clips and skips non-finite gradients); returns the grad norm."""
+    def backward(self, loss: torch.Tensor, last: bool = True) -> None:
+        """One micro-batch's backward; `last`: the update's final one. Gradients add up (DeepSpeed
+        divides each loss by `accumulation`, so an update sees their mean) until `step`. The trainer
+        owns the accumulation boundary: ranks reduce at the last backward, `step` applies once."""
+        self.engine.set_gradient_accumulation_boundary(last)
+        optimizer = self.engine.optimizer
+        if hasattr(optimizer, "clear_backward_seen_flag"):
+            # What engine.forward does at each forward, and models are called as modules here:
+            # ZeRO-3 advances its micro-step count, without which every backward would overwrite
+            # the gradient partitions of the previous micro-batches instead of adding to them.
+            optimizer.clear_backward_seen_flag()
+        self.engine.backward(loss)
+        self._backwards += 1
+
+    def step(self, skip: bool = False) -> float:
+        """Apply the update (DeepSpeed clips and skips non-finite gradients); returns the grad norm.
+        `skip`: a micro-batch of this update had a non-finite loss; end the accumulation without
+        moving the weights or the optimizer state (returns NaN)."""
         lr = self.optim.lr_at(self.updates)
         for group in self.engine.optimizer.param_groups:
             group["lr"] = lr
+        self.engine.set_gradient_accumulation_boundary(True)
+        backwards, self._backwards = self._backwards, 0
+        if skip:
+            if backwards:  # end the accumulation; with nothing accumulated there is nothing to end
+                self._step_without_update()
+            return float("nan")
         if self.ds.zero_stage == 3:
             self.engine.step()  # ZeRO-3 measures the norm and skips non-finite gradients itself
             norm = self.engine.get_global_grad_norm()
             norm = float(norm) if norm is not None else float("nan")
         else:
             # Unsharded fp32 DeepSpeed neither reports the norm nor skips non-finite gradients. The
-            # gradients are already all-reduced here, so every rank reaches the same verdict. A
-            # skipped update still runs engine.step (its counters and zero_grad) with the
-            # optimizer's own step switched off, so neither weights nor AdamW moments move.
+            # gradients were all-reduced by the boundary backward, so every rank reaches the same verdict.
             grads = [p.grad for p in self._trainable if p.grad is not None]
             norm = float(torch.nn.utils.get_total_norm(grads)) if grads else 0.0
             if math.isfinite(norm):
                 self.engine.step()
             else:
-                inner = self.engine.optimizer
-                for g in grads:
-                    g.zero_()  # DeepSpeed clips before stepping; NaNs would not survive that
-                inner.step = lambda *args, **kwargs: None
-                try:
-                    self.engine.step()
-                finally:
-                    del inner.step  # back to the class's step
+                self._step_without_update()
         if math.isfinite(norm):
             self.updates += 1
         return norm
+
+    def _step_without_update(self) -> None:
+        """engine.step (the accumulation boundary: its reductions, counters and zero_grad) with the
+        optimizer's own step switched off, so neither weights nor AdamW moments move."""
+        for p in self._trainable:
+            if p.grad is not None:
+                p.grad.zero_()  # DeepSpeed clips before stepping; NaNs would not survive that
+        outer = self.engine.optimizer
+        inner = getattr(outer, "optimizer", outer)  # the AdamW inside a ZeRO / bf16 wrapper
+        inner.step = lambda *args, **kwargs: None
+        try:
+            self.engine.step()
+        finally:
+            del inner.step  # back to the class's step
 
     @property
     def lr(self) -> float:

@@ -2,13 +2,15 @@
 
     for step in steps:
         if generator_losses and step % generator_every == 0:
-            generator update on its own minibatch, critic frozen        (phase "generator")
+            generator update on its own minibatch(es), critic frozen     (phase "generator")
         if critic_losses:
-            critic update on its own minibatch                          (phase "critic")
+            critic update on its own minibatch(es)                       (phase "critic")
         log; checkpoint every N steps; stop on SIGTERM/SIGINT with a checkpoint
 
-A phase's loss is the weighted sum of its registered losses. A non-finite loss on any rank skips
-that phase's update on every rank; DeepSpeed skips non-finite gradients itself; `max_bad_steps`
+An update draws `deepspeed.gradient_accumulation` micro-batches of `micro_batch_size` (each its
+own rollout and backward) and steps once: the LR schedule, the update counters and the EMA see
+one update. A phase's loss is the weighted sum of its registered losses. A non-finite loss (of
+any micro-batch, on any rank) skips that phase's update on every rank; DeepSpeed skips non-finite gradients itself; `max_bad_steps`
 bad updates in a row stop the run, leaving the last good checkpoint in place.
 """
 
@@ -109,28 +111,24 @@ class Trainer:
         return self.step
 
     def _phase(self, phase: str) -> dict[str, float]:
+        """One update of a role: `gradient_accumulation` micro-batches, each its own minibatch,
+        rollout and backward, then one optimizer step (one LR-schedule and EMA update)."""
         role: TrainedRole = self.roles[phase]
         critic = self.roles["critic"]
-        batch = self._next_batch()
-        self._batch_size = batch["text"].shape[0]
-        rng = self.ctx.generator("train", self.step, phase)
+        sums: dict[str, float] = {}
+        bad_micro = 0
         freeze = critic.frozen() if (phase == "generator" and critic is not None) else contextlib.nullcontext()
         with freeze:
-            s = StepContext(step=self.step, phase=phase, batch=batch, generator=self.roles["generator"].module,
-                            critic=critic.module if critic else None,
-                            real_score=self.real_score.module if self.real_score else None,
-                            scheduler=self.scheduler, timesteps=self.timesteps, sampler=self.sampler,
-                            uncond_text=self.uncond_text, rng=rng, ctx=self.ctx, next_batch=self._next_batch,
-                            dtype=self.dtype)
-            total, figures = self._weighted_sum(phase, s)
-            ok = self._all_finite(total)
-            if ok:
-                role.backward(total)
-        metrics = {f"{phase}/{k}": v for k, v in figures.items()}
+            for micro in range(role.accumulation):
+                figures, ok = self._micro_batch(phase, micro, last=micro == role.accumulation - 1)
+                bad_micro += not ok
+                for k, v in figures.items():
+                    sums[k] = sums.get(k, 0.0) + v / role.accumulation
+        metrics = {f"{phase}/{k}": v for k, v in sums.items()}
         metrics[f"{phase}/lr"] = role.lr
-        if ok:
-            grad_norm = role.step()
-            ok = math.isfinite(grad_norm)
+        grad_norm = role.step(skip=bad_micro > 0)  # a bad micro-batch skips the whole update
+        ok = math.isfinite(grad_norm)
+        if not bad_micro:
             metrics[f"{phase}/grad_norm"] = grad_norm
         if ok:
             self.bad_in_a_row = 0
@@ -147,6 +145,26 @@ class Trainer:
                                       f"{self.max_bad_steps}); stopped at step {self.step}, the last good "
                                       f"checkpoint is kept in {self.checkpoints.root}")
         return metrics
+
+    def _micro_batch(self, phase: str, micro: int, last: bool) -> tuple[dict[str, float], bool]:
+        """Loss and backward of one micro-batch; (its figures, whether its loss was finite on every
+        rank). A non-finite loss gets no backward on any rank."""
+        batch = self._next_batch()
+        self._batch_size = batch["text"].shape[0] * self.roles[phase].accumulation
+        # Micro-batch 0 keeps the seed of an un-accumulated update; the others draw their own.
+        rng = self.ctx.generator("train", self.step, phase, *((micro,) if micro else ()))
+        critic, real_score = self.roles["critic"], self.real_score
+        s = StepContext(step=self.step, phase=phase, batch=batch, generator=self.roles["generator"].module,
+                        critic=critic.module if critic else None,
+                        real_score=real_score.module if real_score else None,
+                        scheduler=self.scheduler, timesteps=self.timesteps, sampler=self.sampler,
+                        uncond_text=self.uncond_text, rng=rng, ctx=self.ctx, next_batch=self._next_batch,
+                        dtype=self.dtype)
+        total, figures = self._weighted_sum(phase, s)
+        ok = self._all_finite(total)
+        if ok:
+            self.roles[phase].backward(total, last=last)
+        return figures, ok
 
     def _weighted_sum(self, phase: str, s: StepContext) -> tuple[torch.Tensor, dict[str, float]]:
         total = None
