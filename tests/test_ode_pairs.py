@@ -1,6 +1,7 @@
 """ode_pairs: a tiny bidirectional teacher's ODE trajectories as shards, resumable, rank-invariant."""
 
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -95,7 +96,9 @@ def test_prompts_from_latent_shards(teacher, tmp_path):
          latent_dtype="float16").run(RunContext())
     items = _read(out)
     assert [it["prompt"] for it in items] == ["a", "b", "c"]
-    assert torch.equal(torch.stack([it["prompt_embed"] for it in items]), embed)
+    # stored in the latent dtype, up to the longest real token (4 of 6), read back at full length
+    assert torch.equal(torch.stack([it["prompt_embed"] for it in items]), embed.half())
+    assert _load(out / "shard-00000.safetensors")[0]["prompt_embed"].shape == (2, 4, 32)
     assert items[0]["states"].shape == (4, *SHAPE) and items[0]["states"].dtype == torch.float16
     with pytest.raises(UserError, match="holds 3"):
         _job(teacher, tmp_path / "x", split=None, prompts_from=str(src), num_examples=4).run(RunContext())
@@ -107,14 +110,16 @@ def _free_port():
         return s.getsockname()[1]
 
 
-def test_two_ranks_match_one(teacher, tmp_path):
+@pytest.mark.parametrize("per_shard, batch_size", [(2, 2), (5, 1)])
+def test_two_ranks_match_one(teacher, tmp_path, per_shard, batch_size):
+    # (5, 1): all 5 prompts in one shard; both ranks compute examples, rank 0 writes the shard.
     one = tmp_path / "one"
-    _job(teacher, one, sampler=FAST).run(RunContext(seed=3))
+    _job(teacher, one, sampler=FAST, examples_per_shard=per_shard, batch_size=batch_size).run(RunContext(seed=3))
     recipe = tmp_path / "r.yaml"
     recipe.write_text(
         "job: ode_pairs\nimports: [oneforcing.jobs.ode_pairs]\nseed: 3\n"
         f"teacher: {teacher}\nout: {tmp_path / 'two'}\nsplit: test\nnum_examples: 5\n"
-        "examples_per_shard: 2\nbatch_size: 2\nframes: 3\nsize: 16\nlatent_dtype: float32\n"
+        f"examples_per_shard: {per_shard}\nbatch_size: {batch_size}\nframes: 3\nsize: 16\nlatent_dtype: float32\n"
         "sampler: {type: teacher_ode, num_steps: 8, keep_indices: [0, 2, 4, 6]}\n")
     env = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"}
     torchrun = str(Path(sys.executable).with_name("torchrun"))
@@ -122,6 +127,10 @@ def test_two_ranks_match_one(teacher, tmp_path):
                            str(ROOT / "recipes/run.py"), str(recipe)], capture_output=True, text=True, env=env,
                           timeout=300, cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    # Batches are dealt round-robin: rank 0 computes 3 of the 5 examples, so rank 1 computed the
+    # other 2 of the complete output below (only rank 0 logs at info level).
+    assert re.findall(r"this rank computes (\d+) of the 5", proc.stderr) == ["3"], proc.stderr[-2000:]
+    assert len(list((tmp_path / "two").glob("shard-*"))) == len(list(one.glob("shard-*")))
     for a, b in zip(_read(one), _read(tmp_path / "two"), strict=True):
         for key in ("states", "clean", "timesteps", "prompt_embed"):
             assert torch.equal(a[key], b[key]), key

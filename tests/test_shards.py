@@ -60,7 +60,8 @@ def test_toy_data_reads_back_bit_exactly(toy_shards):
     for i, it in enumerate(items):
         assert it["index"] == i and it["prompt"] == world.prompts()[i]
         assert it["latent"].dtype == torch.float16 and torch.equal(it["latent"], latents[i])
-        assert torch.equal(it["prompt_embed"], embeds[i])
+        assert it["prompt_embed"].dtype == torch.float16  # stored like the latents
+        assert torch.equal(it["prompt_embed"], embeds[i].half())
         assert torch.equal(it["prompt_mask"], embeds[i].ne(0).any(-1))
         assert it["metadata"]["objects"] == world.scene(i)["objects"]
     batch = next(ds.batches(8))
@@ -208,3 +209,28 @@ def test_two_rank_gloo(toy_shards, tmp_path):
     got = [torch.load(tmp_path / f"r{r}.pt") for r in (0, 1)]
     assert [g["rank"] for g in got] == [0, 1]
     assert sorted(got[0]["indices"] + got[1]["indices"]) == list(range(20))
+
+
+def test_prompt_embeddings_are_stored_up_to_the_longest_real_token(tmp_path):
+    """A shard keeps prompt_embed rows only up to its longest real token (the full length stays in
+    prompt_mask and index.json); loaders pad the zeros back, so readers see [L, D] as written."""
+    from safetensors import safe_open
+
+    n, L, D = 4, 16, 8
+    embed = torch.randn(n, L, D).to(torch.bfloat16)
+    lengths = [3, 5, 1, 2]
+    mask = torch.arange(L)[None] < torch.tensor(lengths)[:, None]
+    embed = embed * mask[..., None]
+    write_shard(tmp_path / "shard-00000.safetensors", {"latent": torch.randn(n, 3, 4, 2, 2),
+                "prompt_embed": embed, "prompt_mask": mask}, [f"p{i}" for i in range(n)])
+    with safe_open(str(tmp_path / "shard-00000.safetensors"), framework="pt") as f:
+        stored = f.get_tensor("prompt_embed")
+    assert stored.shape == (n, max(lengths), D) and stored.dtype == torch.bfloat16
+    index = write_index(tmp_path)
+    assert index["fields"]["prompt_embed"] == {"shape": [L, D], "dtype": "bfloat16"}
+    items = list(LatentShards(str(tmp_path), shuffle=False))
+    assert torch.equal(torch.stack([it["prompt_embed"] for it in items]), embed)
+    assert [int(it["prompt_mask"].sum()) for it in items] == lengths
+    with pytest.raises(ValueError, match="padding must be zeroed"):
+        write_shard(tmp_path / "bad.safetensors", {"latent": torch.randn(n, 3, 4, 2, 2),
+                    "prompt_embed": torch.ones(n, L, D), "prompt_mask": mask}, [f"p{i}" for i in range(n)])

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
-from oneforcing.data.shards import KINDS, dtype_from_name, read_index, read_shard_header
+from oneforcing.data.shards import KINDS, TRIMMED, dtype_from_name, read_index, read_shard_header
 from oneforcing.errors import UserError
 from oneforcing.registry import DATASETS
 
@@ -194,6 +194,9 @@ class LatentShards:
             except Exception as exc:  # noqa: BLE001
                 reason = str(exc).splitlines()[0]
                 raise UserError(f"{file}: example {i}: cannot read {key!r} ({reason})") from None
+            if key in TRIMMED and t.dim() and t.shape[0] < spec["shape"][0]:
+                # stored up to the shard's longest real token: zero padding back to the full length
+                t = torch.nn.functional.pad(t, (0, 0) * (t.dim() - 1) + (0, spec["shape"][0] - t.shape[0]))
             if list(t.shape) != spec["shape"]:
                 raise UserError(f"{file}: example {i}: {key!r} has shape {list(t.shape)}, "
                                 f"expected {spec['shape']}")

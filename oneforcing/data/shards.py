@@ -35,6 +35,9 @@ KINDS: dict[str, tuple[str, ...]] = {
     "latents": ("latent", "prompt_embed", "prompt_mask"),
     "ode_pairs": ("states", "timesteps", "clean", "prompt_embed", "prompt_mask"),
 }
+# Fields stored only up to the shard's longest real token, with the mask field that gives their
+# full length (index.json and the loaders use that length: readers pad the stored rows back).
+TRIMMED = {"prompt_embed": "prompt_mask"}
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 _DTYPE_NAMES = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16",
                 torch.bool: "bool", torch.int64: "int64", torch.int32: "int32", torch.uint8: "uint8"}
@@ -74,6 +77,7 @@ def write_shard(path: str | Path, tensors: dict[str, torch.Tensor], prompts: lis
             raise ValueError(f"field {name!r} holds {t.shape[0]} examples, prompts {n}")
     if metadata is not None and len(metadata) != n:
         raise ValueError(f"metadata holds {len(metadata)} entries, prompts {n}")
+    tensors = trim_to_real_tokens(tensors)
     header = {"format": FORMAT, "version": str(VERSION), "kind": kind, "num_examples": str(n),
               "prompts": json.dumps(list(prompts))}
     if metadata is not None:
@@ -84,9 +88,28 @@ def write_shard(path: str | Path, tensors: dict[str, torch.Tensor], prompts: lis
     os.replace(tmp, path)
 
 
+def trim_to_real_tokens(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Each TRIMMED field cut after the shard's longest real token (by its mask [n, L]): padding
+    is zero by contract, and a 512-token UMT5 prompt is rarely longer than ~100 tokens."""
+    out = dict(tensors)
+    for name, mask_name in TRIMMED.items():
+        if name not in out or mask_name not in out:
+            continue
+        x, mask = out[name], out[mask_name].bool()
+        if x.shape[1] != mask.shape[1]:
+            raise ValueError(f"field {name!r} has {x.shape[1]} tokens, {mask_name!r} {mask.shape[1]}")
+        real = mask.any(dim=0).nonzero()
+        keep = max(int(real.max()) + 1 if real.numel() else 0, 1)
+        if x[:, keep:].count_nonzero():
+            raise ValueError(f"field {name!r} is non-zero past its mask: padding must be zeroed")
+        out[name] = x[:, :keep]
+    return out
+
+
 def read_shard_header(path: str | Path) -> dict:
     """{"kind", "num_examples", "fields": {name: {"shape" (per example), "dtype"}}} of one shard;
-    a missing, truncated or foreign file is a UserError naming it."""
+    a missing, truncated or foreign file is a UserError naming it. A TRIMMED field's shape is its
+    full length (its mask's), whatever number of rows the shard stores."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: shard file is missing")
@@ -109,6 +132,13 @@ def read_shard_header(path: str | Path) -> dict:
     for key, spec in fields.items():
         if spec.pop("rows") != n:
             raise UserError(f"{path}: field {key!r} does not hold num_examples={n} rows")
+    for name, mask_name in TRIMMED.items():
+        if name in fields and mask_name in fields and fields[name]["shape"]:
+            full = fields[mask_name]["shape"][0]
+            if fields[name]["shape"][0] > full:
+                raise UserError(f"{path}: field {name!r} holds {fields[name]['shape'][0]} tokens, "
+                                f"its mask {mask_name!r} {full}")
+            fields[name]["shape"] = [full, *fields[name]["shape"][1:]]
     return {"kind": meta.get("kind"), "num_examples": n, "fields": fields}
 
 

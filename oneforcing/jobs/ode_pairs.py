@@ -15,10 +15,12 @@ Per prompt: noise -> `num_steps` (48) Euler steps, shift 5, CFG 6 in the usual f
 prompt_mask. Without `prompts_from`, the prompts are a toy-world `split` (world seed = recipe seed),
 encoded with `text_encoder` (default: the toy UMT5 asset, negative prompt "").
 
-Example g's noise comes from derive_seed(recipe seed, "ode_pairs", g); shard j (examples
-[j n, (j+1) n)) is written by rank j % world_size in batches that do not depend on the number of
-ranks, so any world size writes the same files. A shard that exists is complete (atomic writes), so
-a killed run restarts where it stopped; job.json refuses a restart with other settings.
+Example g's noise comes from derive_seed(recipe seed, "ode_pairs", g); shard j holds examples
+[j n, (j+1) n), computed in batches of `batch_size` that do not depend on the number of ranks: the
+batches are dealt round-robin over the ranks (so a few prompts still keep every rank busy) and
+rank j % world_size gathers and writes shard j, so any world size writes the same files. A shard
+that exists is complete (atomic writes), so a killed run restarts where it stopped; job.json
+refuses a restart with other settings.
 """
 
 from __future__ import annotations
@@ -156,10 +158,12 @@ class OdePairsJob(Job):
         settings = self.settings(ctx.seed)
         out = prepare_output(self.out, settings, self.overwrite, ctx, "ode_pairs")
         source = self._source(ctx.seed)
-        todo = [p for p in plan_shards(source.num, self.per_shard, ctx.rank, ctx.world_size)
-                if not (out / shard_name(p[0])).exists()]
-        log.info("ode_pairs: %d examples in shards of %d -> %s (%d shards to write on this rank)",
-                 source.num, self.per_shard, out, len(todo))
+        # Every rank takes part in every shard (rank 0 decides which shards are still missing).
+        todo = ctx.broadcast_object([p for p in plan_shards(source.num, self.per_shard, 0, 1)
+                                     if not (out / shard_name(p[0])).exists()])
+        log.info("ode_pairs: %d examples in shards of %d -> %s (%d shards to write, batches split over "
+                 "%d rank%s)", source.num, self.per_shard, out, len(todo), ctx.world_size,
+                 "s" if ctx.world_size > 1 else "")
         if todo:
             self._write(ctx, source, out, todo, tqdm)
         ctx.barrier()
@@ -169,6 +173,9 @@ class OdePairsJob(Job):
         ctx.barrier()
 
     def _write(self, ctx: RunContext, source, out, todo, tqdm) -> None:
+        """Batch k of shard j (examples [start + k batch_size, ...)) is computed by rank
+        (j * batches_per_shard + k) % world_size; rank j % world_size gathers and writes shard j.
+        Batches do not depend on the world size, so any number of ranks writes the same files."""
         device = ctx.device
         dtype = self._dtype(device)
         encoder = build(self.text_cfg, TEXT_ENCODERS, path="text_encoder", file=ctx.recipe_file)
@@ -176,34 +183,48 @@ class OdePairsJob(Job):
         negative = encode_text(encoder, [negative_text])[0]
         model = load_generator_model(self.model_cfg, self.weights_dir, ctx.recipe_file).to(device, dtype)
         model.eval().requires_grad_(False)
+        self._check_shapes(model, source.shape, source.batch(range(1), encoder)[1], negative)  # every rank
         store = dtype_from_name(self.latent_dtype)
-        checked = False
-        bar = tqdm(total=sum(e - s for _, s, e in todo), desc="ode_pairs", unit="ex",
-                   disable=not (self.progress and ctx.is_main))
+        per_shard_batches = -(-self.per_shard // self.batch_size)
+
+        def my_batches(j: int, start: int, end: int) -> list[range]:
+            firsts = range(start, end, self.batch_size)
+            return [range(b, min(b + self.batch_size, end)) for k, b in enumerate(firsts)
+                    if (j * per_shard_batches + k) % ctx.world_size == ctx.rank]
+
+        mine = sum(len(idx) for shard in todo for idx in my_batches(*shard))
+        log.info("ode_pairs: this rank computes %d of the %d missing examples", mine,
+                 sum(e - s for _, s, e in todo))
+        bar = tqdm(total=mine, desc="ode_pairs", unit="ex", disable=not (self.progress and ctx.is_main))
         for j, start, end in todo:
-            writer = ShardWriter(out, kind="ode_pairs", examples_per_shard=end - start, start=j, index=False,
-                                 dtypes={"states": store, "clean": store})
-            for b in range(start, end, self.batch_size):
-                idx = range(b, min(b + self.batch_size, end))
-                prompts, embed, mask, metadata = source.batch(idx, encoder)
-                if not checked:
-                    self._check_shapes(model, source.shape, embed, negative)
-                    checked = True
-                seeds = [derive_seed(ctx.seed, "ode_pairs", g) for g in idx]
-                noise = torch.stack([torch.randn(source.shape, generator=torch.Generator().manual_seed(s))
-                                     for s in seeds])
-                neg = negative.expand(len(idx), *negative.shape[1:])
-                res = self.sampler(model, noise.to(device, dtype), embed.to(device, dtype), neg.to(device, dtype))
-                writer.add_batch(prompts=prompts,
-                                 metadata=[{**m, "source_index": g, "noise_seed": s}
-                                           for m, g, s in zip(metadata, idx, seeds)],
-                                 states=res.states.float().cpu(), clean=res.x0.float().cpu(),
-                                 timesteps=res.timesteps.float().expand(len(idx), -1),
-                                 prompt_embed=embed, prompt_mask=mask)
+            parts = []
+            for idx in my_batches(j, start, end):
+                parts.append((idx.start, self._batch(ctx, model, source, encoder, negative, idx, dtype)))
                 bar.update(len(idx))
+            writer_rank = j % ctx.world_size
+            parts = _gather(ctx, parts, writer_rank)
+            if ctx.rank != writer_rank:
+                continue
+            writer = ShardWriter(out, kind="ode_pairs", examples_per_shard=end - start, start=j, index=False,
+                                 dtypes={"states": store, "clean": store, "prompt_embed": store})
+            for _, batch in sorted(parts, key=lambda part: part[0]):
+                writer.add_batch(**batch)
             writer.close()  # exactly shard j (the writer flushes when it holds end - start examples)
         bar.close()
         del model, encoder
+
+    def _batch(self, ctx: RunContext, model, source, encoder, negative, idx: range, dtype) -> dict:
+        """The ODE pairs of examples `idx` (CPU tensors, as ShardWriter.add_batch takes them)."""
+        prompts, embed, mask, metadata = source.batch(idx, encoder)
+        seeds = [derive_seed(ctx.seed, "ode_pairs", g) for g in idx]
+        noise = torch.stack([torch.randn(source.shape, generator=torch.Generator().manual_seed(s)) for s in seeds])
+        neg = negative.expand(len(idx), *negative.shape[1:])
+        device = ctx.device
+        res = self.sampler(model, noise.to(device, dtype), embed.to(device, dtype), neg.to(device, dtype))
+        return {"prompts": prompts,
+                "metadata": [{**m, "source_index": g, "noise_seed": s} for m, g, s in zip(metadata, idx, seeds)],
+                "states": res.states.float().cpu(), "clean": res.x0.float().cpu(),
+                "timesteps": res.timesteps.float().expand(len(idx), -1), "prompt_embed": embed, "prompt_mask": mask}
 
     def _check_shapes(self, model, shape: tuple, embed: torch.Tensor, negative: torch.Tensor) -> None:
         cfg = getattr(model, "config", {})
@@ -216,3 +237,13 @@ class OdePairsJob(Job):
         if cfg.get("text_dim") not in (None, embed.shape[-1]):
             raise UserError(f"ode_pairs: teacher has text_dim={cfg['text_dim']}, prompt embeddings "
                             f"{embed.shape[-1]}")
+
+
+def _gather(ctx: RunContext, parts: list, dst: int) -> list:
+    """Every rank's `parts` concatenated on rank `dst` (other ranks get []); CPU tensors travel
+    through torch.distributed's object collective (between this job's own ranks)."""
+    if not ctx.distributed:
+        return parts
+    box = [None] * ctx.world_size if ctx.rank == dst else None
+    torch.distributed.gather_object(parts, box, dst=dst)
+    return [part for rank_parts in box for part in rank_parts] if ctx.rank == dst else []

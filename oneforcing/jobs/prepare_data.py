@@ -120,7 +120,7 @@ class PrepareDataJob(Job):
                 video = torch.stack([self.load(v) for v, _, _ in batch])
                 embed, mask = encode_text(encoder, [c for _, _, c in batch])
                 parts["latent"].append(encode_video(vae, video).to(dtype))
-                parts["prompt_embed"].append(embed)
+                parts["prompt_embed"].append(embed.to(dtype))  # stored like the latents
                 parts["prompt_mask"].append(mask)
                 bar.update(len(batch))
             rows_j = rows[start:end]

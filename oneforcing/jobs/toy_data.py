@@ -68,7 +68,7 @@ class ToyDataJob(Job):
                 batch_prompts = [s["prompt"] for s in scenes]
                 embed, mask = encode_text(encoder, batch_prompts)
                 parts["latent"].append(encode_video(codec, render_scenes(scenes)).to(dtype))
-                parts["prompt_embed"].append(embed)
+                parts["prompt_embed"].append(embed.to(dtype))  # stored like the latents
                 parts["prompt_mask"].append(mask)
                 prompts += batch_prompts
                 metadata += scenes
