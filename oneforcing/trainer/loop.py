@@ -10,8 +10,9 @@
 An update draws `deepspeed.gradient_accumulation` micro-batches of `micro_batch_size` (each its
 own rollout and backward) and steps once: the LR schedule, the update counters and the EMA see
 one update. A phase's loss is the weighted sum of its registered losses. A non-finite loss (of
-any micro-batch, on any rank) skips that phase's update on every rank; DeepSpeed skips non-finite gradients itself; `max_bad_steps`
-bad updates in a row stop the run, leaving the last good checkpoint in place.
+any micro-batch, on any rank) skips that phase's update on every rank; DeepSpeed skips non-finite
+gradients itself; `max_bad_steps` bad updates in a row stop the run, leaving the last good
+checkpoint in place.
 """
 
 from __future__ import annotations
