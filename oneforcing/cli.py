@@ -5,6 +5,8 @@
     oneforcing run RECIPE [k=v ...]        run a recipe on this process (same as recipes/run.py)
     oneforcing JOB [RECIPE] [k=v ...]      run a registered job directly, e.g.
                                            oneforcing toy-data out_dir=data/toy num_train=2000
+    oneforcing study systems=[DIR,DIR] prompts=FILE    a pairwise preference study on http://127.0.0.1:8765
+    oneforcing study-report db=FILE [out=DIR]          its Table 2 as markdown and CSV
 """
 
 from __future__ import annotations
