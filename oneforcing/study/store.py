@@ -88,8 +88,11 @@ class StudyStore:
         path = Path(path).expanduser()
         hashes = {(name, file.name): file_sha256(file) for name, file in design.videos()}
         if not _has_meta(path):
-            path.parent.mkdir(parents=True, exist_ok=True)
-            _create(path, design, hashes)
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                _create(path, design, hashes)
+            except (OSError, sqlite3.OperationalError) as err:
+                raise UserError(f"cannot create the study database {path}: {err}", key="db") from None
         store = cls(path)
         store._check(design, hashes)
         return store
