@@ -66,6 +66,31 @@ def test_bad_folders_and_files_are_one_line_exit_2(study, tmp_path, capsys):
     assert "line 4: prompt repeats line 1" in cli_error(capsys, [*base[:2], f"prompts={bad}"])
 
 
+def test_binds_loopback_by_default_and_a_busy_port_is_one_line(study, tmp_path, capsys):
+    from oneforcing.jobs.study import StudyJob
+
+    folders, prompts = study
+    assert StudyJob(folders, str(prompts)).host == "127.0.0.1"
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        err = cli_error(capsys, ["study", systems_arg(folders), f"prompts={prompts}", f"db={tmp_path}/db.sqlite",
+                                 f"port={port}"])
+    assert f"port: cannot listen on 127.0.0.1:{port}" in err and not (tmp_path / "db.sqlite").exists()
+    assert "port: must be a TCP port" in cli_error(capsys, ["study", systems_arg(folders), f"prompts={prompts}",
+                                                            "port=70000"])
+
+
+def test_samples_per_prompt_makes_a_pair_per_sample(tmp_path):
+    folders = write_study_folders(tmp_path / "v", systems=("ours", "a", "b"), samples=2, encode=False)
+    design = build_design(folders, str(write_prompts(tmp_path / "p.txt")), samples_per_prompt=2)
+    assert [(p.prompt, p.sample, p.baseline) for p in design.pairs] == \
+        [(p, i, b) for p in PROMPTS for i in range(2) for b in ("a", "b")]
+    with pytest.raises(UserError, match="missing '.*-2.mp4'"):
+        build_design(folders, str(tmp_path / "p.txt"), samples_per_prompt=3)
+
+
 def test_a_symlink_out_of_its_folder_is_refused(study, tmp_path, capsys):
     folders, prompts = study
     outside = tmp_path / "secret.mp4"
