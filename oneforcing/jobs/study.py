@@ -78,7 +78,7 @@ class StudyJob(Job):
         shown = f"[{self.host}]" if ":" in self.host else self.host
         print(f"study: {len(store.pairs)} pairs ({len(design.prompts)} prompts x {design.samples_per_prompt} "
               f"sample(s) x {len(design.systems) - 1} baseline(s)), {len(store.annotators())} annotators so far, "
-              f"{len(store.votes())} votes in {self.db}\nstudy: open http://{shown}:{self.port}/  (Ctrl-C stops; "
+              f"{len(store.votes())} votes in {self.db}; prompt file sha256 {design.prompts_sha256[:16]}\nstudy: open http://{shown}:{self.port}/  (Ctrl-C stops; "
               f"votes are saved as they are cast)", flush=True)
         uvicorn.run(create_app(store, design), host=self.host, port=self.port, log_level="warning",
                     access_log=False)

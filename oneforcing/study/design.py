@@ -122,7 +122,11 @@ def read_prompts(path: str | os.PathLike) -> tuple[list[str], str]:
 def check_video(folder: Path, name: str, system: str) -> Path:
     """`folder/name` if it is a file that resolves to a file directly inside `folder`."""
     path = folder / name
-    if not path.is_file():
+    try:
+        exists = path.is_file()
+    except OSError as err:  # e.g. a prompt too long for a file name
+        raise UserError(f"{folder}: cannot open '{name[:80]}': {err.strerror}", key=f"systems.{system}") from None
+    if not exists:
         raise UserError(f"{folder}: missing '{name}'", key=f"systems.{system}")
     real = Path(os.path.realpath(path))
     if real.parent != folder:  # folder is already resolved: a symlink or '..' led outside it
