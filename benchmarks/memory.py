@@ -39,15 +39,22 @@ def _flow(d: dict) -> str:
     return "{" + ", ".join(f"{k}: {json.dumps(v)}" for k, v in d.items()) + "}"
 
 
-def real_width_overrides(layers: int) -> list[str]:
+def width_config(layers: int, heads: int = 12) -> dict:
+    """Wan2.1-1.3B's transformer config with `layers` blocks; `heads` < 12 narrows it (FFN in
+    proportion) for runs that need depth more than width."""
     from oneforcing.testing.real_layout import wan_config
 
-    wan = _flow({k: v for k, v in wan_config("1.3B", layers).items()
+    cfg = {k: v for k, v in wan_config("1.3B", layers).items() if k != "_class_name"}
+    return {**cfg, "num_attention_heads": heads, "ffn_dim": cfg["ffn_dim"] * heads // 12}
+
+
+def real_width_overrides(layers: int, heads: int = 12) -> list[str]:
+    wan = _flow({k: v for k, v in width_config(layers, heads).items()
                  if k in ("num_layers", "num_attention_heads", "attention_head_dim", "in_channels",
                           "out_channels", "text_dim", "freq_dim", "ffn_dim")})
     return [f"models.generator.config={wan}", f"models.real_score.config={wan}",
             f"models.critic.config={wan}", f"models.critic.layers={list(range(layers))}",
-            "models.critic.heads=12", "models.critic.ffn_dim=2048",  # recipes/one_forcing_framewise.yaml
+            f"models.critic.heads={heads}", "models.critic.ffn_dim=2048",  # recipes/one_forcing_framewise.yaml
             "data={type: random_latents, frames: 3, channels: 16, height: 8, width: 8, text_len: 32, text_dim: 4096}",
             "steps=2", "generator_every=1", "checkpoint_every=1000000", "export=null", "loggers=[]"]
 
@@ -57,26 +64,52 @@ def rss_mib() -> float:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / MIB
 
 
+class GatheredProbe:
+    """Peak number of ZeRO-3 parameters gathered (AVAILABLE) at once on this rank, over all
+    engines, sampled at every module call through torch's global module hooks."""
+
+    def __init__(self):
+        import torch
+        from deepspeed.runtime.zero.partition_parameters import ZeroParamStatus
+
+        self.available, self.params, self.peak = ZeroParamStatus.AVAILABLE, {}, 0
+        self.total, self.first_forward_rss = 0, None  # RSS when every role is built
+        torch.nn.modules.module.register_module_forward_pre_hook(self.sample)
+        torch.nn.modules.module.register_module_forward_hook(lambda m, a, o: self.sample(m, a))
+
+    def sample(self, module, args) -> None:
+        if self.first_forward_rss is None:
+            self.first_forward_rss = rss_mib()
+        for p in module.parameters(recurse=False):
+            if hasattr(p, "ds_id") and id(p) not in self.params:
+                self.params[id(p)] = p
+                self.total += p.ds_numel
+        now = sum(p.ds_numel for p in self.params.values() if p.ds_status == self.available)
+        self.peak = max(self.peak, now)
+
+
 def worker(args: list[str]) -> int:
-    """One rank (under torchrun): baseline RSS, the run, then the high-water mark."""
+    """One rank (under torchrun): RSS before any model, after the models are built (at the first
+    module call), the high-water mark, and the most ZeRO-3 parameters gathered at once."""
     import torch
 
     torch.set_num_threads(1)
-    from oneforcing.runner import run
-    from oneforcing.trainer.engines import import_deepspeed
-
     import deepspeed  # noqa: F401 - in the baseline, as in any training process
 
+    from oneforcing.runner import run
+
     baseline = rss_mib()
+    probe = GatheredProbe()
     code = run(args[0], args[1:])
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     rank = int(os.environ.get("RANK", "0"))
-    print(f"P5 rank {rank}: " + json.dumps({"baseline_mib": baseline, "peak_mib": peak}), flush=True)
-    del import_deepspeed
+    print(f"P5 rank {rank}: " + json.dumps({"baseline_mib": baseline, "built_mib": probe.first_forward_rss,
+                                            "peak_mib": peak, "gathered_peak": probe.peak,
+                                            "partitioned_total": probe.total}), flush=True)
     return code
 
 
-def measure(layers: int, extra: list[str], ranks: int = 2) -> dict:
+def measure(layers: int, heads: int, extra: list[str], ranks: int = 2) -> dict:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -84,54 +117,55 @@ def measure(layers: int, extra: list[str], ranks: int = 2) -> dict:
     env = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1", "OF_RUN_DIR": run_dir,
            "PYTHONPATH": str(ROOT)}
     cmd = [str(Path(sys.executable).with_name("torchrun")), "--nproc_per_node", str(ranks), "--master_port",
-           str(port), str(Path(__file__)), "worker", str(RECIPE), *real_width_overrides(layers), *extra]
+           str(port), str(Path(__file__)), "worker", str(RECIPE), *real_width_overrides(layers, heads), *extra]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if proc.returncode != 0:
         raise SystemExit(proc.stderr[-3000:])
     log = proc.stdout + proc.stderr
     ranks_seen = {int(r): json.loads(j) for r, j in re.findall(r"P5 rank (\d+): (\{.*\})", log)}
     held = {role: int(h.replace(",", "")) for role, h in
-            re.findall(r"\[rank0\].*?(\w+): [\d,]+ parameters, this rank holds ([\d,]+)", log)}
-    if not held:
-        held = {role: int(h.replace(",", "")) for role, h in
-                re.findall(r"(\w+): [\d,]+ parameters, this rank holds ([\d,]+)", log)}
+            re.findall(r"(\w+): [\d,]+ parameters, this rank holds ([\d,]+)", log)}
     total = {role: int(n.replace(",", "")) for role, n in re.findall(r"(\w+): ([\d,]+) parameters, this rank", log)}
     state = {role: float(m) for role, m in re.findall(r"(\w+): model\+optimizer state on this rank: ([\d.]+) MiB", log)}
     return {"ranks": ranks_seen, "held": held, "total": total, "state_mib": state}
 
 
-def block_params(layers: int) -> int:
+def block_params(layers: int, heads: int = 12) -> int:
     import torch
 
     from oneforcing.models.causal_wan import CausalWan
-    from oneforcing.testing.real_layout import wan_config
     from oneforcing.trainer.engines import zero3_limits
 
     with torch.device("meta"):
-        model = CausalWan(config={k: v for k, v in wan_config("1.3B", layers).items() if k != "_class_name"})
+        model = CausalWan(config=width_config(layers, heads))
     return zero3_limits(model)["stage3_max_reuse_distance"]
 
 
-def report_p5(layers: int) -> None:
-    block = block_params(layers)
-    rows = []
-    for label, extra in (("gather limits from the model size", []), ("DeepSpeed defaults (1e9 live)", [DS_DEFAULTS])):
-        m = measure(layers, extra)
+def report_p5(layers: int, heads: int = 12, compare_defaults: bool = False) -> None:
+    block = block_params(layers, heads)
+    settings = [("limits from the model size", [])]
+    if compare_defaults:
+        settings.append(("DeepSpeed defaults", [DS_DEFAULTS]))
+    width = "real 1.3B width" if heads == 12 else f"{heads} heads x 128 (narrowed)"
+    print(f"P5 {width}, {layers} block(s) per model (block {block / 1e6:.1f}M parameters), fp32 ZeRO-3, "
+          "2 CPU ranks, 2 iterations (generator + critic updates each)")
+    print("| setting | rank | peak RSS MiB | before models | after building | expected: model states "
+          "| + may stay gathered | = expected peak | most parameters gathered at once |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for label, extra in settings:
+        m = measure(layers, heads, extra)
         held = m["held"]
         states = sum(m["state_mib"].values()) * MIB
         states += 4 * (held.get("generator", 0) + held.get("critic", 0))  # fp32 gradient shards
         states += 4 * held.get("real_score", 0) + 4 * held.get("generator", 0)  # frozen shard + EMA
-        live = 4 * 3 * 2 * block if not extra else 4 * sum(m["total"].values())
+        live = 4 * min(3 * 2 * block, sum(m["total"].values())) if not extra else 4 * sum(m["total"].values())
+        print(f"raw {label}: {json.dumps(m)}", flush=True)
         for rank, r in sorted(m["ranks"].items()):
             expected = r["baseline_mib"] + (states + live) / MIB
-            rows.append((label, rank, r["peak_mib"], r["baseline_mib"], states / MIB, live / MIB, expected))
-        params = ", ".join(f"{k} {v / 1e6:.1f}M" for k, v in m["total"].items())
-    print(f"P5 real 1.3B width, {layers} block(s) per model ({params}; block {block / 1e6:.1f}M), "
-          "fp32 ZeRO-3, 2 ranks, 2 iterations")
-    print("| setting | rank | peak RSS MiB | process before models | model states | may stay gathered | expected |")
-    print("|---|---|---|---|---|---|---|")
-    for label, rank, peak, base, states, live, expected in rows:
-        print(f"| {label} | {rank} | **{peak:.0f}** | {base:.0f} | {states:.0f} | <= {live:.0f} | {expected:.0f} |")
+            print(f"| {label} | {rank} | **{r['peak_mib']:.0f}** | {r['baseline_mib']:.0f} | {r['built_mib']:.0f} "
+                  f"| {states / MIB:.0f} | {live / MIB:.0f} | {expected:.0f} | {r['gathered_peak'] / 1e6:.1f}M "
+                  f"of {r['partitioned_total'] / 1e6:.1f}M |", flush=True)
+    print("parameters: " + ", ".join(f"{k} {v / 1e6:.1f}M" for k, v in m["total"].items()))
 
 
 def _counts(model) -> tuple[int, int]:

@@ -123,6 +123,9 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--memory", action="store_true", help="P5 only: peak memory per rank at the real width")
     parser.add_argument("--layers", type=int, default=1, help="P5: transformer blocks per model")
+    parser.add_argument("--heads", type=int, default=12, help="P5: attention heads (12 = the real width)")
+    parser.add_argument("--compare-defaults", action="store_true",
+                        help="P5: also run with DeepSpeed's default gather limits (more memory)")
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
     os.environ.setdefault("DS_ACCELERATOR", "cpu")
@@ -130,7 +133,7 @@ def main() -> None:
     if args.memory:
         from benchmarks.memory import report_p5
 
-        report_p5(args.layers)
+        report_p5(args.layers, args.heads, args.compare_defaults)
         return
 
     one = state_mib(args.recipe, args.overrides, 1)

@@ -16,6 +16,8 @@ Each recorded command is then checked in this process, in a scratch folder that 
   random weights is benchmarks/real_chain.py);
 - launchers' arguments go through torchrun's and deepspeed's own argument parsers;
 - `make TARGET` must exist (`make -n`), and any recipe its commands run resolves;
+- `python benchmarks/SCRIPT.py` must exist and compile (benchmarks take minutes; they are run by
+  hand and their figures recorded in benchmarks/README.md);
 - `pip install PATH[EXTRA]` must name a package folder and extras its setup declares; a plugin
   folder's install is stood in for by importing its entry-point modules from the folder (its recipes
   then resolve; tests/test_example_plugin.py pip-installs it for real).
@@ -209,8 +211,13 @@ def check(argv: list[str], cwd: Path, capsys) -> str:
                 return check_oneforcing(args[2:], capsys)
             assert importlib.util.find_spec(args[1]) is not None, f"python -m {args[1]}: no such module"
             return "resolved"
-        assert args[:1] == ["recipes/run.py"], f"python {shlex.join(args)}: expected recipes/run.py"
-        return check_oneforcing(["run", *args[1:]], capsys)
+        if args[:1] == ["recipes/run.py"]:
+            return check_oneforcing(["run", *args[1:]], capsys)
+        script = cwd / args[0]
+        assert args[0].startswith("benchmarks/") and script.is_file(), \
+            f"python {shlex.join(args)}: expected recipes/run.py or a script in benchmarks/"
+        compile(script.read_text(), str(script), "exec")  # benchmarks take minutes: run by hand
+        return "resolved"
     if prog in ("torchrun", "deepspeed"):
         return check_launcher(prog, args, capsys)
     if prog == "make":
@@ -242,7 +249,7 @@ def _forget_stand_in_plugins():
 def checkout(tmp_path_factory) -> Path:
     """A scratch folder that looks like the checkout, plus what a reader is assumed to have."""
     cwd = tmp_path_factory.mktemp("readme")
-    for name in ("recipes", "oneforcing", "plugins", "tests", "docs", "Makefile", "setup.py"):
+    for name in ("recipes", "oneforcing", "plugins", "tests", "docs", "benchmarks", "Makefile", "setup.py"):
         (cwd / name).symlink_to(ROOT / name)
     (cwd / "prompts.txt").write_text("a red circle moving left quickly\n")
     for run in ("demo", "one_forcing_framewise", "toy/one_forcing_framewise"):  # trained exports

@@ -16,6 +16,7 @@ checkpoints, so the real recipes, `prepare-data` and `generate` run on them unch
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 
@@ -44,6 +45,16 @@ MODEL_INDEX = {"_class_name": "WanPipeline", "scheduler": ["diffusers", "UniPCMu
 FOLDER = {"1.3B": "Wan2.1-T2V-1.3B-Diffusers", "14B": "Wan2.1-T2V-14B-Diffusers"}
 
 
+@contextlib.contextmanager
+def _default_dtype(dtype: torch.dtype):
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(previous)
+
+
 def wan_config(size: str = "1.3B", layers: int | None = None) -> dict:
     """The released transformer config of `size`, optionally with fewer layers."""
     cfg = {**WAN_TRANSFORMER, **WAN_SIZES[size]}
@@ -52,9 +63,11 @@ def wan_config(size: str = "1.3B", layers: int | None = None) -> dict:
 
 def save_real_layout(root: str | Path, size: str = "1.3B", *, layers: int = 1, text_layers: int = 1,
                      words: list[str] | tuple[str, ...] = DEFAULT_WORDS, dtype: torch.dtype = torch.bfloat16,
-                     seed: int = 0) -> Path:
+                     seed: int = 0, transformer_only: bool = False) -> Path:
     """Write root/Wan2.1-T2V-{size}-Diffusers with random weights stored in `dtype` (the released
-    files are bf16 for the transformer; fp32 for the VAE); returns the folder."""
+    files are bf16 for the transformer; fp32 for the VAE); returns the folder. `transformer_only`
+    leaves out text_encoder/, tokenizer/ and vae/ (the caller links them: they are the same
+    files in both released folders)."""
     from diffusers import AutoencoderKLWan, WanTransformer3DModel
     from transformers import UMT5Config, UMT5EncoderModel
 
@@ -63,13 +76,15 @@ def save_real_layout(root: str | Path, size: str = "1.3B", *, layers: int = 1, t
     (out / "model_index.json").write_text(json.dumps(MODEL_INDEX, indent=2) + "\n")
     (out / "scheduler" / "scheduler_config.json").write_text(json.dumps(SCHEDULER, indent=2) + "\n")
     cfg = {k: v for k, v in wan_config(size, layers).items() if k != "_class_name"}
-    with _seeded(seed), torch.device("cpu"):
-        WanTransformer3DModel(**cfg).to(dtype).save_pretrained(str(out / "transformer"), safe_serialization=True)
+    with _seeded(seed), _default_dtype(dtype):  # born in bf16: a 14B-width block is 1.4 GB in fp32
+        WanTransformer3DModel(**cfg).save_pretrained(str(out / "transformer"), safe_serialization=True)
+    if transformer_only:
+        return out
     tokenizer = build_tiny_tokenizer(words)
     tokenizer.save_pretrained(out / "tokenizer")
     text_cfg = UMT5Config(**{**UMT5_XXL, "num_layers": text_layers, "vocab_size": len(tokenizer)})
-    with _seeded(seed + 1):
-        UMT5EncoderModel(text_cfg).to(dtype).save_pretrained(out / "text_encoder", safe_serialization=True)
+    with _seeded(seed + 1), _default_dtype(dtype):
+        UMT5EncoderModel(text_cfg).save_pretrained(out / "text_encoder", safe_serialization=True)
     with _seeded(seed + 2):
         AutoencoderKLWan().save_pretrained(str(out / "vae"), safe_serialization=True)
     return out
