@@ -31,8 +31,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-VAE = '{type: wan_vae, path: "$WAN_1_3B"}'
-TEXT = '{type: umt5, path: "$WAN_1_3B"}'
+VAE = '{type: wan_vae, path: $WAN_1_3B}'
+TEXT = '{type: umt5, path: $WAN_1_3B}'
 
 
 def stages(layers: int) -> list[tuple[str, str]]:
