@@ -1,6 +1,6 @@
 """Memory at real scale: P5, measured on CPU ranks, and the plan for the paper's 8-GPU setting.
 
-    python benchmarks/training.py --memory [--layers 1]   # P5: peak RSS per rank, 2 CPU ranks
+    python benchmarks/training.py --memory [--layers 1] [--heads 12] [--compare-defaults]   # P5
     python benchmarks/memory.py plan                       # per-GPU plan from DeepSpeed's estimators
 
 P5 runs tests/recipes/tiny_distill.yaml (generator, register critic, frozen real score; DMD + GAN)
