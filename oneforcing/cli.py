@@ -2,6 +2,7 @@
 
     oneforcing list [KIND]                 what is registered, and which package it came from
     oneforcing show RECIPE [k=v ...]       the resolved recipe (bases merged, overrides applied)
+    oneforcing show JOB [k=v ...]          the same for a job run directly (oneforcing JOB k=v ...)
     oneforcing run RECIPE [k=v ...]        run a recipe on this process (same as recipes/run.py)
     oneforcing JOB [RECIPE] [k=v ...]      run a registered job directly, e.g.
                                            oneforcing toy-data out_dir=data/toy num_train=2000
@@ -68,17 +69,32 @@ def cmd_list(args: list[str]) -> int:
     return 0
 
 
+def _job_name(arg: str) -> str | None:
+    """The registered job `arg` names (toy-data -> toy_data), unless it is a recipe file."""
+    from pathlib import Path
+
+    from oneforcing.registry import JOBS, load_plugins
+
+    load_plugins()
+    name = arg.replace("-", "_")
+    return name if name in JOBS and not Path(arg).exists() else None
+
+
 def cmd_show(args: list[str]) -> int:
     from oneforcing.config import dump_recipe, load_recipe
     from oneforcing.runner import prepare
 
     if not args:
-        print("error: usage: oneforcing show RECIPE [key=value ...]", file=sys.stderr)
+        print("error: usage: oneforcing show RECIPE|JOB [key=value ...]", file=sys.stderr)
         return 2
     recipe_path, overrides = args[0], args[1:]
     try:
-        recipe = load_recipe(recipe_path, overrides)
-        prepare(recipe_path, overrides)  # also validates every component against the registries
+        job = _job_name(recipe_path)
+        if job is not None:  # `oneforcing show generate k=v` resolves `oneforcing generate k=v`
+            recipe, _, _ = prepare(None, overrides, job_name=job)
+        else:
+            recipe = load_recipe(recipe_path, overrides)
+            prepare(recipe_path, overrides)  # also validates every component against the registries
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         return err.exit_code

@@ -51,13 +51,17 @@ def toy_inputs(tmp_path_factory):
     return root
 
 
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
 @pytest.mark.parametrize("name", TOY_TRAIN)
-def test_toy_recipe_runs_a_few_steps(name, toy_inputs, tmp_path):
-    overrides = [f"run_dir={tmp_path}/run", "steps=2", "generator_every=1", "checkpoint_every=2", "export=null",
-                 "deepspeed.micro_batch_size=1", f"_paths.data={toy_inputs}/data", f"_paths.ode_pairs={toy_inputs}/ode",
+def test_toy_recipe_runs_a_few_steps(name, precision, toy_inputs, tmp_path):
+    """Both precisions are first-class: every method's losses, samplers and rollouts run in bf16
+    (the real recipes' default) as well as in fp32 (the toy recipes' default)."""
+    overrides = [f"run_dir={tmp_path}/run", f"deepspeed.precision={precision}", "steps=2", "generator_every=1",
+                 "checkpoint_every=2", "export=null", "deepspeed.micro_batch_size=1", f"_paths.data={toy_inputs}/data", f"_paths.ode_pairs={toy_inputs}/ode",
                  f"_paths.cf_ode_pairs={toy_inputs}/ode", "_paths.cf_ar_diffusion=${assets:toy_student_base}",
                  "_paths.cf_ode_init=${assets:toy_ode_init}"]
     if name in ("teacher", "student_base"):
         overrides = [o for o in overrides if not o.startswith("_paths")] + [f"data.path={toy_inputs}/data"]
-    run([str(ROOT / "recipes/toy" / f"{name}.yaml"), *overrides], tmp_path)
+    proc = run([str(ROOT / "recipes/toy" / f"{name}.yaml"), *overrides], tmp_path)
+    assert f"not sharded, {precision})" in proc.stderr  # the models were built in that precision
     assert (tmp_path / "run/checkpoints/step_00000002/meta.json").exists()

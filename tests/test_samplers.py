@@ -176,3 +176,19 @@ def test_teacher_ode_cfg_on_tiny_teacher():
     assert (ode1(teacher, noise, text, neg).states[:, 0] - x1).abs().max() < 1e-5
     assert out.x0.shape == noise.shape and out.states.shape[1] == 2
     assert torch.equal(out.x0, ode(teacher, noise, text, neg).x0)  # deterministic
+
+
+def test_samplers_follow_a_bf16_models_dtype():
+    """fp32 noise and text into a bf16 model: every sampler works in the model's dtype (the
+    trainer's precision) and gradients reach the bf16 parameters through the rollout."""
+    model = tiny_model(fpb=1).to(torch.bfloat16)
+    noise, text = tiny_inputs(1, 3, 4, 4, seed=7)
+    rollout = SelfForcingRollout(steps=[1000, 500], grad_frames=2)(model, noise, text,
+                                                                   generator=torch.Generator().manual_seed(0))
+    assert rollout.x0.dtype == torch.bfloat16 and torch.isfinite(rollout.x0.float()).all()
+    rollout.x0.float().square().mean().backward()
+    assert model.proj_out.weight.grad is not None and model.proj_out.weight.grad.dtype == torch.bfloat16
+    with torch.no_grad():
+        assert CausalInference()(model.eval(), noise, text).dtype == torch.bfloat16
+        ode = TeacherODE(num_steps=2, keep_indices=[0])(tiny_model(causal=False).to(torch.bfloat16), noise, text, text)
+    assert ode.x0.dtype == ode.states.dtype == torch.bfloat16

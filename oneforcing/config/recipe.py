@@ -141,7 +141,10 @@ def apply_overrides(data: dict, overrides: list[str], *, file: str | None = None
         try:
             value = yaml.safe_load(raw) if raw.strip() else ""
         except yaml.YAMLError:
-            raise RecipeError(f"bad value in override '{item}': not valid YAML", file=file, key=key) from None
+            # `{` / `[` open a YAML mapping / list: a string such as '{prompt}-{index}.mp4' needs quotes
+            hint = (f""" (a string starting with {raw.strip()[0]} needs YAML quotes: {key}='"..."')"""
+                    if raw.strip()[:1] in ("{", "[") else "")
+            raise RecipeError(f"bad value in override '{item}': not valid YAML{hint}", file=file, key=key) from None
         set_path(data, parts, value, file=file, shown=key)
     return data
 

@@ -11,17 +11,9 @@ from __future__ import annotations
 
 import torch
 
-from oneforcing.samplers.common import ON_GRID
+from oneforcing.samplers.common import ON_GRID, model_dtype  # noqa: F401 - model_dtype is used here and re-exported
 
 GRID = ON_GRID  # x_t = (1 - t/1000) x0 + (t/1000) eps; x0 = x_t - (t/1000) v
-
-
-def model_dtype(model) -> torch.dtype | None:
-    """The dtype of a module's floating parameters (None for parameter-free stubs)."""
-    for p in model.parameters() if isinstance(model, torch.nn.Module) else ():
-        if p.is_floating_point():
-            return p.dtype
-    return None
 
 
 def _cast(x: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:

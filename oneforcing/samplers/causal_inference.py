@@ -20,7 +20,7 @@ from typing import Callable, Iterator
 import torch
 
 from oneforcing.registry import SAMPLERS
-from oneforcing.samplers.common import ON_GRID, full_t, randn_like, warped_steps
+from oneforcing.samplers.common import ON_GRID, full_t, in_model_dtype, randn_like, warped_steps
 
 DEFAULT_FIRST_BLOCK_STEPS = [1000.0, 750.0, 500.0, 250.0]
 
@@ -50,6 +50,7 @@ class CausalInference:
     def stream(self, model, noise: torch.Tensor, text: torch.Tensor, *,
                generator: torch.Generator | None = None) -> Iterator[tuple[int, int, torch.Tensor]]:
         """Yield (first frame, end frame, clean latents [B, b-a, C, H, W]) block by block."""
+        noise, text = in_model_dtype(model, noise, text)
         B, F = noise.shape[:2]
         blocks = model.block_ranges(F)
         cache = model.new_kv_cache(B, F)
@@ -70,8 +71,10 @@ class CausalInference:
                  generator: torch.Generator | None = None,
                  on_block: Callable[[int, int, torch.Tensor], None] | None = None) -> torch.Tensor:
         """The whole clip [B, F, C, H, W]; `on_block(a, b, x0_block)` is called as blocks finish."""
-        out = torch.empty_like(noise)
+        out = None
         for a, b, x0 in self.stream(model, noise, text, generator=generator):
+            if out is None:  # in the model's dtype, like the blocks
+                out = x0.new_empty(noise.shape)
             out[:, a:b] = x0
             if on_block is not None:
                 on_block(a, b, x0)

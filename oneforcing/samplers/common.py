@@ -23,6 +23,21 @@ def warped_steps(steps: Sequence[float], shift: float, warp: bool = True) -> lis
     return FlowMatchScheduler(shift=shift).step_list(list(steps), warp=warp)
 
 
+def model_dtype(model) -> torch.dtype | None:
+    """The dtype of a module's floating parameters (None for parameter-free stubs)."""
+    for p in model.parameters() if isinstance(model, torch.nn.Module) else ():
+        if p.is_floating_point():
+            return p.dtype
+    return None
+
+
+def in_model_dtype(model, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """The sampler's inputs (noise, text) in the model's dtype, so that every tensor the sampler
+    derives from them (re-noising, x0, cache) follows the precision the trainer chose for it."""
+    dtype = model_dtype(model)
+    return tuple(t if t is None or dtype is None or t.dtype == dtype else t.to(dtype) for t in tensors)
+
+
 def full_t(value: float, batch: int, device) -> torch.Tensor:
     return torch.full((batch,), float(value), device=device, dtype=torch.float32)
 

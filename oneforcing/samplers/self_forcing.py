@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import torch
 
 from oneforcing.registry import SAMPLERS
-from oneforcing.samplers.common import ON_GRID, draw_exit_indices, full_t, randn_like, warped_steps
+from oneforcing.samplers.common import ON_GRID, draw_exit_indices, full_t, in_model_dtype, randn_like, warped_steps
 
 DEFAULT_STEPS = [1000.0, 750.0, 500.0, 250.0]
 
@@ -67,6 +67,7 @@ class SelfForcingRollout:
                  exit_generator: torch.Generator | None = None) -> Rollout:
         """`generator`: fresh re-noising noise (may differ per rank); `exit_generator`: the exit
         draws (only rank 0's is used). Gradients are taken only if grad mode is on at the call."""
+        noise, text = in_model_dtype(model, noise, text)
         B, F = noise.shape[:2]
         dev = noise.device
         blocks = model.block_ranges(F)

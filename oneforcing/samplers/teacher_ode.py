@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 
 from oneforcing.registry import SAMPLERS
-from oneforcing.samplers.common import ON_GRID, full_t, warped_steps
+from oneforcing.samplers.common import ON_GRID, full_t, in_model_dtype, warped_steps
 
 
 @dataclass
@@ -61,6 +61,7 @@ class TeacherODE:
                  negative_text: torch.Tensor | None = None, *, callback=None) -> ODEResult:
         """`negative_text` [B, L, D] (Wan's negative prompt); None = no guidance.
         `callback(i, t, x)` is called before each step."""
+        noise, text, negative_text = in_model_dtype(model, noise, text, negative_text)
         B = noise.shape[0]
         x, kept = noise, {}
         for i in range(self.num_steps):

@@ -120,7 +120,8 @@ class Trainer:
                             critic=critic.module if critic else None,
                             real_score=self.real_score.module if self.real_score else None,
                             scheduler=self.scheduler, timesteps=self.timesteps, sampler=self.sampler,
-                            uncond_text=self.uncond_text, rng=rng, ctx=self.ctx, next_batch=self._next_batch)
+                            uncond_text=self.uncond_text, rng=rng, ctx=self.ctx, next_batch=self._next_batch,
+                            dtype=self.dtype)
             total, figures = self._weighted_sum(phase, s)
             ok = self._all_finite(total)
             if ok:

@@ -18,8 +18,9 @@ class StepContext:
     def __init__(self, *, step: int, phase: str, batch: dict, generator: torch.nn.Module,
                  critic: torch.nn.Module | None, real_score: torch.nn.Module | None, scheduler,
                  timesteps, sampler, uncond_text: torch.Tensor | None, rng: torch.Generator,
-                 ctx: RunContext, next_batch=None):
+                 ctx: RunContext, next_batch=None, dtype: torch.dtype = torch.float32):
         self.step, self.phase, self.batch = step, phase, batch
+        self.dtype = dtype  # the models' compute dtype (the trainer's precision)
         self.generator, self.critic, self.real_score = generator, critic, real_score
         self.scheduler, self.timesteps, self.sampler = scheduler, timesteps, sampler
         self.rng, self.ctx = rng, ctx
@@ -66,8 +67,9 @@ class StepContext:
     def randn_like(self, x: torch.Tensor) -> torch.Tensor:
         return torch.randn(x.shape, generator=self.rng, dtype=x.dtype).to(x.device)
 
-    def randn(self, shape, dtype=torch.float32) -> torch.Tensor:
-        return torch.randn(tuple(shape), generator=self.rng, dtype=dtype).to(self.device)
+    def randn(self, shape, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """Noise in the models' compute dtype unless `dtype` is given."""
+        return torch.randn(tuple(shape), generator=self.rng, dtype=dtype or self.dtype).to(self.device)
 
     def sample_t(self, n: int | None = None) -> torch.Tensor:
         return self.timesteps(n or self.batch_size, generator=self.rng, device=self.device)
