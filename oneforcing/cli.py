@@ -2,7 +2,7 @@
 
     oneforcing list [KIND]                 what is registered, and which package it came from
     oneforcing show RECIPE [k=v ...]       the resolved recipe (bases merged, overrides applied)
-    oneforcing show JOB [k=v ...]          the same for a job run directly (oneforcing JOB k=v ...)
+    oneforcing show JOB [RECIPE] [k=v ...] the same for a job run directly (oneforcing JOB ...)
     oneforcing run RECIPE [k=v ...]        run a recipe on this process (same as recipes/run.py)
     oneforcing JOB [RECIPE] [k=v ...]      run a registered job directly, e.g.
                                            oneforcing toy-data out_dir=data/toy num_train=2000
@@ -90,8 +90,9 @@ def cmd_show(args: list[str]) -> int:
     recipe_path, overrides = args[0], args[1:]
     try:
         job = _job_name(recipe_path)
-        if job is not None:  # `oneforcing show generate k=v` resolves `oneforcing generate k=v`
-            recipe, _, _ = prepare(None, overrides, job_name=job)
+        if job is not None:  # `oneforcing show generate [RECIPE] k=v` resolves `oneforcing generate ...`
+            job_recipe, overrides = split_recipe_args(overrides)
+            recipe, _, _ = prepare(job_recipe, overrides, job_name=job)
         else:
             recipe = load_recipe(recipe_path, overrides)
             prepare(recipe_path, overrides)  # also validates every component against the registries

@@ -252,6 +252,22 @@ def checkout(tmp_path_factory) -> Path:
     for name in ("recipes", "oneforcing", "plugins", "tests", "docs", "benchmarks", "Makefile", "setup.py"):
         (cwd / name).symlink_to(ROOT / name)
     (cwd / "prompts.txt").write_text("a red circle moving left quickly\n")
+    # The study section's inputs: folders of clips for every system it names, and the demo study's
+    # database (as `oneforcing study recipes/toy/study.yaml` leaves it), so study-report can run.
+    from oneforcing.study.design import build_design
+    from oneforcing.study.store import StudyStore
+    from oneforcing.testing.study_videos import write_prompts, write_study_folders
+
+    study_prompts = ["a small red circle moving left quickly on a gray background"]
+    write_prompts(cwd / "study_prompts.txt", study_prompts)
+    write_study_folders(cwd / "out", ("one_forcing", "sf1", "asd"), study_prompts, encode=False)
+    demo_prompts = [p for p in (ROOT / "recipes/toy/study_prompts.txt").read_text().splitlines() if p.strip()]
+    demo = {name: write_study_folders(cwd / "runs/study_demo" / side, ("videos",), demo_prompts, encode=False)["videos"]
+            for name, side in (("one_forcing_demo", "student"), ("toy_teacher", "teacher"))}
+    StudyStore.open(cwd / "runs/study_demo/study.sqlite",
+                    build_design(demo, str(ROOT / "recipes/toy/study_prompts.txt")))
+    ours = {name: str(cwd / "out" / name) for name in ("one_forcing", "sf1", "asd")}
+    StudyStore.open(cwd / "runs/study/votes.sqlite", build_design(ours, str(cwd / "study_prompts.txt")))
     for run in ("demo", "one_forcing_framewise", "toy/one_forcing_framewise"):  # trained exports
         (cwd / "runs" / run).mkdir(parents=True)
         (cwd / "runs" / run / "export").symlink_to(TOY_CHECKPOINT)
