@@ -51,3 +51,30 @@ def test_streaming_decode_refuses_tiling_and_batch_change(wan_root):
     dec(torch.randn(2, 1, 4, 2, 3))
     with pytest.raises(ValueError, match="batch size changed"):
         dec(torch.randn(1, 1, 4, 2, 3))
+
+
+def test_render_streams_blocks_and_equals_decode_at_the_end(wan_root):
+    """generate's render(): blocks decoded as they come = the clip decoded after generation."""
+    from oneforcing.jobs.generate import render, rollout
+    from oneforcing.models.causal_wan import CausalWan
+    from oneforcing.samplers import CausalInference
+    from oneforcing.testing.tiny_wan import tiny_inputs, tiny_wan_config
+
+    vae = build({"type": "wan_vae", "path": str(wan_root)}, VAES)
+    torch.manual_seed(0)
+    model = CausalWan.from_config(tiny_wan_config(), frames_per_block=2, attention="sdpa").eval()
+    noise, text = tiny_inputs(1, 4, 2, 4, seed=1)
+    sampler, cpu = CausalInference(), torch.device("cpu")
+    calls = []
+    decode = vae.stream_decoder
+
+    def counting():
+        dec = decode()
+        return lambda z: calls.append(z.shape[1]) or dec(z)
+
+    vae.stream_decoder = counting
+    video, first, dit, total = render(sampler, model, vae, noise, text, cpu, torch.Generator().manual_seed(0))
+    assert calls == [2, 2]  # one decode per generated block, in order
+    latents, _ = rollout(sampler, model, noise, text, cpu, torch.Generator().manual_seed(0))
+    assert (video - vae.decode(latents)).abs().max() <= 1e-5
+    assert 0 < first < total and 0 < dit < total
