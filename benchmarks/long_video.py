@@ -77,12 +77,13 @@ def main(argv=None) -> None:
                 derive_seed(0, "toy_eval", i))) for i in idx])
             renoise = torch.Generator().manual_seed(derive_seed(0, "toy_eval", "renoise", k // args.batch_size))
             with torch.no_grad():
-                latents.append(rollout(sampler, model, noise, text[idx.start:idx.stop], torch.device("cpu"), renoise)[0])
+                emb = text[idx.start:idx.stop]
+                latents.append(rollout(sampler, model, noise, emb, torch.device("cpu"), renoise)[0])
         cpu_s = time.process_time() - t0
         with torch.no_grad():
             videos = codec.decode(torch.cat(latents)).clamp(-1, 1)
         scores = [bench(videos[:, w * TRAINED_FRAMES:(w + 1) * TRAINED_FRAMES], prompts) for w in range(args.windows)]
-        probe = model.new_kv_cache(1, frames, *shape[2:], **{k: v for k, v in cache.items()})
+        probe = model.new_kv_cache(1, frames, *shape[2:], **cache)  # allocated now: its size
         rows.append((name, scores, cpu_s, probe.nbytes / 2**20))
         print(f"  {name}: " + " | ".join(f"w{w + 1} {100 * s['total']:.2f}" for w, s in enumerate(scores))
               + f" ({cpu_s:.0f} s CPU)", flush=True)
@@ -91,7 +92,8 @@ def main(argv=None) -> None:
     print(f"\n| KV cache | {head} | sampling CPU time | KV cache (batch 1) |")
     print("|---|" + "---|" * args.windows + "---|---|")
     for name, scores, cpu_s, mib in rows:
-        cells = " | ".join(f"{100 * s['total']:.2f} ({100 * s['quality']:.2f} / {100 * s['semantic']:.2f})" for s in scores)
+        cells = " | ".join(f"{100 * s['total']:.2f} ({100 * s['quality']:.2f} / {100 * s['semantic']:.2f})"
+                           for s in scores)
         print(f"| {name} | {cells} | {cpu_s:.0f} s | {mib:.2f} MiB |")
 
 
