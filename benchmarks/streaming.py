@@ -14,8 +14,8 @@ Figures (medians of --repeats runs; CPU: process CPU time with 1 thread, GPU: wa
   speed  what a viewer gets from `generate`'s path (its default sampler, one step per block after
        a 4-step first block, and a random-weight Wan VAE decoding block by block as frames are
        generated): latency to the first decoded frame (vs decoding the clip at the end), video
-       frames/s of the DiT alone and with VAE decode, peak memory, with the device named (wall
-       time, one timed run after a warm-up). The CPU run uses a narrow VAE (base_dim 8, z_dim 16;
+       frames/s of the DiT alone and with VAE decode, peak memory, with the device named (GPU:
+       wall time; CPU: process CPU time, one thread; one timed run after a warm-up). The CPU run uses a narrow VAE (base_dim 8, z_dim 16;
        Wan's is 96) and a latent of 8x16 (64x128 pixels), since Wan's decoder costs seconds per
        frame on one core; --real uses Wan2.1's VAE architecture at 832x480. --speed-only runs
        this figure alone.
@@ -99,11 +99,13 @@ class DecodeAtTheEnd:
 def speed_report(model, noise, text, device, dtype, real: bool) -> None:
     vae = random_wan_vae(real, device, dtype)
     sampler = CausalInference()  # generate's default: 4-step first block, then one step per block
+    # As the other figures: wall time on a GPU, the process's CPU time (one thread) on a shared CPU.
+    clock = time.perf_counter if device.type == "cuda" else time.process_time
     for name, codec in (("streaming VAE decode", vae), ("VAE decode at the end", DecodeAtTheEnd(vae))):
         timing = Timing(device)
         for _ in range(2):  # Timing drops the first (warm-up) batch
             video, first, dit, total = render(sampler, model, codec, noise, text, device,
-                                              torch.Generator().manual_seed(0))
+                                              torch.Generator().manual_seed(0), clock=clock)
             timing.add(1, video.shape[1], first, dit, total)
         print(f"    {name}: " + timing.summary(f"{video.shape[1]} frames {video.shape[-1]}x{video.shape[-2]}"),
               flush=True)
@@ -114,7 +116,7 @@ def speed(model, noise, text, device, dtype, real: bool) -> None:
     if not real:
         noise = noise[..., :8, :16]  # 8x16 latent: see the module doc
     print(f"speed (generate's path: default sampler, random-weight Wan VAE, latent {tuple(noise.shape[-2:])}; "
-          "wall time)", flush=True)
+          f"{'wall' if real else 'process CPU'} time)", flush=True)
     speed_report(model, noise, text, device, dtype, real)
 
 

@@ -20,11 +20,12 @@ import time
 import torch
 
 
-def sync(device: torch.device) -> float:
-    """perf_counter after the device has finished its queued work (CUDA is asynchronous)."""
+def sync(device: torch.device, clock=time.perf_counter) -> float:
+    """clock() (wall time by default) after the device has finished its queued work (CUDA is
+    asynchronous). Benchmarks on a shared CPU pass time.process_time: the process's own CPU time."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    return time.perf_counter()
+    return clock()
 
 
 def device_name(device: torch.device) -> str:

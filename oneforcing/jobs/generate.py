@@ -21,6 +21,7 @@ import json
 import logging
 import os
 import re
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -344,30 +345,32 @@ def rollout(sampler, model, noise: torch.Tensor, text: torch.Tensor, device: tor
 
 
 def render(sampler, model, vae, noise: torch.Tensor, text: torch.Tensor, device: torch.device,
-           generator: torch.Generator | None = None) -> tuple[torch.Tensor, float, float, float]:
+           generator: torch.Generator | None = None,
+           clock=time.perf_counter) -> tuple[torch.Tensor, float, float, float]:
     """Generate and decode one batch: (video [B, T, 3, H, W], first, dit, total) with seconds to
-    the first decoded frames, in the generator alone, and in all. With a VAE that streams
-    (`stream_decoder()`) each block is decoded as soon as the sampler yields it, so frame 0 is
-    ready before the last block is generated; otherwise (or with a sampler that reports no
-    blocks) the clip is decoded at the end and frame 0 arrives with the rest."""
+    the first decoded frames, in the generator alone, and in all (`clock`: wall time unless a
+    benchmark asks for another). With a VAE that streams (`stream_decoder()`) each block is
+    decoded as soon as the sampler yields it, so frame 0 is ready before the last block is
+    generated; otherwise (or with a sampler that reports no blocks) the clip is decoded at the end
+    and frame 0 arrives with the rest."""
     decoder = vae.stream_decoder() if hasattr(vae, "stream_decoder") else None
-    chunks, clock = [], {"decode": 0.0, "first": float("nan")}
-    t0 = sync(device)
+    chunks, spent = [], {"decode": 0.0, "first": float("nan")}
+    t0 = sync(device, clock)
 
     def decode_block(_a, _b, x0) -> None:
-        t = sync(device)
+        t = sync(device, clock)
         chunks.append(decoder(x0.float()))
-        done = sync(device)
-        clock["decode"] += done - t
-        if clock["first"] != clock["first"]:
-            clock["first"] = done - t0
+        done = sync(device, clock)
+        spent["decode"] += done - t
+        if spent["first"] != spent["first"]:
+            spent["first"] = done - t0
 
     with torch.no_grad():
         latents, _ = rollout(sampler, model, noise, text, device, generator,
                              on_block=decode_block if decoder is not None else None)
-    t1 = sync(device)
+    t1 = sync(device, clock)
     if not chunks:
         video = vae.decode(latents.float())
-        t2 = sync(device)
+        t2 = sync(device, clock)
         return video, t2 - t0, t1 - t0, t2 - t0
-    return torch.cat(chunks, dim=1), clock["first"], (t1 - t0) - clock["decode"], t1 - t0
+    return torch.cat(chunks, dim=1), spent["first"], (t1 - t0) - spent["decode"], t1 - t0
