@@ -68,7 +68,8 @@ def test_generate_writes_playable_mp4s(assets, tmp_path, capsys):
         frames = read_mp4(tmp_path / name)
         assert frames.shape == (FRAMES, H, W, 3)
     out = capsys.readouterr().out
-    assert "latency to first frame" in out and "transformer" in out and "with VAE decode" in out
+    assert "latency to first frame" in out and "DiT" in out and "with VAE decode" in out
+    assert "on CPU" in out and "peak process RSS" in out  # the device and memory are named
     manifest = json.loads((tmp_path / "generate_manifest.json").read_text())
     assert [v["file"] for v in manifest["videos"]][:2] == ["a-red-ball-rolling-left-0.mp4",
                                                           "a-red-ball-rolling-left-1.mp4"]

@@ -15,7 +15,8 @@ Modes (frames are grouped into autoregressive blocks of `frames_per_block`):
 - bidirectional (`causal=False`, or the model was built with causal=False): full attention.
 - block-causal full sequence (`causal=True`, no cache): a frame sees all frames of earlier
   blocks and of its own block.
-- streaming (`kv_cache=model.new_kv_cache(B, max_frames)`): x holds the frames starting at
+- streaming (`kv_cache=model.new_kv_cache(B, max_frames)`, or bounded for long videos with
+  `local_attn_size=` / `sink_size=`: see wan_rolling_cache): x holds the frames starting at
   `frame_offset` (RoPE time index offset accordingly); they see the cached frames [0, offset) and
   themselves (block-causally if x spans several blocks). `write_cache=True` stores their K/V
   (detached) as context for later blocks: run it on the clean output at t=0. The text K/V are
@@ -46,6 +47,7 @@ from oneforcing.errors import UserError
 from oneforcing.models.wan_blocks import ConditionEmbedder, FP32LayerNorm, WanBlock
 from oneforcing.models.wan_cache import WanKVCache
 from oneforcing.models.wan_io import WAN_DEFAULTS, load_config, load_state_dict, save_folder
+from oneforcing.models.wan_rolling_cache import RollingKVCache
 from oneforcing.models.wan_rope import rope_cos_sin
 from oneforcing.registry import MODELS
 
@@ -145,10 +147,17 @@ class CausalWan(nn.Module):
         return [(s, min(s + n, num_frames)) for s in range(0, num_frames, n)]
 
     def new_kv_cache(self, batch_size: int, max_frames: int, height: int | None = None,
-                     width: int | None = None, dtype: torch.dtype | None = None, device=None) -> WanKVCache:
+                     width: int | None = None, dtype: torch.dtype | None = None, device=None,
+                     local_attn_size: int | None = None, sink_size: int = 0,
+                     sink_rope: str = "adjacent") -> WanKVCache | RollingKVCache:
         """An empty cache for one rollout of up to `max_frames` latent frames. Buffers are allocated
-        now if height/width (latent) are given, else on the first forward."""
-        cache = WanKVCache(len(self.blocks), batch_size, max_frames, self.heads, self.head_dim)
+        now if height/width (latent) are given, else on the first forward. With `local_attn_size`
+        the cache is bounded instead (any number of frames; see wan_rolling_cache)."""
+        if local_attn_size is not None:
+            cache = RollingKVCache(len(self.blocks), batch_size, self.heads, self.head_dim, local_attn_size,
+                                   sink_size, sink_rope)
+        else:
+            cache = WanKVCache(len(self.blocks), batch_size, max_frames, self.heads, self.head_dim)
         if height is not None and width is not None:
             p = self.proj_out.weight
             cache.allocate(self.tokens_per_frame(height, width), dtype or p.dtype, device or p.device)
@@ -219,7 +228,7 @@ class CausalWan(nn.Module):
                 raise ValueError(f"KV cache holds frames [0, {kv_cache.frames}); a block at frame "
                                  f"{frame_offset} would skip context")
             rope_frames, mode = frames, "causal"
-            k_frames = torch.arange(0, frame_offset + Fp)
+            k_frames = kv_cache.key_frames(frame_offset, Fp)
         else:
             rope_frames, mode, k_frames = frames, ("causal" if causal else "full"), frames
 
