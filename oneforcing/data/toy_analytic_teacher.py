@@ -6,7 +6,9 @@ coin). The codec encodes every 4x4 pixel patch on its own and the lanes are patc
 of the frame, so the clean latent z is the concatenation of per-lane latents z_k, each set by its
 own object: z_k = encode(render(background + object k at its start)) on lane k's positions. Under
 x_t = (1 - s) z + s eps the Gaussian likelihood therefore factorises over lanes, and with the
-starts on a grid of `grid_step` pixels (J_k candidates per object)
+starts on a grid of `grid_step` pixels (J_k candidates per object; where one start holds half the
+posterior, as at low noise, it is refined `refine` times on local grids twice as fine, so a
+latent between grid points is not snapped to one)
 
     E[z_k | x_t, lanes] = sum_j softmax_j(-|x_t,k - (1 - s) z_kj|^2 / (2 s^2)) z_kj
     p(lanes | x_t)     ~  prod_k mean_j exp(-|x_t,k - (1 - s) z_kj|^2 / (2 s^2))
@@ -28,6 +30,7 @@ from __future__ import annotations
 import json
 import math
 from collections import OrderedDict
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -43,6 +46,26 @@ from oneforcing.errors import UserError
 from oneforcing.registry import MODELS
 
 MIN_SIGMA = 1e-4
+REFINE_ABOVE = 0.5   # refine when one grid start holds this much of the posterior ...
+REFINE_BINS = 4      # ... on 4 x 4 starts spanning +-1 grid step around it (half the step)
+
+
+@dataclass
+class _LaneObject:
+    """One object's candidate latents on its lane: the grid of starts and their (centred) latents."""
+    obj: dict
+    background: str
+    rows: slice
+    cols: slice
+    radius: float
+    velocity: list
+    along: tuple[float, float]                      # the prior's start ranges
+    across: tuple[float, float]
+    starts: torch.Tensor = None                     # [J, 2] (along, across)
+    step: tuple[float, float] = (1.0, 1.0)          # grid spacing
+    centre: torch.Tensor = None                     # [F, D] float64, the candidates' mean
+    z: torch.Tensor = None                          # [J, F, D] float32, centred
+    norms: torch.Tensor = None                      # [J, F] float64
 
 
 def grid(lo: float, hi: float, step: float) -> list[float]:
@@ -55,12 +78,13 @@ def grid(lo: float, hi: float, step: float) -> list[float]:
 class ToyAnalyticTeacher(nn.Module):
     """Exact flow velocity of the toy world: forward(x [B, F, C, H, W], t [B] or [B, F], text [B, L, D])."""
 
-    def __init__(self, grid_step: float = 1.0, frames: int = REF_FRAMES, size: int = REF_SIZE,
+    def __init__(self, grid_step: float = 1.0, refine: int = 4, frames: int = REF_FRAMES, size: int = REF_SIZE,
                  unconditional_prompts: int = 16, cache_prompts: int = 48, text_encoder_path: str | None = None,
                  pretrained: str | None = None, causal: bool | None = None):
         super().__init__()
-        if grid_step <= 0 or unconditional_prompts < 0 or cache_prompts < 1:
-            raise UserError("toy_analytic_teacher: need grid_step > 0, unconditional_prompts >= 0, cache_prompts >= 1")
+        if grid_step <= 0 or unconditional_prompts < 0 or cache_prompts < 1 or refine < 0:
+            raise UserError("toy_analytic_teacher: need grid_step > 0, refine >= 0, unconditional_prompts >= 0 "
+                            "and cache_prompts >= 1")
         if pretrained is not None:  # the asset folder (or a recipe's teacher path): settings only, no weights
             cfg = Path(pretrained) / "config.json"
             if cfg.is_file():
@@ -69,6 +93,7 @@ class ToyAnalyticTeacher(nn.Module):
                 unconditional_prompts = int(saved.get("unconditional_prompts", unconditional_prompts))
         self.grid_step, self.frames, self.size = float(grid_step), int(frames), int(size)
         self.unconditional_prompts, self.cache_prompts = int(unconditional_prompts), int(cache_prompts)
+        self.refine = int(refine)
         self.codec = ToyCodec()
         self.f = self.codec.spatial_factor
         from oneforcing.models.text_encoder import UMT5TextEncoder
@@ -93,21 +118,30 @@ class ToyAnalyticTeacher(nn.Module):
         halves = [slice(0, h // 2), slice(h // 2, h)]
         return [(half, full) if horizontal else (full, half) for half in halves]
 
-    def _object_candidates(self, obj: dict, lane: tuple[float, float], background: str,
-                           rows: slice, cols: slice) -> tuple[torch.Tensor, torch.Tensor]:
-        """Latents of the object at every grid start, on its lane: [J, F, C*h*w] and their norms [J, F]."""
+    def _render(self, part: "_LaneObject", starts: torch.Tensor) -> torch.Tensor:
+        """Latents of the object at each (along, across) start, on its lane: [J, F, C*h*w] float64."""
+        objects = [dict(part.obj, radius=part.radius, velocity=part.velocity,
+                        start=list(place_start(part.obj["direction"], a, c, self.size))) for a, c in starts.tolist()]
+        scenes = [{"background": part.background, "frames": self.frames, "size": self.size, "objects": [o]}
+                  for o in objects]
+        z = self.codec.encode(render_scenes(scenes))[..., part.rows, part.cols]
+        return z.reshape(z.shape[0], z.shape[1], -1).double()
+
+    def _lane_object(self, obj: dict, lane: tuple[float, float], background: str, rows: slice,
+                     cols: slice) -> "_LaneObject":
         radius, velocity, along, across = object_geometry(obj, lane, self.frames, self.size)
-        scenes = []
-        for a in grid(*along, self.grid_step):
-            for c in grid(*across, self.grid_step):
-                o = dict(obj, radius=radius, velocity=velocity, start=list(place_start(obj["direction"], a, c, self.size)))
-                scenes.append({"background": background, "objects": [o], "frames": self.frames, "size": self.size})
-        z = self.codec.encode(render_scenes(scenes))[..., rows, cols]            # [J, F, C, h, w]
-        z = z.reshape(z.shape[0], z.shape[1], -1).double()
-        return z, (z * z).sum(-1)
+        part = _LaneObject(obj, background, rows, cols, radius, velocity, along, across)
+        ga, gc = grid(*along, self.grid_step), grid(*across, self.grid_step)
+        part.starts = torch.tensor([(a, c) for a in ga for c in gc], dtype=torch.float64)
+        part.step = ((along[1] - along[0]) / len(ga), (across[1] - across[0]) / len(gc))
+        z = self._render(part, part.starts)
+        part.centre = z.mean(0)
+        part.z = (z - part.centre).float()
+        part.norms = (part.z.double() ** 2).sum(-1)
+        return part
 
     def _hypotheses(self, prompt: str) -> list:
-        """[(log prior, [(rows, cols, candidates, norms), ...]), ...] of one prompt, rendered once."""
+        """[(log prior, [_LaneObject per object]), ...] of one prompt (one per lane order), cached."""
         if prompt in self._candidates:
             self._candidates.move_to_end(prompt)
             return self._candidates[prompt]
@@ -119,7 +153,7 @@ class ToyAnalyticTeacher(nn.Module):
         orders = [(0, 1), (1, 0)] if count == 2 else [(0,)]
         hyps = []
         for order in orders:  # order[k] = the lane object k takes
-            parts = [(*slices[order[k]], *self._object_candidates(o, lanes[order[k]], background, *slices[order[k]]))
+            parts = [self._lane_object(o, lanes[order[k]], background, *slices[order[k]])
                      for k, o in enumerate(objects)]
             hyps.append((-math.log(len(orders)), parts))
         self._candidates[prompt] = hyps
@@ -144,6 +178,33 @@ class ToyAnalyticTeacher(nn.Module):
         return [(prior + lp, parts) for p in prompts for lp, parts in self._hypotheses(p)]
 
     # --- the posterior -----------------------------------------------------------------------
+    @staticmethod
+    def _loglik(xc: torch.Tensor, a: torch.Tensor, w: torch.Tensor, z: torch.Tensor, norms: torch.Tensor):
+        """log N(x; a z_j, s^2) up to a constant shared by all j, from centred x and z (precision)."""
+        inner = torch.einsum("fd,jfd->jf", xc.float(), z).double()              # [J, F]
+        return ((2 * a * inner - a * a * norms) * w).sum(-1)                     # [J]
+
+    def _lane_mean(self, part: "_LaneObject", xk: torch.Tensor, a: torch.Tensor, w: torch.Tensor):
+        """(log evidence, E[z_k | x_k]) of one object on its lane; a concentrated posterior is refined
+        on finer local grids (`refine` times), so low-noise inputs are not snapped to the grid."""
+        xc = xk - a[:, None] * part.centre
+        ll = self._loglik(xc, a, w, part.z, part.norms)
+        evidence = torch.logsumexp(ll, 0) - math.log(ll.shape[0])
+        p, z, starts, step = torch.softmax(ll, 0), part.z, part.starts, part.step
+        for _ in range(self.refine):
+            if float(p.max()) < REFINE_ABOVE:
+                break
+            best = starts[int(p.argmax())].tolist()
+            axes = []
+            for centre, h, (lo, hi) in zip(best, step, (part.along, part.across)):
+                lo_, hi_ = max(lo, centre - h), min(hi, centre + h)
+                axes.append(grid(lo_, hi_, 2 * h / REFINE_BINS) if hi_ > lo_ else [centre])
+            starts = torch.tensor([(u, v) for u in axes[0] for v in axes[1]], dtype=torch.float64)
+            step = tuple(2 * h / REFINE_BINS for h in step)
+            z = (self._render(part, starts) - part.centre).float()
+            p = torch.softmax(self._loglik(xc, a, w, z, (z.double() ** 2).sum(-1)), 0)
+        return evidence, part.centre + torch.einsum("j,jfd->fd", p.double(), z.double())
+
     def posterior_mean(self, x: torch.Tensor, sigma: torch.Tensor, prompt: str) -> torch.Tensor:
         """E[z | x_t] for one sample: x [F, C, H, W], sigma [F] (per frame)."""
         s = sigma.double().clamp_min(MIN_SIGMA)
@@ -152,13 +213,11 @@ class ToyAnalyticTeacher(nn.Module):
         log_evidence, means = [], []
         for log_prior, parts in self._prompt_hypotheses(prompt):
             mean, total = torch.zeros_like(xd), log_prior
-            for rows, cols, z, norms in parts:
-                xk = xd[:, :, rows, cols].reshape(xd.shape[0], -1)                 # [F, D]
-                inner = torch.einsum("fd,jfd->jf", xk, z)                          # [J, F]
-                ll = ((2 * a * inner - a * a * norms) * w).sum(-1)                 # [J], up to a constant
-                total = total + torch.logsumexp(ll, 0) - math.log(ll.shape[0])
-                mean[:, :, rows, cols] = torch.einsum("j,jfd->fd", torch.softmax(ll, 0), z).reshape(
-                    xd[:, :, rows, cols].shape)
+            for part in parts:
+                view = xd[:, :, part.rows, part.cols]
+                evidence, m = self._lane_mean(part, view.reshape(xd.shape[0], -1), a, w)
+                total = total + evidence
+                mean[:, :, part.rows, part.cols] = m.reshape(view.shape)
             log_evidence.append(total)
             means.append(mean)
         weights = torch.softmax(torch.stack(log_evidence), 0)
