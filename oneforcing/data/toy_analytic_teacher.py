@@ -64,7 +64,7 @@ class _LaneObject:
     starts: torch.Tensor = None                     # [J, 2] (along, across)
     step: tuple[float, float] = (1.0, 1.0)          # grid spacing
     centre: torch.Tensor = None                     # [F, D] float64, the candidates' mean
-    z: torch.Tensor = None                          # [J, F, D] float32, centred
+    z: torch.Tensor = None                          # [F, J, D] float32, centred (frame-major: batched matmuls)
     norms: torch.Tensor = None                      # [J, F] float64
 
 
@@ -136,8 +136,7 @@ class ToyAnalyticTeacher(nn.Module):
         part.step = ((along[1] - along[0]) / len(ga), (across[1] - across[0]) / len(gc))
         z = self._render(part, part.starts)
         part.centre = z.mean(0)
-        part.z = (z - part.centre).float()
-        part.norms = (part.z.double() ** 2).sum(-1)
+        part.z, part.norms = self._centred(z, part.centre)
         return part
 
     def _hypotheses(self, prompt: str) -> list:
@@ -179,9 +178,15 @@ class ToyAnalyticTeacher(nn.Module):
 
     # --- the posterior -----------------------------------------------------------------------
     @staticmethod
+    def _centred(z: torch.Tensor, centre: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Rendered latents [J, F, D] -> centred [F, J, D] float32 and their squared norms [J, F] float64."""
+        zc = (z - centre).float().transpose(0, 1).contiguous()
+        return zc, (zc.double() ** 2).sum(-1).T
+
+    @staticmethod
     def _loglik(xc: torch.Tensor, a: torch.Tensor, w: torch.Tensor, z: torch.Tensor, norms: torch.Tensor):
         """log N(x; a z_j, s^2) up to a constant shared by all j, from centred x and z (precision)."""
-        inner = torch.einsum("fd,jfd->jf", xc.float(), z).double()              # [J, F]
+        inner = torch.bmm(z, xc.float()[:, :, None])[..., 0].T.double()         # [J, F]
         return ((2 * a * inner - a * a * norms) * w).sum(-1)                     # [J]
 
     def _lane_mean(self, part: "_LaneObject", xk: torch.Tensor, a: torch.Tensor, w: torch.Tensor):
@@ -201,9 +206,10 @@ class ToyAnalyticTeacher(nn.Module):
                 axes.append(grid(lo_, hi_, 2 * h / REFINE_BINS) if hi_ > lo_ else [centre])
             starts = torch.tensor([(u, v) for u in axes[0] for v in axes[1]], dtype=torch.float64)
             step = tuple(2 * h / REFINE_BINS for h in step)
-            z = (self._render(part, starts) - part.centre).float()
-            p = torch.softmax(self._loglik(xc, a, w, z, (z.double() ** 2).sum(-1)), 0)
-        return evidence, part.centre + torch.einsum("j,jfd->fd", p.double(), z.double())
+            z, norms = self._centred(self._render(part, starts), part.centre)
+            p = torch.softmax(self._loglik(xc, a, w, z, norms), 0)
+        mean = torch.bmm(p.float()[None, None, :].expand(z.shape[0], 1, -1), z)[:, 0]   # [F, D]
+        return evidence, part.centre + mean.double()
 
     def posterior_mean(self, x: torch.Tensor, sigma: torch.Tensor, prompt: str) -> torch.Tensor:
         """E[z | x_t] for one sample: x [F, C, H, W], sigma [F] (per frame)."""
