@@ -94,7 +94,8 @@ class ToyAnalyticTeacher(nn.Module):
         self.grid_step, self.frames, self.size = float(grid_step), int(frames), int(size)
         self.unconditional_prompts, self.cache_prompts = int(unconditional_prompts), int(cache_prompts)
         self.refine = int(refine)
-        self.codec = ToyCodec()
+        # Not a submodule: a trainer's .to(bf16) must not round the basis the candidates are encoded with.
+        object.__setattr__(self, "codec", ToyCodec())
         self.f = self.codec.spatial_factor
         from oneforcing.models.text_encoder import UMT5TextEncoder
 
