@@ -123,7 +123,9 @@ def test_registered_with_the_learned_teachers_call_contract(tmp_path):
     (tmp_path / "config.json").write_text('{"grid_step": 2.0, "unconditional_prompts": 1}')
     m = build({"type": "toy_analytic_teacher", "pretrained": str(tmp_path), "causal": False, "frames": FRAMES,
                "size": SIZE}, MODELS)
-    assert m.grid_step == 2.0 and m.unconditional_prompts == 1
+    assert m.grid_step == 2.0 and m.unconditional_prompts == 1 and m.refine == 4   # the folder's, else defaults
+    explicit = build({"type": "toy_analytic_teacher", "pretrained": str(tmp_path), "grid_step": 0.5}, MODELS)
+    assert explicit.grid_step == 0.5 and explicit.unconditional_prompts == 1       # the recipe's key wins
     scene = _scenes(1)[0]
     x = torch.randn(2, FRAMES, 16, 4, 4, generator=torch.Generator().manual_seed(4))
     text = _text(m, [scene["prompt"], ""])                                            # cond and uncond rows

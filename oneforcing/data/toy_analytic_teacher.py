@@ -46,6 +46,7 @@ from oneforcing.errors import UserError
 from oneforcing.registry import MODELS
 
 MIN_SIGMA = 1e-4
+DEFAULTS = {"grid_step": 1.0, "refine": 4, "unconditional_prompts": 16}
 REFINE_ABOVE = 0.5   # refine when one grid start holds this much of the posterior ...
 REFINE_BINS = 4      # ... on 4 x 4 starts spanning +-1 grid step around it (half the step)
 
@@ -78,20 +79,23 @@ def grid(lo: float, hi: float, step: float) -> list[float]:
 class ToyAnalyticTeacher(nn.Module):
     """Exact flow velocity of the toy world: forward(x [B, F, C, H, W], t [B] or [B, F], text [B, L, D])."""
 
-    def __init__(self, grid_step: float = 1.0, refine: int = 4, frames: int = REF_FRAMES, size: int = REF_SIZE,
-                 unconditional_prompts: int = 16, cache_prompts: int = 48, text_encoder_path: str | None = None,
-                 pretrained: str | None = None, causal: bool | None = None):
+    def __init__(self, grid_step: float | None = None, refine: int | None = None, frames: int = REF_FRAMES,
+                 size: int = REF_SIZE, unconditional_prompts: int | None = None, cache_prompts: int = 48,
+                 text_encoder_path: str | None = None, pretrained: str | None = None, causal: bool | None = None):
         super().__init__()
+        # Settings: the recipe's keys, else the `pretrained` folder's config.json (the asset; a learned
+        # teacher's config has none of these keys), else the defaults. There are no weights to load.
+        saved = {}
+        if pretrained is not None and (Path(pretrained) / "config.json").is_file():
+            saved = json.loads((Path(pretrained) / "config.json").read_text())
+        grid_step = float(grid_step if grid_step is not None else saved.get("grid_step", DEFAULTS["grid_step"]))
+        refine = int(refine if refine is not None else saved.get("refine", DEFAULTS["refine"]))
+        unconditional_prompts = int(unconditional_prompts if unconditional_prompts is not None
+                                    else saved.get("unconditional_prompts", DEFAULTS["unconditional_prompts"]))
         if grid_step <= 0 or unconditional_prompts < 0 or cache_prompts < 1 or refine < 0:
             raise UserError("toy_analytic_teacher: need grid_step > 0, refine >= 0, unconditional_prompts >= 0 "
                             "and cache_prompts >= 1")
-        if pretrained is not None:  # the asset folder (or a recipe's teacher path): settings only, no weights
-            cfg = Path(pretrained) / "config.json"
-            if cfg.is_file():
-                saved = json.loads(cfg.read_text())
-                grid_step = float(saved.get("grid_step", grid_step))
-                unconditional_prompts = int(saved.get("unconditional_prompts", unconditional_prompts))
-        self.grid_step, self.frames, self.size = float(grid_step), int(frames), int(size)
+        self.grid_step, self.frames, self.size = grid_step, int(frames), int(size)
         self.unconditional_prompts, self.cache_prompts = int(unconditional_prompts), int(cache_prompts)
         self.refine = int(refine)
         # Not a submodule: a trainer's .to(bf16) must not round the basis the candidates are encoded with.
