@@ -137,6 +137,8 @@ class CurvatureJob(Job):
         negative = encode_text(encoder, [negative_text])[0]
         model = load_generator_model(self.model_cfg, self.weights_dir, ctx.recipe_file).to(device, dtype)
         model.eval().requires_grad_(False)
+        log.info("curvature: %d prompts, %d-step teacher ODE (shift %s, guidance %s) from %s", self.num_prompts,
+                 self.sampler.num_steps, self.sampler_cfg.get("shift", 5.0), self.sampler.guidance, self.weights_dir)
         profiles: dict[str, list[torch.Tensor]] = {v: [] for v in VARIANTS}
         prompts: list[str] = []
         sigmas = None
