@@ -4,7 +4,6 @@ training checkpoint's ema/ / generator/), tiny UMT5 + tokenizer, tiny Wan VAE ->
 import json
 
 import pytest
-import torch
 
 from oneforcing.errors import UserError
 import oneforcing.models.text_encoder  # noqa: F401  (registers umt5 even before models/__init__ does)
@@ -20,16 +19,6 @@ pytest.importorskip("oneforcing.models.causal_wan")
 pytest.importorskip("oneforcing.samplers.causal_inference")
 
 FRAMES, H, W = 9, 32, 32  # -> latents [3, 4, 4, 4]: 4 tokens per frame at patch (1, 2, 2)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny ops: with 2 OpenMP threads on a loaded 2-core machine every op waits on its peer
-    thread (10 ms per tiny matmul); one thread is ~100x faster here."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")

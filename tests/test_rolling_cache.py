@@ -13,14 +13,6 @@ H, W = 4, 4          # latent frame; 2x2 patches -> 4 tokens per frame
 S = (H // 2) * (W // 2)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def tiny_model(fpb: int, dtype=torch.float32) -> CausalWan:
     torch.manual_seed(0)
     model = CausalWan.from_config(tiny_wan_config(), frames_per_block=fpb, attention="sdpa")

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import torch
 
+from oneforcing.models.wan_cache import WanKVCache
 from oneforcing.models.wan_rope import apply_rope, rope_time_shift
 
 SINK_ROPE = ("adjacent", "absolute")
@@ -44,44 +45,24 @@ def check_window(local_attn_size: int, sink_size: int, sink_rope: str) -> None:
         raise ValueError(f"sink_rope must be one of {SINK_ROPE}, got {sink_rope!r}")
 
 
-class RollingKVCache:
+class RollingKVCache(WanKVCache):
+    """`WanKVCache`'s buffers sized for local_attn_size frames (its allocation and memory accounting),
+    with the slots reused as sink + ring and the reads planned per block."""
+
     def __init__(self, num_layers: int, batch_size: int, heads: int, head_dim: int, local_attn_size: int,
                  sink_size: int = 0, sink_rope: str = "adjacent"):
         check_window(local_attn_size, sink_size, sink_rope)
-        self.num_layers, self.batch_size, self.heads, self.head_dim = num_layers, batch_size, heads, head_dim
+        super().__init__(num_layers, batch_size, max_frames=local_attn_size, heads=heads, head_dim=head_dim)
         self.local_attn_size, self.sink_size, self.sink_rope = local_attn_size, sink_size, sink_rope
         self.ring_size = local_attn_size - sink_size
-        self.tokens_per_frame: int | None = None
-        self.k: list[torch.Tensor] = []
-        self.v: list[torch.Tensor] = []
         self.slot_frame = [-1] * local_attn_size  # absolute frame index held by each slot (-1: empty)
-        self.frames = 0
-        self.cross: list[tuple[torch.Tensor, torch.Tensor]] | None = None
         self._plan: dict = {}
-
-    # --- allocation --------------------------------------------------------------------------
-    def allocate(self, tokens_per_frame: int, dtype: torch.dtype, device) -> None:
-        """Preallocate (idempotent); called by the model with the first block's shape."""
-        if self.k:
-            if tokens_per_frame != self.tokens_per_frame:
-                raise ValueError(f"KV cache was allocated for {self.tokens_per_frame} tokens per frame, "
-                                 f"got a block with {tokens_per_frame}")
-            return
-        self.tokens_per_frame = tokens_per_frame
-        shape = (self.batch_size, self.local_attn_size * tokens_per_frame, self.heads, self.head_dim)
-        self.k = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(self.num_layers)]
-        self.v = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(self.num_layers)]
 
     def reset(self) -> None:
         """Forget the video and the prompt (keeps the buffers): reuse for a new sample."""
-        self.frames = 0
-        self.cross = None
+        super().reset()
         self.slot_frame = [-1] * self.local_attn_size
         self._plan = {}
-
-    @property
-    def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in (*self.k, *self.v))
 
     # --- which frames a block sees ----------------------------------------------------------------
     def slot(self, frame: int) -> int:
