@@ -116,10 +116,12 @@ def shard_files(directory: str | Path) -> list[Path]:
     return sorted(p for p in Path(directory).glob("*.safetensors") if not p.name.startswith("."))
 
 
-def write_index(directory: str | Path, info: dict | None = None, kind: str | None = None) -> dict:
-    """Scan the folder's shards, check they agree on kind and fields, write index.json atomically."""
+def write_index(directory: str | Path, info: dict | None = None, kind: str | None = None,
+                files: list[str] | None = None) -> dict:
+    """Check the shards agree on kind and fields, write index.json atomically. The shards are
+    `files` (names in the folder: a job indexes what it wrote) or every *.safetensors there."""
     directory = Path(directory)
-    files = shard_files(directory)
+    files = shard_files(directory) if files is None else [directory / name for name in files]
     if not files:
         raise UserError(f"{directory}: no *.safetensors shards to index")
     shards, fields, first = [], None, None

@@ -30,7 +30,7 @@ import logging
 import torch
 
 from oneforcing.data.loader import LatentShards
-from oneforcing.data.pipeline import encode_text, plan_shards, prepare_output, shard_name
+from oneforcing.data.pipeline import all_shard_names, encode_text, plan_shards, prepare_output, shard_name
 from oneforcing.data.shards import ShardWriter, dtype_from_name, write_index
 from oneforcing.data.toy_codec import ToyCodec
 from oneforcing.data.toy_world import ToyWorld
@@ -142,8 +142,9 @@ class OdePairsJob(Job):
         from tqdm.auto import tqdm
 
         settings = self.settings(ctx.seed)
-        out = prepare_output(self.out, settings, self.overwrite, ctx, "ode_pairs")
         source = self._source(ctx.seed)
+        shards = all_shard_names(source.num, self.per_shard)
+        out = prepare_output(self.out, settings, self.overwrite, ctx, "ode_pairs", shards)
         todo = [p for p in plan_shards(source.num, self.per_shard, ctx.rank, ctx.world_size)
                 if not (out / shard_name(p[0])).exists()]
         log.info("ode_pairs: %d examples in shards of %d -> %s (%d shards to write on this rank)",
@@ -153,7 +154,7 @@ class OdePairsJob(Job):
         ctx.barrier()
         if ctx.is_main:
             write_index(out, info={"source": self.prompts_from or f"toy_world:{self.split}", **settings},
-                        kind="ode_pairs")
+                        kind="ode_pairs", files=shards)
         ctx.barrier()
 
     def _write(self, ctx: RunContext, source, out, todo, tqdm) -> None:

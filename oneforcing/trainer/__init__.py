@@ -58,6 +58,9 @@ def build_trainer(job, ctx: RunContext) -> Trainer:
     from oneforcing.registry import DATASETS, SAMPLERS, SCHEDULERS, TEXT_ENCODERS, TIMESTEP_SAMPLERS, build
 
     run_dir = Path(job.run_dir)
+    checkpoints = CheckpointManager(run_dir / "checkpoints", rank=ctx.rank, world_size=ctx.world_size,
+                                    keep_last=job.keep_last, barrier=ctx.barrier)
+    checkpoints.resolve(job.resume)  # a broken `latest` or resume path stops us before anything is written
     if ctx.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "recipe.yaml").write_text(dump_recipe(ctx.recipe))
@@ -90,8 +93,6 @@ def build_trainer(job, ctx: RunContext) -> Trainer:
         return [WeightedLoss(name, fn, weight) for name, fn, weight in job.built_losses[key]]
 
     ema = EMA(generator.module, **(job.ema_cfg or {})) if job.ema_cfg is not None else None
-    checkpoints = CheckpointManager(run_dir / "checkpoints", rank=ctx.rank, world_size=ctx.world_size,
-                                    keep_last=job.keep_last, barrier=ctx.barrier)
     trainer = Trainer(ctx=ctx, generator=generator, critic=critic, real_score=real_score,
                    generator_losses=losses("generator_losses"),
                    critic_losses=losses("critic_losses"), data=data, sampler=sampler,

@@ -12,6 +12,7 @@ leaves a `.tmp-*` directory that the next run deletes.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import time
 from pathlib import Path
@@ -21,6 +22,7 @@ from oneforcing.errors import UserError
 from oneforcing.trainer.state_io import load_state, save_state, write_json_atomic
 
 FORMAT = "oneforcing-checkpoint-v1"
+_STEP_DIR = re.compile(r"step_\d{8}")
 
 
 class CheckpointManager:
@@ -75,15 +77,29 @@ class CheckpointManager:
             shutil.rmtree(old, ignore_errors=True)
 
     def latest(self) -> Path | None:
+        """The checkpoint `latest` names, or None for a fresh run. A pointer that is unreadable,
+        names anything but a `step_*` folder directly inside this folder, or names a checkpoint
+        that is gone is an error: starting over would overwrite this run's checkpoints."""
         pointer = self.root / "latest"
         if not pointer.exists():
+            orphans = sorted(p.name for p in self.root.glob("step_*") if (p / "meta.json").exists())
+            if orphans:
+                raise UserError(f"{self.root} holds checkpoints ({', '.join(orphans[-2:])}) but no 'latest' "
+                                "pointer; pass resume=PATH to one of them, or resume=none with a new run_dir")
             return None
         try:
-            name = json.loads(pointer.read_text())["checkpoint"]
-        except (ValueError, KeyError):
-            raise UserError(f"checkpoint pointer {pointer} is unreadable; delete it or pass resume=PATH") from None
+            data = json.loads(pointer.read_text())
+            name = data["checkpoint"]
+        except (OSError, ValueError, KeyError, TypeError):
+            raise UserError(f"{pointer}: unreadable checkpoint pointer; delete it or pass resume=PATH") from None
+        if not isinstance(name, str) or not _STEP_DIR.fullmatch(name):
+            raise UserError(f"{pointer}: names {str(name)[:80]!r}, not a step_NNNNNNNN folder inside "
+                            f"{self.root}; fix it or pass resume=PATH")
         path = self.root / name
-        return path if (path / "meta.json").exists() else None
+        if not (path / "meta.json").is_file():
+            raise UserError(f"{pointer}: names checkpoint {path}, which is missing or incomplete; "
+                            "pass resume=PATH to another checkpoint (nothing was overwritten)")
+        return path
 
     def resolve(self, resume: str | None) -> Path | None:
         """`auto` -> latest if any; `none`/None -> fresh start; otherwise a checkpoint directory."""
@@ -100,16 +116,28 @@ class CheckpointManager:
             raise UserError(f"resume: '{resume}' is not a complete oneforcing checkpoint (no meta.json)")
         return path
 
-    def load(self, path: Path, names: list[str]) -> tuple[dict[str, Any], dict]:
-        meta = json.loads((path / "meta.json").read_text())
-        if meta.get("format") != FORMAT:
-            raise UserError(f"resume: {path} has format {meta.get('format')!r}, expected {FORMAT!r}")
+    def read_meta(self, path: Path) -> dict:
+        """meta.json of a checkpoint, checked for what resuming needs."""
+        file = path / "meta.json"
+        try:
+            meta = json.loads(file.read_text())
+        except (OSError, ValueError) as exc:
+            raise UserError(f"{file}: unreadable checkpoint metadata ({type(exc).__name__})") from None
+        if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+            got = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
+            raise UserError(f"{file}: format {str(got)[:60]!r}, expected {FORMAT!r}")
+        if not isinstance(meta.get("world_size"), int) or not isinstance(meta.get("states"), list):
+            raise UserError(f"{file}: checkpoint metadata lacks world_size / states")
+        return meta
+
+    def load(self, path: Path, names: list[str], meta: dict | None = None) -> tuple[dict[str, Any], dict]:
+        meta = meta or self.read_meta(path)
         if meta["world_size"] != self.world_size:
             raise UserError(f"resume: {path} was written by {meta['world_size']} ranks; this run has "
                             f"{self.world_size} (resume with the same number of ranks)")
         missing = [n for n in names if n not in meta["states"]]
         if missing:
             raise UserError(f"resume: {path} has no state for {', '.join(missing)} "
-                            f"(it holds {', '.join(meta['states'])}); is it from a different recipe?")
+                            f"(it holds {', '.join(map(str, meta['states']))}); is it from a different recipe?")
         states = {n: load_state(path / f"rank{self.rank}" / n) for n in names}
         return states, meta

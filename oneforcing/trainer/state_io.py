@@ -87,10 +87,29 @@ def save_state(prefix: Path, obj: Any) -> None:
 
 
 def load_state(prefix: Path) -> Any:
+    """Read what `save_state` wrote; a truncated, foreign or inconsistent file is a UserError
+    naming it (a checkpoint is user input once it sits on disk)."""
+    from oneforcing.errors import UserError
+
     prefix = Path(prefix)
-    tensors = load_file(str(prefix.with_suffix(".safetensors")))
-    skeleton = json.loads(prefix.with_suffix(".json").read_text())
-    return unflatten(tensors, skeleton)
+    tensor_file, skeleton_file = prefix.with_suffix(".safetensors"), prefix.with_suffix(".json")
+    try:
+        tensors = load_file(str(tensor_file))
+    except Exception as exc:  # noqa: BLE001 - safetensors reports truncation by its own types
+        raise UserError(f"{tensor_file}: unreadable tensor file ({_first_line(exc)})") from None
+    try:
+        skeleton = json.loads(skeleton_file.read_text())
+        return unflatten(tensors, skeleton)
+    except (OSError, ValueError) as exc:
+        raise UserError(f"{skeleton_file}: unreadable state ({_first_line(exc)})") from None
+    except (KeyError, TypeError, AttributeError):
+        raise UserError(f"{skeleton_file}: state does not match {tensor_file.name} (a tensor it names is "
+                        "missing, or the JSON is not a saved state)") from None
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return text[:160]
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
