@@ -101,7 +101,7 @@ class UMT5TextEncoder(nn.Module):
             self.tokenizer = AutoTokenizer.from_pretrained(str(tok_dir))
         except (OSError, ValueError) as exc:
             raise UserError(f"cannot load a tokenizer from {tok_dir}: {str(exc).splitlines()[0]}") from None
-        self.model = UMT5EncoderModel.from_pretrained(str(enc_dir), dtype=torch_dtype)
+        self.model = UMT5EncoderModel.from_pretrained(str(enc_dir), dtype=torch_dtype, use_safetensors=True)
         self.model.requires_grad_(False)
         self.model.eval()
         if device is not None:

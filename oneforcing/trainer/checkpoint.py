@@ -130,8 +130,23 @@ class CheckpointManager:
             raise UserError(f"{file}: checkpoint metadata lacks world_size / states")
         return meta
 
-    def load(self, path: Path, names: list[str], meta: dict | None = None) -> tuple[dict[str, Any], dict]:
-        meta = meta or self.read_meta(path)
+    def check(self, path: Path, names: list[str], recipe: dict) -> dict:
+        """Everything about a checkpoint that can be checked without loading its tensors, so a
+        resume that cannot work fails before any model is built: metadata, the recipe's models,
+        rank count, states, and each of this rank's files (safetensors header, JSON skeleton)."""
+        from oneforcing.trainer.state_io import check_state
+
+        meta = self.read_meta(path)
+        changed = model_recipe_changes(meta.get("recipe"), recipe)
+        if changed:
+            raise UserError(f"resume: {path} was trained with different models ({', '.join(changed[:3])}"
+                            f"{' ...' if len(changed) > 3 else ''}); resume with that recipe or start a new run_dir")
+        self._check_fit(path, names, meta)
+        for name in names:
+            check_state(path / f"rank{self.rank}" / name)
+        return meta
+
+    def _check_fit(self, path: Path, names: list[str], meta: dict) -> None:
         if meta["world_size"] != self.world_size:
             raise UserError(f"resume: {path} was written by {meta['world_size']} ranks; this run has "
                             f"{self.world_size} (resume with the same number of ranks)")
@@ -139,5 +154,26 @@ class CheckpointManager:
         if missing:
             raise UserError(f"resume: {path} has no state for {', '.join(missing)} "
                             f"(it holds {', '.join(map(str, meta['states']))}); is it from a different recipe?")
+
+    def load(self, path: Path, names: list[str], meta: dict | None = None) -> tuple[dict[str, Any], dict]:
+        meta = meta or self.read_meta(path)
+        self._check_fit(path, names, meta)
         states = {n: load_state(path / f"rank{self.rank}" / n) for n in names}
         return states, meta
+
+
+def model_recipe_changes(saved: Any, current: dict) -> list[str]:
+    """Dotted keys under `models` that shape a model (`type`, anything in a `config`) and differ
+    between a checkpoint's recipe and this one. Other keys (weights paths, attention backend) may
+    change between runs; a different shape that they cause is caught on load."""
+    if not isinstance(saved, dict) or not isinstance(saved.get("models"), dict):
+        return []  # an older checkpoint without its recipe: the load itself checks shapes
+
+    def walk(a: Any, b: Any, where: str) -> list[str]:
+        if isinstance(a, dict) and isinstance(b, dict):
+            return [d for k in sorted(set(a) | set(b), key=str) if k != "pretrained"
+                    for d in walk(a.get(k), b.get(k), f"{where}.{k}")]
+        shaping = ".config" in where or where.endswith(".type")
+        return [where] if a != b and shaping else []
+
+    return walk(saved["models"], current.get("models", {}), "models")

@@ -221,12 +221,9 @@ class Trainer:
         path = self.checkpoints.resolve(resume)
         if path is None:
             return
-        meta = self.checkpoints.read_meta(path)
-        changed = model_recipe_changes(meta.get("recipe"), self.config)
-        if changed:
-            raise UserError(f"resume: {path} was trained with different models ({', '.join(changed[:3])}"
-                            f"{' ...' if len(changed) > 3 else ''}); resume with that recipe or start a new run_dir")
-        states, meta = self.checkpoints.load(path, list(self._rank_state()), meta)
+        names = list(self._rank_state())
+        meta = self.checkpoints.check(path, names, self.config)
+        states, meta = self.checkpoints.load(path, names, meta)
         try:
             self._load_states(states)
         except UserError:
@@ -251,23 +248,6 @@ class Trainer:
         if hasattr(self.ode_data, "load_state_dict"):
             self.ode_data.load_state_dict(t["ode_data"])
         self._data_iter = self._ode_iter = None
-
-
-def model_recipe_changes(saved: Any, current: dict) -> list[str]:
-    """Dotted keys under `models` that shape a model (`type`, anything in a `config`) and differ
-    between a checkpoint's recipe and this one. Other keys (weights paths, attention backend) may
-    change between runs; a different shape that they cause is caught on load."""
-    if not isinstance(saved, dict) or not isinstance(saved.get("models"), dict):
-        return []  # an older checkpoint without its recipe: the load itself checks shapes
-
-    def walk(a: Any, b: Any, where: str) -> list[str]:
-        if isinstance(a, dict) and isinstance(b, dict):
-            return [d for k in sorted(set(a) | set(b), key=str) if k != "pretrained"
-                    for d in walk(a.get(k), b.get(k), f"{where}.{k}")]
-        shaping = ".config" in where or where.endswith(".type")
-        return [where] if a != b and shaping else []
-
-    return walk(saved["models"], current.get("models", {}), "models")
 
 
 def _batches(data, batch_size: int):
