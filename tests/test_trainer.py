@@ -104,7 +104,7 @@ def checkpoint_files(ckpt: Path) -> dict[str, bytes]:
 
 def test_single_rank_run_checkpoints_ema_and_export(tmp_path):
     run = tmp_path / "run"
-    proc = train(run)
+    proc = train(run, 1, "loggers=[console, {type: jsonl}]")  # a logger by name or as a mapping
     assert "this rank holds" in proc.stderr
     rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2, 3, 4, 5, 6]
@@ -173,6 +173,9 @@ def test_nan_losses_skip_updates_then_stop(tmp_path):
     # is good, and it is what `latest` names: nothing was written after the run went bad.
     assert latest_step(run2) == 4
     assert sorted(p.name for p in (run2 / "checkpoints").glob("step_*")) == ["step_00000002", "step_00000004"]
+    # ... and resumable: with the loss fixed the run goes on from step 4 to the end.
+    resumed = train(run2, 1, "export=null")
+    assert "resumed from" in resumed.stderr and latest_step(run2) == 6
 
 
 @pytest.mark.parametrize("zero_stage", ["3", "0"])
