@@ -89,13 +89,14 @@ def kill_run(proc: subprocess.Popen) -> None:
 
 
 def checkpoint_files(ckpt: Path) -> dict[str, bytes]:
-    """Every file of a checkpoint, byte for byte (meta.json without its wall-clock time)."""
+    """Every file of a checkpoint, byte for byte (meta.json without its wall-clock time, and with
+    the run's own folder, which its recipe names, written as RUN)."""
     out = {}
     for f in sorted(ckpt.rglob("*")):
         if f.is_file():
             data = f.read_bytes()
             if f.name == "meta.json":
-                meta = json.loads(data)
+                meta = json.loads(data.decode().replace(str(ckpt.parents[1]), "RUN"))
                 meta.pop("time")
                 data = json.dumps(meta, sort_keys=True).encode()
             out[str(f.relative_to(ckpt))] = data
