@@ -48,11 +48,13 @@ def test_a_bad_latest_pointer_stops_the_run(tmp_path, pointer, message):
     assert sorted(p.name for p in m.root.iterdir()) == before and other.latest().name == "step_00000002"
 
 
-def test_checkpoints_without_a_pointer_are_not_overwritten(tmp_path):
+def test_a_run_killed_before_its_first_pointer_resumes_from_its_checkpoint(tmp_path):
+    # The kill landed between renaming the checkpoint into place and writing `latest`: the
+    # checkpoint is complete, so it is resumed from (starting over would overwrite it).
     m = _saved(tmp_path)
     (m.root / "latest").unlink()
-    with pytest.raises(UserError, match="holds checkpoints .* but no 'latest'"):
-        m.resolve("auto")
+    (m.root / ".tmp-step_00000006").mkdir()  # a half-written later one does not count
+    assert m.resolve("auto").name == "step_00000004"
     assert _manager(tmp_path / "fresh").resolve("auto") is None  # a new run starts from step 0
 
 

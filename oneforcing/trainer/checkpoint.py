@@ -12,6 +12,7 @@ leaves a `.tmp-*` directory that the next run deletes.
 from __future__ import annotations
 
 import json
+import logging
 import re
 import shutil
 import time
@@ -23,6 +24,7 @@ from oneforcing.trainer.state_io import load_state, save_state, write_json_atomi
 
 FORMAT = "oneforcing-checkpoint-v1"
 _STEP_DIR = re.compile(r"step_\d{8}")
+log = logging.getLogger("oneforcing")
 
 
 class CheckpointManager:
@@ -82,10 +84,15 @@ class CheckpointManager:
         that is gone is an error: starting over would overwrite this run's checkpoints."""
         pointer = self.root / "latest"
         if not pointer.exists():
-            orphans = sorted(p.name for p in self.root.glob("step_*") if (p / "meta.json").exists())
-            if orphans:
-                raise UserError(f"{self.root} holds checkpoints ({', '.join(orphans[-2:])}) but no 'latest' "
-                                "pointer; pass resume=PATH to one of them, or resume=none with a new run_dir")
+            # A run killed between renaming its first checkpoint into place and writing the
+            # pointer: that checkpoint is complete (renamed only once whole), so resume from it
+            # rather than start over and overwrite it.
+            done = sorted(p for p in self.root.glob("step_*")
+                          if _STEP_DIR.fullmatch(p.name) and (p / "meta.json").is_file())
+            if done:
+                log.warning("%s has no 'latest' pointer; resuming from the newest complete checkpoint, %s",
+                            self.root, done[-1].name)
+                return done[-1]
             return None
         try:
             data = json.loads(pointer.read_text())

@@ -35,10 +35,11 @@ def _(w):
     return train()
 
 
-@case("checkpoints_without_latest", r"holds checkpoints .* but no 'latest' pointer")
+@case("latest_names_a_file_not_a_checkpoint", r"latest: names checkpoint .*step_00000003, which is missing or incomplete")
 def _(w):
     run = w.checkpointed_run()
-    (run / "checkpoints/latest").unlink()
+    (run / "checkpoints/step_00000003").write_text("not a folder")
+    (run / "checkpoints/latest").write_text(json.dumps({"checkpoint": "step_00000003", "step": 3}))
     return train()
 
 
