@@ -6,12 +6,14 @@ data position) on one process and on two ZeRO-3 ranks."""
 from __future__ import annotations
 
 import json
+import os
 import random
 import subprocess
 import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from oneforcing.trainer.state_io import load_state
 from test_trainer import checkpoint_files, command, env_for, kill_run, latest_step, train
@@ -87,3 +89,65 @@ def test_random_kills_then_resume_until_done(tmp_path, clean_runs, ranks, kills,
     meta_a, meta_b = (json.loads(x["meta.json"]) for x in (a, b))
     assert meta_a.pop("recipe")["checkpoint_every"] == 100 and meta_b.pop("recipe")  # the one override
     assert meta_a == meta_b
+
+
+def _padding(opt) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """(ds_tensor padding, fp16/fp32 flat-group padding) of every padded parameter share."""
+    out = []
+    for i, (params, pads) in enumerate(zip(opt.fp16_groups, opt.groups_padding)):
+        offset = 0
+        for p, pad in zip(params, pads):
+            n = p.partition_numel()
+            if pad:
+                out.append((p.ds_tensor.data.view(-1)[n - pad:n],
+                            opt.fp16_partitioned_groups_flat[i][offset + n - pad:offset + n],
+                            opt.fp32_partitioned_groups_flat[i][offset + n - pad:offset + n]))
+            offset += n
+    return out
+
+
+def _padding_worker(rank: int, port: int, out_dir: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
+                      WORLD_SIZE="2", DS_ACCELERATOR="cpu")
+    torch.set_num_threads(1)
+    torch.distributed.init_process_group("gloo", rank=rank, world_size=2)
+    try:
+        from oneforcing.trainer.engines import DeepSpeedOptions, OptimizerConfig, TrainedRole, zero_partition_padding
+
+        torch.manual_seed(0)
+        module = torch.nn.Sequential(torch.nn.Linear(3, 5), torch.nn.Linear(5, 1))  # 15, 5, 5, 1 elements
+        role = TrainedRole("generator", module, OptimizerConfig(), DeepSpeedOptions(zero_stage=3, zero_init=False))
+        opt = role.engine.optimizer
+        after_init = [torch.cat(parts).detach().clone() for parts in _padding(opt)]
+        shares = [p.ds_tensor.detach().clone() for p in role.module.parameters()]
+        with torch.no_grad():
+            for parts in _padding(opt):  # what torch.empty may hold: NaN, huge values
+                for t in parts:
+                    t.fill_(float("nan"))
+        zero_partition_padding(role.engine)
+        after_zeroing = [torch.cat(parts).detach().clone() for parts in _padding(opt)]
+        real = [(s, p.ds_tensor.detach()) for s, p in zip(shares, role.module.parameters())]
+        kept = all(torch.equal(a[: p.partition_numel() - pad], b[: p.partition_numel() - pad])
+                   for (a, b), p, pad in zip(real, role.module.parameters(), opt.groups_padding[0]))
+        torch.save({"after_init": after_init, "after_zeroing": after_zeroing, "kept": kept},
+                   os.path.join(out_dir, f"r{rank}.pt"))
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def test_zero3_partition_padding_is_zeroed(tmp_path):
+    # The last rank's share of a parameter whose size the ranks do not divide ends in padding that
+    # DeepSpeed allocates with torch.empty; the trainer zeroes it so checkpoints are reproducible.
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_padding_worker, args=(port, str(tmp_path)), nprocs=2, join=True)
+    r0, r1 = (torch.load(tmp_path / f"r{r}.pt") for r in (0, 1))
+    assert r0["after_init"] == [] and len(r1["after_init"]) == 4  # every parameter has odd size
+    for report in (r1["after_init"], r1["after_zeroing"]):
+        assert all(torch.equal(t, torch.zeros_like(t)) for t in report)
+    assert r1["kept"] and r0["kept"]
