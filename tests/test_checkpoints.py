@@ -78,3 +78,11 @@ def test_damaged_checkpoints_are_one_line_errors(tmp_path):
         skeleton.write_text(bad)
         with pytest.raises(UserError, match=r"generator\.json"):
             load_state(ckpt / "rank0/generator")
+
+
+def test_saving_the_same_step_again_replaces_it_whole(tmp_path):
+    m = _saved(tmp_path)
+    m.save(4, {"generator": {"w": torch.full((3,), 40.0), "updates": 4}})
+    states, _ = m.load(m.latest(), ["generator"])
+    assert torch.equal(states["generator"]["w"], torch.full((3,), 40.0))
+    assert sorted(p.name for p in m.root.iterdir()) == ["latest", "step_00000002", "step_00000004"]

@@ -42,7 +42,7 @@ class CheckpointManager:
     def clean_partial(self) -> None:
         """Remove directories left by a run killed while writing (rank 0 only)."""
         if self.rank == 0 and self.root.exists():
-            for tmp in self.root.glob(".tmp-step_*"):
+            for tmp in [*self.root.glob(".tmp-step_*"), *self.root.glob(".old-step_*")]:
                 shutil.rmtree(tmp, ignore_errors=True)
         self.barrier()
 
@@ -61,12 +61,12 @@ class CheckpointManager:
             meta = {"format": FORMAT, "step": step, "world_size": self.world_size,
                     "states": sorted(states), "time": time.time(), **(extra or {})}
             write_json_atomic(tmp / "meta.json", meta)
+            old = self.root / f".old-{final.name}"
             if final.exists():  # the same step saved again (e.g. re-running a finished schedule)
-                old = self.root / f".old-{final.name}"
-                final.rename(old)
-                shutil.rmtree(old, ignore_errors=True)
+                final.rename(old)  # deleted only once the new one is in place: back to back renames
             tmp.rename(final)
             write_json_atomic(self.root / "latest", {"checkpoint": final.name, "step": step})
+            shutil.rmtree(old, ignore_errors=True)
             self._prune()
         self.barrier()
         return final
