@@ -8,6 +8,7 @@ import contextlib
 import hashlib
 import io
 import json
+import logging
 import re
 import shutil
 import sys
@@ -81,12 +82,20 @@ class Fixtures:
 
 
 def run_cli(argv: list[str]) -> tuple[int, str]:
+    """(exit code, what the CLI printed to stderr). Log records go to a buffer of their own (the
+    logger's handler, set up once per process, may hold a stream an earlier test closed)."""
     err, out = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(out):
-        try:
-            code = main(argv)
-        except SystemExit as exc:
-            code = exc.code
+    logger = logging.getLogger("oneforcing")
+    handlers = logger.handlers[:]
+    logger.handlers = [logging.StreamHandler(io.StringIO())]
+    try:
+        with contextlib.redirect_stderr(err), contextlib.redirect_stdout(out):
+            try:
+                code = main(argv)
+            except SystemExit as exc:
+                code = exc.code
+    finally:
+        logger.handlers = handlers
     return code, err.getvalue()
 
 
