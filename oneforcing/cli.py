@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import sys
 
-from oneforcing.errors import UserError
+from oneforcing.errors import UserError, report
 
 USAGE = __doc__.split("\n", 2)[2]
 
@@ -97,8 +97,7 @@ def cmd_show(args: list[str]) -> int:
             recipe = load_recipe(recipe_path, overrides)
             prepare(recipe_path, overrides)  # also validates every component against the registries
     except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return err.exit_code
+        return report(err)
     print(dump_recipe(recipe), end="")
     return 0
 

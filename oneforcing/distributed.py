@@ -81,3 +81,18 @@ def teardown_distributed() -> None:
         except Exception:  # noqa: BLE001 - a peer already gone must not mask the real exit status
             pass
         torch.distributed.destroy_process_group()
+
+
+def broadcast_numbers(values: list | None, src: int = 0, dtype: torch.dtype = torch.int64) -> list:
+    """Rank `src`'s list of numbers on every rank (others pass None), sent as tensors: the
+    length, then the values. Unlike broadcast_object_list nothing is pickled, so no rank runs
+    code it receives. A no-op outside torch.distributed."""
+    dist = torch.distributed
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return list(values)
+    mine = dist.get_rank() == src
+    length = torch.tensor([len(values) if mine else 0], dtype=torch.int64)
+    dist.broadcast(length, src=src)
+    data = torch.tensor(list(values), dtype=dtype) if mine else torch.zeros(int(length.item()), dtype=dtype)
+    dist.broadcast(data, src=src)
+    return data.tolist()

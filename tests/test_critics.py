@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from oneforcing.critics import FakeScore, RegisterGANCritic
-from oneforcing.errors import RecipeError
+from oneforcing.errors import ComponentError, RecipeError
 from oneforcing.models import CausalWan
 from oneforcing.registry import CRITICS, build
 from oneforcing.testing.tiny_wan import TINY_WAN_CONFIG, tiny_inputs
@@ -70,9 +70,11 @@ def test_register_critic_gradients_reach_registers_backbone_and_inputs():
 def test_register_critic_layers_negative_and_invalid():
     critic = tiny_critic(layers=[-1], ffn_dim=8)
     assert critic.layers == [1] and len(critic.head.registers) == 1
-    with pytest.raises(ValueError, match="out of range"):
+    # A ValueError from the constructor reaches the user as one line under the component's key.
+    with pytest.raises(ComponentError, match="ValueError: .*out of range") as err:
         tiny_critic(layers=[2])
-    with pytest.raises(ValueError, match="same block"):
+    assert isinstance(err.value.__cause__, ValueError)
+    with pytest.raises(ComponentError, match="same block"):
         tiny_critic(layers=[1, -1])
     with pytest.raises(RecipeError, match="did you mean 'layers'"):
         tiny_critic(layer=[0])

@@ -147,3 +147,25 @@ def test_runs_from_a_recipe(assets, tmp_path, capsys):
     assert sorted(p.name for p in (tmp_path / "videos").glob("*.mp4")) == ["a-fish-0.mp4", "a-fish-1.mp4"]
     assert run(str(path), ["checkpoint=/nonexistent/ckpt"]) == 2
     assert "/nonexistent/ckpt" in capsys.readouterr().err
+
+
+def test_nothing_is_written_until_models_and_sizes_check_out(assets, tmp_path):
+    """A failed start leaves out_dir as it was: no folder, no manifest naming missing videos."""
+    out = tmp_path / "out"
+    bad_vae = {"type": "wan_vae", "path": str(tmp_path / "no_vae")}
+    cases = [({"vae": bad_vae}, "no_vae"),
+             ({"height": 36}, "spatial factor"),                        # not whole VAE pixels
+             ({"height": 40}, "not whole 2x2 patches: use multiples of 16"),  # 5 latent rows, patch 2
+             ({"vae": {"type": "toy_codec"}}, "16-channel latents, the model reads")]
+    for extra, message in cases:
+        with pytest.raises(UserError, match=message):
+            build(_cfg(assets, out, prompt="a dog", **extra), JOBS).run(RunContext(seed=0))
+        assert not out.exists(), extra
+    with pytest.raises(UserError, match="plain file name"):
+        build(_cfg(assets, out, prompt="a dog", filename="../{slug}-{index}.mp4"), JOBS).plan(0)
+    with pytest.raises(UserError, match="plain file name"):
+        build(_cfg(assets, out, prompt="..", filename="{prompt}/{index}.mp4"), JOBS).plan(0)
+    # The manifest comes last and lists exactly the videos on disk.
+    build(_cfg(assets, out, prompt="a dog"), JOBS).run(RunContext(seed=0))
+    manifest = json.loads((out / "generate_manifest.json").read_text())
+    assert [v["file"] for v in manifest["videos"]] == ["a-dog-0.mp4"] and (out / "a-dog-0.mp4").is_file()

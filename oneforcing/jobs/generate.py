@@ -27,6 +27,7 @@ from pathlib import Path
 
 import torch
 
+from oneforcing.data.pipeline import is_plain_name
 from oneforcing.errors import UserError
 from oneforcing.jobs.base import Job, RunContext, derive_seed
 from oneforcing.registry import JOBS, MODELS, SAMPLERS, TEXT_ENCODERS, VAES, build, check_kwargs
@@ -151,6 +152,9 @@ class Generate(Job):
                 seed = self.seeds[n] if self.seeds is not None else derive_seed(recipe_seed, "generate", n)
                 name = self.filename.format(slug=slugify(label), prompt=label.replace("/", "_"), index=s,
                                             prompt_index=p_idx, n=n, seed=seed)
+                if not is_plain_name(name) or name.startswith("."):
+                    raise UserError(f"generate: 'filename' gives {name[:80]!r} for prompt {p_idx}: a video's "
+                                    "name must be a plain file name inside out_dir (no '/', no leading '.')")
                 if name in seen:  # e.g. a repeated prompt, or a template without {index}
                     raise UserError(f"generate: two videos would both be written to '{name}'; "
                                     "add {prompt_index} or {n} to 'filename'")
@@ -170,32 +174,39 @@ class Generate(Job):
         return parse_dtype(self.dtype, key="generate.dtype")
 
     def run(self, ctx: RunContext) -> None:
-        from tqdm.auto import tqdm
-
-        from oneforcing.video import write_mp4
-
         items = self.plan(ctx.seed)
         mine = items[ctx.rank::ctx.world_size]
         if self.skip_existing:
             mine = [it for it in mine if not it.path.is_file()]
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        if ctx.is_main:
-            self._write_manifest(items)
         device, dtype = ctx.device, self._dtype(ctx.device)
         log.info("generate: %d videos (%d on this rank, %d ranks) from %s -> %s",
                  len(items), len(mine), ctx.world_size, self.weights_dir, self.out_dir)
-        if not mine:
-            ctx.barrier()
-            return
+        if mine:
+            # Everything is built and checked before out_dir is touched.
+            vae = build(self.vae_cfg, VAES, path="vae", file=ctx.recipe_file)
+            vae.to(device)
+            latent_shape = _latent_shape(vae, self.num_frames, self.height, self.width)
+            model = load_generator_model(self.model_cfg, self.weights_dir, ctx.recipe_file)
+            _check_model_fits(model, latent_shape, self.height, self.width, ctx.recipe_file)
+            sampler = build(self.sampler_cfg, SAMPLERS, path="sampler", file=ctx.recipe_file)
+            text = self._encode_prompts(ctx, sorted({it.prompt for it in mine}))  # before the model moves
+            model = model.to(device, dtype)
+            model.eval().requires_grad_(False)
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            self._render(ctx, mine, vae, model, sampler, text, latent_shape, dtype)
+        ctx.barrier()
+        if ctx.is_main:  # last: the manifest lists only videos that were written
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            self._write_manifest(items)
 
-        vae = build(self.vae_cfg, VAES, path="vae", file=ctx.recipe_file)
-        vae.to(device)
-        f_lat, c_lat, h_lat, w_lat = _latent_shape(vae, self.num_frames, self.height, self.width)
-        text = self._encode_prompts(ctx, sorted({it.prompt for it in mine}))
-        model = load_generator_model(self.model_cfg, self.weights_dir, ctx.recipe_file).to(device, dtype)
-        model.eval().requires_grad_(False)
-        sampler = build(self.sampler_cfg, SAMPLERS, path="sampler", file=ctx.recipe_file)
+    def _render(self, ctx: RunContext, mine: list[Item], vae, model, sampler, text: dict,
+                latent_shape: tuple[int, int, int, int], dtype: torch.dtype) -> None:
+        from tqdm.auto import tqdm
 
+        from oneforcing.video import write_mp4
+
+        device = ctx.device
+        f_lat, c_lat, h_lat, w_lat = latent_shape
         timing = Timing(device)
         bar = tqdm(total=len(mine), desc="generate", unit="video", disable=not (self.progress and ctx.is_main))
         for start in range(0, len(mine), self.batch_size):
@@ -217,7 +228,6 @@ class Generate(Job):
         if ctx.is_main:
             print(timing.summary(f"generate (rank 0 of {ctx.world_size}, batch {self.batch_size})"),
                   flush=True)
-        ctx.barrier()
 
     def _encode_prompts(self, ctx: RunContext, prompts: list[str]) -> dict[str, torch.Tensor]:
         """Encode this rank's prompts up front, then free the encoder: UMT5-XXL is ~11 GB and has
@@ -248,14 +258,31 @@ class Generate(Job):
 
 def _latent_shape(vae, frames: int, height: int, width: int) -> tuple[int, int, int, int]:
     try:
+        s = vae.spatial_factor
+        if height % s or width % s:  # checked here: a codec may floor the size silently
+            raise ValueError(f"height x width {height}x{width} is not a multiple of the VAE's spatial factor {s}")
         if hasattr(vae, "latent_shape"):
             return tuple(vae.latent_shape(frames, height, width))
-        s = vae.spatial_factor
-        if height % s or width % s:
-            raise ValueError(f"frame size {height}x{width} is not a multiple of {s}")
         return (vae.num_latent_frames(frames), vae.latent_channels, height // s, width // s)
     except ValueError as exc:  # a bad num_frames / size is the recipe's fault
         raise UserError(f"generate: {exc}") from None
+
+
+def _check_model_fits(model, latent_shape: tuple[int, int, int, int], height: int, width: int,
+                      file: str | None) -> None:
+    """The VAE's latents must be what the model reads: same channels, whole patches."""
+    _, channels, h, w = latent_shape
+    cfg = getattr(model, "config", None)
+    wanted = cfg.get("in_channels") if isinstance(cfg, dict) else None
+    if wanted is not None and wanted != channels:
+        raise UserError(f"generate: the VAE gives {channels}-channel latents, the model reads {wanted} "
+                        "(a VAE from another model family?)", file=file, key="vae")
+    patch = getattr(model, "patch_size", None)
+    if patch is not None and (h % patch[1] or w % patch[2]):
+        step_h, step_w = height // h * patch[1], width // w * patch[2]
+        raise UserError(f"generate: height x width {height}x{width} gives {h}x{w} latents, not whole "
+                        f"{patch[1]}x{patch[2]} patches: use multiples of {step_h} x {step_w}",
+                        file=file, key="height")
 
 
 # --- model loading ---------------------------------------------------------------------------

@@ -27,10 +27,12 @@ import functools
 
 import logging
 
+from pathlib import Path
+
 import torch
 
 from oneforcing.data.loader import LatentShards
-from oneforcing.data.pipeline import encode_text, plan_shards, prepare_output, shard_name
+from oneforcing.data.pipeline import all_shard_names, encode_text, plan_shards, prepare_output, shard_name
 from oneforcing.data.shards import ShardWriter, dtype_from_name, write_index
 from oneforcing.data.toy_codec import ToyCodec
 from oneforcing.data.toy_world import ToyWorld
@@ -142,28 +144,35 @@ class OdePairsJob(Job):
         from tqdm.auto import tqdm
 
         settings = self.settings(ctx.seed)
-        out = prepare_output(self.out, settings, self.overwrite, ctx, "ode_pairs")
         source = self._source(ctx.seed)
+        shards = all_shard_names(source.num, self.per_shard)
         todo = [p for p in plan_shards(source.num, self.per_shard, ctx.rank, ctx.world_size)
-                if not (out / shard_name(p[0])).exists()]
+                if self.overwrite or not (Path(self.out) / shard_name(p[0])).exists()]
+        built = self._build(ctx) if todo else None  # before the folder is claimed: a failed load leaves it
+        out = prepare_output(self.out, settings, self.overwrite, ctx, "ode_pairs", shards)
         log.info("ode_pairs: %d examples in shards of %d -> %s (%d shards to write on this rank)",
                  source.num, self.per_shard, out, len(todo))
         if todo:
-            self._write(ctx, source, out, todo, tqdm)
+            self._write(ctx, source, out, todo, tqdm, *built)
         ctx.barrier()
         if ctx.is_main:
             write_index(out, info={"source": self.prompts_from or f"toy_world:{self.split}", **settings},
-                        kind="ode_pairs")
+                        kind="ode_pairs", files=shards)
         ctx.barrier()
 
-    def _write(self, ctx: RunContext, source, out, todo, tqdm) -> None:
-        device = ctx.device
-        dtype = self._dtype(device)
+    def _build(self, ctx: RunContext) -> tuple:
+        """(text encoder, negative prompt embedding, teacher) for this rank's shards."""
         encoder = build(self.text_cfg, TEXT_ENCODERS, path="text_encoder", file=ctx.recipe_file)
         negative_text = encoder.negative_prompt if self.negative_prompt is None else self.negative_prompt
         negative = encode_text(encoder, [negative_text])[0]
-        model = load_generator_model(self.model_cfg, self.weights_dir, ctx.recipe_file).to(device, dtype)
+        model = load_generator_model(self.model_cfg, self.weights_dir, ctx.recipe_file)
+        model = model.to(ctx.device, self._dtype(ctx.device))
         model.eval().requires_grad_(False)
+        return encoder, negative, model
+
+    def _write(self, ctx: RunContext, source, out, todo, tqdm, encoder, negative, model) -> None:
+        device = ctx.device
+        dtype = self._dtype(device)
         store = dtype_from_name(self.latent_dtype)
         checked = False
         bar = tqdm(total=sum(e - s for _, s, e in todo), desc="ode_pairs", unit="ex",

@@ -46,7 +46,7 @@ from oneforcing.attention import FrameMask, resolve_attention
 from oneforcing.errors import UserError
 from oneforcing.models.wan_blocks import ConditionEmbedder, FP32LayerNorm, WanBlock
 from oneforcing.models.wan_cache import WanKVCache
-from oneforcing.models.wan_io import WAN_DEFAULTS, load_config, load_state_dict, save_folder
+from oneforcing.models.wan_io import WAN_DEFAULTS, check_wan_config, load_config, load_state_dict, save_folder
 from oneforcing.models.wan_rolling_cache import RollingKVCache
 from oneforcing.models.wan_rope import rope_cos_sin
 from oneforcing.registry import MODELS
@@ -63,6 +63,8 @@ class CausalWan(nn.Module):
         if frames_per_block < 1:
             raise UserError(f"frames_per_block must be >= 1, got {frames_per_block}")
         cfg = load_config(pretrained) if pretrained is not None else {}
+        if config is not None:
+            check_wan_config(config, key="config")
         cfg = {**WAN_DEFAULTS, **cfg, **(config or {})}
         if cfg.get("image_dim") is not None or cfg.get("added_kv_proj_dim") is not None:
             raise UserError("causal_wan supports Wan text-to-video transformers only (image_dim / "
@@ -100,6 +102,12 @@ class CausalWan(nn.Module):
             self.load_weights_from(pretrained)
 
     # --- construction / IO ---------------------------------------------------------------------
+    @staticmethod
+    def check_recipe(kwargs: dict, *, path: str, file: str | None) -> None:
+        """Called by the registry's strict building (and `oneforcing show`): the `config:` values."""
+        if kwargs.get("config") is not None:
+            check_wan_config(kwargs["config"], file=file, key=f"{path}.config" if path else "config")
+
     @classmethod
     def from_config(cls, config: dict, **kwargs) -> "CausalWan":
         """Random init from diffusers config keys (missing keys take Wan's defaults)."""
@@ -125,6 +133,11 @@ class CausalWan(nn.Module):
             raise UserError(f"{path}: checkpoint does not match the Wan config: missing "
                             f"{missing[:3]}{'...' if len(missing) > 3 else ''}, unexpected "
                             f"{unexpected[:3]}{'...' if len(unexpected) > 3 else ''}")
+        shapes = {k: tuple(v.shape) for k, v in self.state_dict().items()}
+        for k, v in sd.items():
+            if tuple(v.shape) != shapes[k] and not (0 in shapes[k]):  # 0: a ZeRO-3 partitioned placeholder
+                raise UserError(f"{path}: tensor {k!r} has shape {tuple(v.shape)}, the config.json's model "
+                                f"needs {shapes[k]} (weights and config.json disagree)")
         return sd
 
     def load_weights_from(self, path: str | Path) -> None:

@@ -56,7 +56,7 @@ class WanVAE(nn.Module):
         from diffusers import AutoencoderKLWan
 
         vae_dir = resolve_vae_dir(path)
-        self.vae = AutoencoderKLWan.from_pretrained(str(vae_dir), torch_dtype=parse_dtype(dtype))
+        self.vae = AutoencoderKLWan.from_pretrained(str(vae_dir), torch_dtype=parse_dtype(dtype), use_safetensors=True)
         self.vae.requires_grad_(False)
         self.vae.eval()
         if device is not None:

@@ -175,6 +175,7 @@ class TrainedRole:
         self.engine, *_ = deepspeed.initialize(model=module, optimizer=optimizer,
                                                config=ds.to_config(optim.grad_clip, model=module))
         self.module = self.engine.module
+        zero_partition_padding(self.engine)
         self.updates = 0  # optimizer updates taken (drives the LR schedule)
         self._trainable = [p for p in self.module.parameters() if p.requires_grad]
         log_partitioning(name, self.module, ds)
@@ -260,6 +261,29 @@ class TrainedRole:
         if "module" in state:
             self.module.load_state_dict(state["module"])
         _load_engine_optimizer_state(self.engine, state["optimizer"])
+
+
+@torch.no_grad()
+def zero_partition_padding(engine) -> None:
+    """Zero the padding that ZeRO-3 appends to the last rank's share of each parameter (and so
+    to its flat optimizer groups). DeepSpeed allocates it with torch.empty and never writes it,
+    so without this two identical runs save different checkpoint files, and the padding could
+    hold NaN."""
+    opt = engine.optimizer
+    groups, paddings = getattr(opt, "fp16_groups", None), getattr(opt, "groups_padding", None)
+    if groups is None or paddings is None or not hasattr(opt, "fp32_partitioned_groups_flat"):
+        return  # not ZeRO-3
+    flats = [opt.fp16_partitioned_groups_flat, opt.fp32_partitioned_groups_flat]
+    for i, (params, pads) in enumerate(zip(groups, paddings)):
+        offset = 0
+        for p, pad in zip(params, pads):
+            n = p.partition_numel()
+            if pad:
+                p.ds_tensor.data.view(-1)[n - pad:n].zero_()
+                for flat in flats:
+                    if i < len(flat) and flat[i].numel() >= offset + n:
+                        flat[i].narrow(0, offset + n - pad, pad).zero_()
+            offset += n
 
 
 def _engine_optimizer_state(engine) -> dict:
