@@ -1,5 +1,6 @@
 # Set-up and the two everyday commands. Each target creates .venv if it is missing and installs
-# torch==2.13.0 first (a bare `torch` requirement would pull a multi-GB CUDA build), then the project.
+# torch==2.13.0 first (a bare `torch` requirement would pull a multi-GB CUDA build), then the project
+# with its test tools and the study app's web stack.
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   := .venv
 BIN    := $(VENV)/bin
@@ -11,7 +12,7 @@ $(STAMP): setup.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e ".[dev]"
+	$(BIN)/pip install -q -e ".[dev,study]"
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -11,7 +11,7 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["oneforcing", "oneforcing.*"]),
     include_package_data=True,
-    package_data={"oneforcing": ["assets/**/*", "recipes/**/*.yaml"]},
+    package_data={"oneforcing": ["assets/**/*", "recipes/**/*.yaml", "study/*.html"]},
     install_requires=[
         # Install torch first (`pip install torch==2.13.0`): a bare requirement would pull a CUDA build.
         "torch>=2.5",
@@ -31,7 +31,11 @@ setup(
     ],
     extras_require={
         "flash": ["flash-attn>=2.6"],
-        "dev": ["pytest>=8", "pytest-timeout>=2.3"],
+        # `oneforcing study`, the pairwise preference-study web app
+        "study": ["fastapi>=0.115", "uvicorn>=0.30"],
+        # httpx: FastAPI's TestClient; selenium drives the system's chromium in tests/test_study_browser.py
+        # (it never downloads a browser). `make install` installs .[dev,study].
+        "dev": ["pytest>=8", "pytest-timeout>=2.3", "httpx>=0.27", "selenium>=4.20"],
     },
     entry_points={"console_scripts": ["oneforcing=oneforcing.cli:main"]},
 )

@@ -11,6 +11,14 @@ Figures (medians of --repeats runs; CPU: process CPU time with 1 thread, GPU: wa
        recomputing the whole prefix for each new frame (one block-causal forward of frames 0..f).
   P2   one-step causal generation of the clip vs the bidirectional 50-step CFG sampler (teacher_ode).
   mem  the cache's bytes vs 2 x layers x frames x tokens x dim x bytes.
+  speed  what a viewer gets from `generate`'s path (its default sampler, one step per block after
+       a 4-step first block, and a random-weight Wan VAE decoding block by block as frames are
+       generated): latency to the first decoded frame (vs decoding the clip at the end), video
+       frames/s of the DiT alone and with VAE decode, peak memory, with the device named (GPU:
+       wall time; CPU: process CPU time, one thread; one timed run after a warm-up). The CPU run uses a narrow VAE (base_dim 8, z_dim 16;
+       Wan's is 96) and a latent of 8x16 (64x128 pixels), since Wan's decoder costs seconds per
+       frame on one core; --real uses Wan2.1's VAE architecture at 832x480. --speed-only runs
+       this figure alone.
 --real also prints the DiT-only frame rate of one-step streaming and peak GPU memory; there the
 50-step sampler is timed over --teacher-steps steps and extrapolated to 50 (said so in the output).
 The CPU model keeps Wan's proportions where they matter for these ratios: tokens per frame ~ dim
@@ -29,8 +37,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from oneforcing.jobs.generate import render  # noqa: E402
 from oneforcing.models.causal_wan import CausalWan  # noqa: E402
+from oneforcing.models.wan_vae import WanVAE  # noqa: E402
 from oneforcing.samplers import CausalInference, TeacherODE  # noqa: E402
+from oneforcing.speed import Timing, device_name  # noqa: E402
 
 CPU_CONFIG = dict(patch_size=[1, 2, 2], num_attention_heads=2, attention_head_dim=64, in_channels=16,
                   out_channels=16, text_dim=64, freq_dim=64, ffn_dim=768, num_layers=4)
@@ -62,12 +73,60 @@ def timed(fn, device, repeats: int) -> float:
     return statistics.median(times)
 
 
+def random_wan_vae(real: bool, device, dtype) -> WanVAE:
+    """A Wan VAE with random weights (the timing does not depend on them), through the library's
+    wrapper: Wan2.1's architecture for --real, a narrow one on the CPU."""
+    import tempfile
+
+    from diffusers import AutoencoderKLWan
+
+    torch.manual_seed(0)
+    raw = AutoencoderKLWan() if real else AutoencoderKLWan(base_dim=8, z_dim=16)
+    with tempfile.TemporaryDirectory() as tmp:
+        raw.save_pretrained(tmp)
+        del raw
+        vae = WanVAE(tmp, dtype="bfloat16" if dtype == torch.bfloat16 else "float32")
+    return vae.to(device)
+
+
+class DecodeAtTheEnd:
+    """The VAE without streaming: the clip is decoded once the last block is generated."""
+
+    def __init__(self, vae):
+        self.decode = vae.decode
+
+
+def speed_report(model, noise, text, device, dtype, real: bool) -> None:
+    vae = random_wan_vae(real, device, dtype)
+    sampler = CausalInference()  # generate's default: 4-step first block, then one step per block
+    # As the other figures: wall time on a GPU, the process's CPU time (one thread) on a shared CPU.
+    clock = time.perf_counter if device.type == "cuda" else time.process_time
+    for name, codec in (("streaming VAE decode", vae), ("VAE decode at the end", DecodeAtTheEnd(vae))):
+        timing = Timing(device)
+        for _ in range(2):  # Timing drops the first (warm-up) batch
+            video, first, dit, total = render(sampler, model, codec, noise, text, device,
+                                              torch.Generator().manual_seed(0), clock=clock)
+            timing.add(1, video.shape[1], first, dit, total)
+        print(f"    {name}: " + timing.summary(f"{video.shape[1]} frames {video.shape[-1]}x{video.shape[-2]}"),
+              flush=True)
+
+
+@torch.no_grad()
+def speed(model, noise, text, device, dtype, real: bool) -> None:
+    if not real:
+        noise = noise[..., :8, :16]  # 8x16 latent: see the module doc
+    print(f"speed (generate's path: default sampler, random-weight Wan VAE, latent {tuple(noise.shape[-2:])}; "
+          f"{'wall' if real else 'process CPU'} time)", flush=True)
+    speed_report(model, noise, text, device, dtype, real)
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--real", action="store_true", help="real 1.3B shape on CUDA (bf16, random weights)")
     ap.add_argument("--repeats", type=int, default=None, help="timed runs per figure (median)")
     ap.add_argument("--teacher-steps", type=int, default=None, help="steps of the 50-step sampler actually run")
     ap.add_argument("--attention", default="auto")
+    ap.add_argument("--speed-only", action="store_true", help="only the speed figure (generate's path)")
     ap.add_argument("--threads", type=int, default=1,
                     help="CPU threads (default 1: stable medians on a shared machine)")
     args = ap.parse_args(argv)
@@ -93,10 +152,12 @@ def main(argv=None) -> None:
     neg = torch.randn(1, L, cfg["text_dim"], generator=g).to(device, dtype)
     S, D, n_layers = model.tokens_per_frame(H, W), model.dim, cfg["num_layers"]
     t1, t0 = torch.full((1,), 1000.0, device=device), torch.zeros(1, device=device)
-    print(f"device {device} ({torch.get_num_threads()} threads), dtype {dtype}, model dim {D}, "
+    print(f"device {device_name(device)}, dtype {dtype}, model dim {D}, "
           f"{n_layers} layers, latent {F}x{H}x{W} = {S} tokens/frame, attention {type(model.attn).__name__}")
 
     results = {}
+    if args.speed_only:
+        return speed(model, noise, text, device, dtype, args.real)
     with torch.no_grad():
         # P1: single-frame forward with no context vs the streaming forward of each frame.
         single = timed(lambda: model(noise[:, :1], t1, text), device, repeats)
@@ -159,6 +220,8 @@ def main(argv=None) -> None:
         print(f"P2  bidirectional 50-step CFG sampler     {teach * 1e3:9.1f} ms{note}")
         print(f"    one-step causal streaming             {stream * 1e3:9.1f} ms")
         print(f"    speed-up {results['P2']:.1f}x  (target >= 40x)")
+
+        speed(model, noise, text, device, dtype, args.real)
 
     formula = 2 * n_layers * F * S * D * torch.finfo(dtype).bits // 8
     print(f"mem KV cache {cache.nbytes / 2**20:.2f} MiB; formula 2 x {n_layers} x {F} x {S} x {D} x "

@@ -2,6 +2,7 @@
 
     python benchmarks/training.py                  # P3 and P4 on the toy One-Forcing recipe
     python benchmarks/training.py --recipe tests/recipes/tiny_distill.yaml
+    python benchmarks/training.py --memory         # P5 at the real 1.3B width (2 ranks, ~5 GiB in all)
 
 P3  share of a distillation iteration spent inside model forward/backward (target >= 0.85):
     forward time is the time inside any module call of a role's model (generator, critic, real
@@ -10,6 +11,11 @@ P3  share of a distillation iteration spent inside model forward/backward (targe
     bookkeeping, optimizer step, EMA, logging).
 P4  per-rank model+optimizer state with ZeRO-3 on 2 ranks / 1 rank (target <= 0.55), from the
     trainer's "model+optimizer state on this rank" line after the first update.
+P5  peak memory per rank (RSS high-water mark) of a One-Forcing iteration at the real Wan2.1-1.3B
+    width (dim 1536 = 12 heads x 128, FFN 8960, text dim 4096; `--layers` blocks per model) for
+    generator, register critic and frozen real score, fp32 ZeRO-3 on 2 CPU ranks, beside the
+    analytic expectation; once with the gather limits the trainer derives from the model size
+    and once with DeepSpeed's defaults. See benchmarks/memory.py.
 """
 
 from __future__ import annotations
@@ -115,10 +121,20 @@ def main() -> None:
     parser.add_argument("--recipe", default=str(toy))
     parser.add_argument("--steps", type=int, default=12)
     parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--memory", action="store_true", help="P5 only: peak memory per rank at the real width")
+    parser.add_argument("--layers", type=int, default=1, help="P5: transformer blocks per model")
+    parser.add_argument("--heads", type=int, default=12, help="P5: attention heads (12 = the real width)")
+    parser.add_argument("--compare-defaults", action="store_true",
+                        help="P5: also run with DeepSpeed's default gather limits (more memory)")
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
     os.environ.setdefault("DS_ACCELERATOR", "cpu")
     os.environ.setdefault("OF_RUN_DIR", tempfile.mkdtemp(prefix="of-bench-"))
+    if args.memory:
+        from benchmarks.memory import report_p5
+
+        report_p5(args.layers, args.heads, args.compare_defaults)
+        return
 
     one = state_mib(args.recipe, args.overrides, 1)
     two = state_mib(args.recipe, args.overrides, 2)

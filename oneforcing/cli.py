@@ -2,16 +2,19 @@
 
     oneforcing list [KIND]                 what is registered, and which package it came from
     oneforcing show RECIPE [k=v ...]       the resolved recipe (bases merged, overrides applied)
+    oneforcing show JOB [RECIPE] [k=v ...] the same for a job run directly (oneforcing JOB ...)
     oneforcing run RECIPE [k=v ...]        run a recipe on this process (same as recipes/run.py)
     oneforcing JOB [RECIPE] [k=v ...]      run a registered job directly, e.g.
                                            oneforcing toy-data out_dir=data/toy num_train=2000
+    oneforcing study systems=[DIR,DIR] prompts=FILE    a pairwise preference study on http://127.0.0.1:8765
+    oneforcing study-report db=FILE [out=DIR]          its Table 2 as markdown and CSV
 """
 
 from __future__ import annotations
 
 import sys
 
-from oneforcing.errors import UserError
+from oneforcing.errors import UserError, report
 
 USAGE = __doc__.split("\n", 2)[2]
 
@@ -66,20 +69,35 @@ def cmd_list(args: list[str]) -> int:
     return 0
 
 
+def _job_name(arg: str) -> str | None:
+    """The registered job `arg` names (toy-data -> toy_data), unless it is a recipe file."""
+    from pathlib import Path
+
+    from oneforcing.registry import JOBS, load_plugins
+
+    load_plugins()
+    name = arg.replace("-", "_")
+    return name if name in JOBS and not Path(arg).exists() else None
+
+
 def cmd_show(args: list[str]) -> int:
     from oneforcing.config import dump_recipe, load_recipe
     from oneforcing.runner import prepare
 
     if not args:
-        print("error: usage: oneforcing show RECIPE [key=value ...]", file=sys.stderr)
+        print("error: usage: oneforcing show RECIPE|JOB [key=value ...]", file=sys.stderr)
         return 2
     recipe_path, overrides = args[0], args[1:]
     try:
-        recipe = load_recipe(recipe_path, overrides)
-        prepare(recipe_path, overrides)  # also validates every component against the registries
+        job = _job_name(recipe_path)
+        if job is not None:  # `oneforcing show generate [RECIPE] k=v` resolves `oneforcing generate ...`
+            job_recipe, overrides = split_recipe_args(overrides)
+            recipe, _, _ = prepare(job_recipe, overrides, job_name=job)
+        else:
+            recipe = load_recipe(recipe_path, overrides)
+            prepare(recipe_path, overrides)  # also validates every component against the registries
     except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return err.exit_code
+        return report(err)
     print(dump_recipe(recipe), end="")
     return 0
 

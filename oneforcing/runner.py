@@ -7,7 +7,7 @@ import os
 import sys
 
 from oneforcing.config import load_recipe
-from oneforcing.errors import RecipeError, UserError
+from oneforcing.errors import RecipeError, UserError, report
 from oneforcing.registry import JOBS, build, import_modules, load_plugins
 
 log = logging.getLogger("oneforcing")
@@ -45,9 +45,9 @@ def prepare(recipe_path: str | None, overrides: list[str], job_name: str | None 
                 raise RecipeError(f"recipe runs job '{recipe_job}', not '{job_name}'", file=recipe_path, key="job")
             recipe.setdefault("job", job_name)
     else:
-        from oneforcing.config.recipe import apply_overrides
+        from oneforcing.config.recipe import finish_recipe
 
-        recipe = apply_overrides({"job": job_name}, overrides, file="(command line)")
+        recipe = finish_recipe({"job": job_name}, overrides, "(command line)")
     file = recipe_path or "(command line)"
     meta, job_cfg = split_recipe(recipe, file)
     job = build(job_cfg, JOBS, file=file)
@@ -63,8 +63,7 @@ def run(recipe_path: str | None, overrides: list[str], job_name: str | None = No
     try:
         recipe, meta, job = prepare(recipe_path, overrides, job_name)
     except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return err.exit_code
+        return report(err)
     ctx = None
     try:
         ctx = init_distributed(meta.get("seed", 0), recipe, recipe_path)
@@ -72,9 +71,8 @@ def run(recipe_path: str | None, overrides: list[str], job_name: str | None = No
         return 0
     except UserError as err:
         if err.key and not err.file:  # a recipe key named at run time: say which recipe
-            err = err.at(file=recipe_path)
-        print(f"error: {err}", file=sys.stderr)
-        return err.exit_code
+            err = err.at(file=recipe_path or "(command line)")
+        return report(err)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

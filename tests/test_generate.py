@@ -4,7 +4,6 @@ training checkpoint's ema/ / generator/), tiny UMT5 + tokenizer, tiny Wan VAE ->
 import json
 
 import pytest
-import torch
 
 from oneforcing.errors import UserError
 import oneforcing.models.text_encoder  # noqa: F401  (registers umt5 even before models/__init__ does)
@@ -20,16 +19,6 @@ pytest.importorskip("oneforcing.models.causal_wan")
 pytest.importorskip("oneforcing.samplers.causal_inference")
 
 FRAMES, H, W = 9, 32, 32  # -> latents [3, 4, 4, 4]: 4 tokens per frame at patch (1, 2, 2)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny ops: with 2 OpenMP threads on a loaded 2-core machine every op waits on its peer
-    thread (10 ms per tiny matmul); one thread is ~100x faster here."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +57,8 @@ def test_generate_writes_playable_mp4s(assets, tmp_path, capsys):
         frames = read_mp4(tmp_path / name)
         assert frames.shape == (FRAMES, H, W, 3)
     out = capsys.readouterr().out
-    assert "latency to first frame" in out and "transformer" in out and "with VAE decode" in out
+    assert "latency to first frame" in out and "DiT" in out and "with VAE decode" in out
+    assert "on CPU" in out and "peak process RSS" in out  # the device and memory are named
     manifest = json.loads((tmp_path / "generate_manifest.json").read_text())
     assert [v["file"] for v in manifest["videos"]][:2] == ["a-red-ball-rolling-left-0.mp4",
                                                           "a-red-ball-rolling-left-1.mp4"]
@@ -157,3 +147,25 @@ def test_runs_from_a_recipe(assets, tmp_path, capsys):
     assert sorted(p.name for p in (tmp_path / "videos").glob("*.mp4")) == ["a-fish-0.mp4", "a-fish-1.mp4"]
     assert run(str(path), ["checkpoint=/nonexistent/ckpt"]) == 2
     assert "/nonexistent/ckpt" in capsys.readouterr().err
+
+
+def test_nothing_is_written_until_models_and_sizes_check_out(assets, tmp_path):
+    """A failed start leaves out_dir as it was: no folder, no manifest naming missing videos."""
+    out = tmp_path / "out"
+    bad_vae = {"type": "wan_vae", "path": str(tmp_path / "no_vae")}
+    cases = [({"vae": bad_vae}, "no_vae"),
+             ({"height": 36}, "spatial factor"),                        # not whole VAE pixels
+             ({"height": 40}, "not whole 2x2 patches: use multiples of 16"),  # 5 latent rows, patch 2
+             ({"vae": {"type": "toy_codec"}}, "16-channel latents, the model reads")]
+    for extra, message in cases:
+        with pytest.raises(UserError, match=message):
+            build(_cfg(assets, out, prompt="a dog", **extra), JOBS).run(RunContext(seed=0))
+        assert not out.exists(), extra
+    with pytest.raises(UserError, match="plain file name"):
+        build(_cfg(assets, out, prompt="a dog", filename="../{slug}-{index}.mp4"), JOBS).plan(0)
+    with pytest.raises(UserError, match="plain file name"):
+        build(_cfg(assets, out, prompt="..", filename="{prompt}/{index}.mp4"), JOBS).plan(0)
+    # The manifest comes last and lists exactly the videos on disk.
+    build(_cfg(assets, out, prompt="a dog"), JOBS).run(RunContext(seed=0))
+    manifest = json.loads((out / "generate_manifest.json").read_text())
+    assert [v["file"] for v in manifest["videos"]] == ["a-dog-0.mp4"] and (out / "a-dog-0.mp4").is_file()

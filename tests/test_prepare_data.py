@@ -95,6 +95,11 @@ def test_user_errors(clips, tmp_path):
         _job(root, tmp_path / "b", captions=str(bad)).run(RunContext())
     with pytest.raises(UserError, match=r"clip0\.mp4: has 23 frames, prepare_data needs 41"):
         _job(root, tmp_path / "c", frames=41).run(RunContext())
+    # A VAE that does not load leaves `out` unclaimed: the corrected re-run is not blocked.
+    with pytest.raises(UserError):
+        _job(root, tmp_path / "d", vae={"type": "wan_vae", "path": str(tmp_path / "no_vae")}).run(RunContext())
+    assert not (tmp_path / "d").exists()
+    _job(root, tmp_path / "d", examples_per_shard=5).run(RunContext())
 
 
 def test_with_tiny_wan_vae_and_umt5(clips, tmp_path):

@@ -110,6 +110,40 @@ def test_job_resumes_and_refuses_other_settings(toy_shards, tmp_path):
     assert LatentShards(str(out)).num_examples == 12 and len(list(out.glob("*.safetensors"))) == 2
 
 
+def test_overwrite_removes_only_the_jobs_own_files(tmp_path):
+    # A model folder is not a shard folder: overwrite must not touch it (it has no job.json).
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "diffusion_pytorch_model.safetensors").write_bytes(b"weights")
+    with pytest.raises(UserError, match="has no job.json"):
+        _job(model, num_examples=4, examples_per_shard=2, overwrite=True).run(RunContext(seed=7))
+    assert sorted(p.name for p in model.iterdir()) == ["diffusion_pytorch_model.safetensors"]
+    # In a folder the job wrote, a file it did not list survives an overwrite.
+    out = tmp_path / "out"
+    _job(out, num_examples=4, examples_per_shard=2).run(RunContext(seed=7))
+    (out / "mine.safetensors").write_bytes(b"keep")
+    listed = json.loads((out / "job.json").read_text())["files"]
+    assert listed == ["index.json", "shard-00000.safetensors", "shard-00001.safetensors"]
+    _job(out, num_examples=2, examples_per_shard=2, overwrite=True).run(RunContext(seed=7))
+    assert (out / "mine.safetensors").read_bytes() == b"keep"
+    assert not (out / "shard-00001.safetensors").exists()
+    # A job.json listing a path outside the folder is refused, not followed.
+    record = json.loads((out / "job.json").read_text())
+    (tmp_path / "victim").write_text("x")
+    (out / "job.json").write_text(json.dumps({**record, "files": ["../victim"]}))
+    with pytest.raises(UserError, match="not a plain file name"):
+        _job(out, num_examples=2, examples_per_shard=2, overwrite=True).run(RunContext(seed=7))
+    assert (tmp_path / "victim").exists()
+
+
+def test_folder_is_claimed_only_after_the_models_load(tmp_path):
+    out = tmp_path / "out"
+    with pytest.raises(UserError):
+        _job(out, num_examples=4, text_encoder={"type": "umt5", "path": str(tmp_path / "missing")}).run(
+            RunContext(seed=7))
+    assert not out.exists()
+
+
 def _write_small(path, n=5, latent=None, **extra):
     latent = torch.randn(n, 3, 4, 2, 2) if latent is None else latent
     tensors = {"latent": latent, "prompt_embed": torch.randn(n, 6, 8),

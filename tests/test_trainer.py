@@ -64,9 +64,48 @@ def latest_step(run_dir: Path) -> int:
         return -1
 
 
+def kill_run(proc: subprocess.Popen) -> None:
+    """kill -9 a launched run: the launcher's process group and every descendant's own group
+    (torchrun starts its workers in their own sessions, out of the launcher's group); then
+    check that none of them is left running."""
+    import psutil
+
+    try:
+        family = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
+    except psutil.NoSuchProcess:
+        family = []
+    for p in family:
+        try:
+            os.killpg(os.getpgid(p.pid), signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+    proc.wait()
+    deadline = time.time() + 30
+    alive = family
+    while alive and time.time() < deadline:
+        alive = [p for p in alive if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+        time.sleep(0.05)
+    assert not alive, f"still running after kill -9: {[p.pid for p in alive]}"
+
+
+def checkpoint_files(ckpt: Path) -> dict[str, bytes]:
+    """Every file of a checkpoint, byte for byte (meta.json without its wall-clock time, and with
+    the run's own folder, which its recipe names, written as RUN)."""
+    out = {}
+    for f in sorted(ckpt.rglob("*")):
+        if f.is_file():
+            data = f.read_bytes()
+            if f.name == "meta.json":
+                meta = json.loads(data.decode().replace(str(ckpt.parents[1]), "RUN"))
+                meta.pop("time")
+                data = json.dumps(meta, sort_keys=True).encode()
+            out[str(f.relative_to(ckpt))] = data
+    return out
+
+
 def test_single_rank_run_checkpoints_ema_and_export(tmp_path):
     run = tmp_path / "run"
-    proc = train(run)
+    proc = train(run, 1, "loggers=[console, {type: jsonl}]")  # a logger by name or as a mapping
     assert "this rank holds" in proc.stderr
     rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2, 3, 4, 5, 6]
@@ -95,20 +134,18 @@ def test_kill_and_resume_is_bit_identical(tmp_path, ranks, zero_stage):
     deadline = time.time() + 300
     while latest_step(killed) < 2 and proc.poll() is None and time.time() < deadline:
         time.sleep(0.05)
-    os.killpg(proc.pid, signal.SIGKILL)  # the whole process group: launcher and ranks
-    proc.wait()
+    kill_run(proc)  # the launcher and every rank, each in its own process group
     step_at_kill = latest_step(killed)
     assert 2 <= step_at_kill < 6, "the run was not interrupted mid-way"
     resumed = train(killed, ranks, stage)
     assert f"resumed from" in resumed.stderr
     for sub in ("generator", "ema"):
         assert_identical(weights(clean / "export" / sub), weights(killed / "export" / sub))
-    # Optimizer state too: the final checkpoints agree tensor for tensor on every rank.
-    for r in range(ranks):
-        for name in ("generator", "ema"):
-            a = load_file(str(clean / f"checkpoints/step_00000006/rank{r}/{name}.safetensors"))
-            b = load_file(str(killed / f"checkpoints/step_00000006/rank{r}/{name}.safetensors"))
-            assert_identical(a, b)
+    # Optimizer state, EMA, RNG and data position too: the final checkpoints are the same files,
+    # byte for byte, on every rank (ZeRO-3's partition padding included).
+    a, b = (checkpoint_files(run / "checkpoints/step_00000006") for run in (clean, killed))
+    assert sorted(a) == sorted(b) and len(a) == 1 + 6 * ranks
+    assert [k for k in a if a[k] != b[k]] == []
 
 
 def test_two_ranks_partition_parameters(tmp_path):
@@ -137,6 +174,9 @@ def test_nan_losses_skip_updates_then_stop(tmp_path):
     # is good, and it is what `latest` names: nothing was written after the run went bad.
     assert latest_step(run2) == 4
     assert sorted(p.name for p in (run2 / "checkpoints").glob("step_*")) == ["step_00000002", "step_00000004"]
+    # ... and resumable: with the loss fixed the run goes on from step 4 to the end.
+    resumed = train(run2, 1, "export=null")
+    assert "resumed from" in resumed.stderr and latest_step(run2) == 6
 
 
 @pytest.mark.parametrize("zero_stage", ["3", "0"])

@@ -121,3 +121,36 @@ def test_pretrained_critic_and_teacher_stream_under_zero3(tmp_path):
         env=env_for(run), capture_output=True, text=True, timeout=300))
     for role in ("critic", "real_score"):
         assert f"{role}: streamed" in proc.stderr
+
+
+def test_zero3_gather_limits_follow_the_block_size():
+    """ZeRO-3 may keep ~2 transformer blocks gathered, not the whole model (DeepSpeed's 1e9 default
+    kept every parameter of a model called several times per update gathered on every rank)."""
+    from oneforcing.models.causal_wan import CausalWan
+    from oneforcing.testing.tiny_wan import TINY_WAN_CONFIG
+    from oneforcing.trainer.engines import DeepSpeedOptions, zero3_limits
+
+    model = CausalWan(config={**TINY_WAN_CONFIG, "num_layers": 3})
+    block = sum(p.numel() for p in model.blocks[0].parameters())
+    total = sum(p.numel() for p in model.parameters())
+    assert 3 * block < total  # the blocks are not the whole model (embeddings, head)
+    limits = zero3_limits(model)
+    assert limits == {"stage3_max_live_parameters": 2 * block, "stage3_max_reuse_distance": block,
+                      "stage3_prefetch_bucket_size": block, "reduce_bucket_size": block}
+
+    # Partitioned parameters (deepspeed.zero.Init) hold an empty tensor and report ds_numel.
+    for p in model.parameters():
+        p.ds_id, p.ds_numel = id(p), p.numel()
+        p.data = torch.empty(0)
+    assert zero3_limits(model) == limits
+
+    zero = DeepSpeedOptions(zero_stage=3).to_config(1.0, model=model)["zero_optimization"]
+    assert zero["stage3_max_live_parameters"] == 2 * block and zero["stage3_param_persistence_threshold"] == 0
+    assert "stage3_max_live_parameters" not in DeepSpeedOptions(zero_stage=3).to_config()["zero_optimization"]
+    assert "stage3_max_live_parameters" not in DeepSpeedOptions(zero_stage=0).to_config(model=model)["zero_optimization"]
+    extra = {"zero_optimization": {"stage3_max_live_parameters": 7}}  # a recipe's raw keys still win
+    assert DeepSpeedOptions(zero_stage=3, extra=extra).to_config(model=model)["zero_optimization"][
+        "stage3_max_live_parameters"] == 7
+
+    linear = torch.nn.Linear(5, 3)  # no ModuleList: its largest module's own tensors
+    assert zero3_limits(linear)["stage3_max_reuse_distance"] == 18

@@ -9,16 +9,6 @@ from oneforcing.registry import VAES, build
 from oneforcing.testing.tiny_encoders import save_tiny_wan_vae
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny ops: with 2 OpenMP threads on a loaded 2-core machine every op waits on its peer
-    thread (10 ms per tiny matmul); one thread is ~100x faster here."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def wan_root(tmp_path_factory):
     return save_tiny_wan_vae(tmp_path_factory.mktemp("wan_vae"), z_dim=4, seed=5)

@@ -2,7 +2,8 @@
 
     recipe = load_recipe("recipes/toy/one_forcing_framewise.yaml", ["lr=2e-5", "losses[1].weight=0.1"])
 
-- YAML is read with `yaml.safe_load` only.
+- YAML is read with a `yaml.SafeLoader` that also refuses duplicate keys and documents whose
+  aliases expand past a million values; `_base_` chains are at most 64 files deep.
 - `_base_: file` or `_base_: [a, b]` (relative to the recipe) are merged first, in order, then the
   recipe on top. Mappings merge key by key; anything else (lists included) is replaced. A mapping
   with `_delete_: true` replaces its base instead of merging into it.
@@ -47,6 +48,55 @@ def format_path(parts: list[str | int]) -> str:
     return out
 
 
+MAX_BASE_DEPTH = 64          # `_base_` files inheriting from each other
+MAX_VALUES = 1_000_000       # values a recipe may expand to through YAML aliases (a "billion laughs")
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """safe_load that refuses duplicate keys (YAML would keep the last one silently) and
+    documents whose aliases expand to more than MAX_VALUES values."""
+
+    def construct_document(self, node):
+        sizes: dict[int, int] = {}
+
+        def size(n) -> int:  # expanded value count; aliases share nodes, so memoise by identity
+            if id(n) not in sizes:
+                sizes[id(n)] = 0  # a self-referencing alias counts once
+                if isinstance(n, yaml.SequenceNode):
+                    total = 1 + sum(size(c) for c in n.value)
+                elif isinstance(n, yaml.MappingNode):
+                    total = 1 + sum(size(k) + size(v) for k, v in n.value)
+                else:
+                    total = 1
+                sizes[id(n)] = min(total, MAX_VALUES + 1)
+            return sizes[id(n)]
+
+        if size(node) > MAX_VALUES:
+            raise yaml.YAMLError(f"the document expands to more than {MAX_VALUES:,} values through aliases")
+        return super().construct_document(node)
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen: dict = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    first = seen.setdefault(key, key_node.start_mark)
+                except TypeError:
+                    continue  # an unhashable key: construct_mapping reports it
+                if first is not key_node.start_mark:
+                    mark = key_node.start_mark
+                    raise _DuplicateKey(f"line {mark.line + 1}, column {mark.column + 1}: duplicate key "
+                                        f"{str(key)[:80]!r} (first at line {first.line + 1})")
+        return super().construct_mapping(node, deep=deep)
+
+
+class _DuplicateKey(yaml.YAMLError):
+    pass
+
+
 def _read_yaml(path: Path) -> dict:
     shown = str(path)
     if not path.exists():
@@ -58,7 +108,9 @@ def _read_yaml(path: Path) -> dict:
     except (OSError, UnicodeDecodeError) as exc:
         raise RecipeError(f"cannot read: {exc}", file=shown) from None
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
+    except RecursionError:
+        raise RecipeError("invalid YAML: nested too deeply", file=shown) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
@@ -84,6 +136,9 @@ def deep_merge(base: Any, top: Any) -> Any:
 
 def _load_with_bases(path: Path, stack: tuple[Path, ...]) -> dict:
     path = path.resolve()
+    if len(stack) >= MAX_BASE_DEPTH:
+        raise RecipeError(f"_base_ chain deeper than {MAX_BASE_DEPTH} files (from {stack[0].name})",
+                          file=str(path), key="_base_")
     if path in stack:
         chain = " -> ".join(p.name for p in (*stack, path))
         raise RecipeError(f"circular _base_: {chain}", file=str(path))
@@ -139,9 +194,12 @@ def apply_overrides(data: dict, overrides: list[str], *, file: str | None = None
             raise RecipeError(f"bad override '{item}': write key=value without dashes", file=file)
         parts = parse_path(key, file=file)
         try:
-            value = yaml.safe_load(raw) if raw.strip() else ""
-        except yaml.YAMLError:
-            raise RecipeError(f"bad value in override '{item}': not valid YAML", file=file, key=key) from None
+            value = yaml.load(raw, Loader=_StrictLoader) if raw.strip() else ""  # noqa: S506
+        except (yaml.YAMLError, RecursionError):
+            # `{` / `[` open a YAML mapping / list: a string such as '{prompt}-{index}.mp4' needs quotes
+            hint = (f""" (a string starting with {raw.strip()[0]} needs YAML quotes: {key}='"..."')"""
+                    if raw.strip()[:1] in ("{", "[") else "")
+            raise RecipeError(f"bad value in override '{item}': not valid YAML{hint}", file=file, key=key) from None
         set_path(data, parts, value, file=file, shown=key)
     return data
 
@@ -204,9 +262,21 @@ def resolve_references(data: dict, *, file: str | None = None) -> dict:
 def load_recipe(path: str | os.PathLike, overrides: list[str] | tuple[str, ...] = ()) -> dict:
     """Load, merge, override and resolve a recipe; returns a plain dict (private keys dropped)."""
     shown = str(path)
-    data = _load_with_bases(Path(path), ())
-    data = apply_overrides(data, list(overrides), file=shown)
-    data = resolve_references(data, file=shown)
+    try:
+        data = _load_with_bases(Path(path), ())
+    except RecursionError:
+        raise RecipeError("the recipe is nested too deeply", file=shown) from None
+    return finish_recipe(data, overrides, shown)
+
+
+def finish_recipe(data: dict, overrides: list[str] | tuple[str, ...], shown: str) -> dict:
+    """Apply overrides, resolve `${...}`, drop private keys (also for a recipe made of overrides
+    alone, on the command line)."""
+    try:
+        data = apply_overrides(data, list(overrides), file=shown)
+        data = resolve_references(data, file=shown)
+    except RecursionError:
+        raise RecipeError("the recipe is nested too deeply", file=shown) from None
     return {k: v for k, v in data.items() if not (isinstance(k, str) and k.startswith("_"))}
 
 

@@ -32,6 +32,8 @@ class FakeScore(nn.Module):
         self.dim = self.model.dim
         self.num_layers = len(self.model.blocks)
 
+    check_recipe = staticmethod(CausalWan.check_recipe)  # the same `config:` as the inner Wan
+
     # --- weights (delegated to the inner Wan) ----------------------------------------------------
     @property
     def weights_loaded(self) -> bool:

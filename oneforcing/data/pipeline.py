@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from oneforcing.data.shards import INDEX, atomic_write_text, mask_from_embedding, shard_files
+from oneforcing.data.shards import INDEX, atomic_write_text, mask_from_embedding
 from oneforcing.errors import UserError
 
 JOB_FILE = "job.json"
@@ -23,6 +23,11 @@ def shard_name(j: int) -> str:
     return f"shard-{j:05d}.safetensors"
 
 
+def all_shard_names(num_examples: int, per_shard: int) -> list[str]:
+    """Every shard file a job of this size writes (over all ranks)."""
+    return [shard_name(j) for j in range(-(-num_examples // per_shard))]
+
+
 def plan_shards(num_examples: int, per_shard: int, rank: int, world_size: int) -> list[tuple[int, int, int]]:
     """This rank's (shard number, first example, end example) triples."""
     n_shards = -(-num_examples // per_shard)
@@ -30,29 +35,64 @@ def plan_shards(num_examples: int, per_shard: int, rank: int, world_size: int) -
             for j in range(rank, n_shards, world_size)]
 
 
-def prepare_output(out: str, settings: dict, overwrite: bool, ctx, what: str) -> Path:
-    """Create `out`, or check it belongs to a run with the same settings (then resume).
-    Rank 0 decides and writes; every rank waits for it."""
+def prepare_output(out: str, settings: dict, overwrite: bool, ctx, what: str, files: list[str]) -> Path:
+    """Claim `out` for this job, or check it already belongs to a run with the same settings
+    (then resume). `files` are the names the job will write; `job.json` records them with the
+    settings, and `overwrite` removes only the files an earlier run's job.json lists. A folder
+    that holds anything but no job.json is never written into. Call it after every model the job
+    needs has loaded, so a failed start leaves the folder as it was. Rank 0 decides and writes."""
     out_dir = Path(out)
     if ctx.is_main:
-        out_dir.mkdir(parents=True, exist_ok=True)
         job_file = out_dir / JOB_FILE
-        if overwrite:
-            for p in [*shard_files(out_dir), out_dir / INDEX]:
-                p.unlink(missing_ok=True)
-        elif job_file.exists():
-            old = json.loads(job_file.read_text(encoding="utf-8"))
-            if old != settings:
-                changed = sorted(k for k in set(old) | set(settings) if old.get(k) != settings.get(k))
+        if out_dir.exists() and not out_dir.is_dir():
+            raise UserError(f"{out}: exists and is not a folder")
+        if job_file.exists():
+            old = _read_job_file(job_file)
+            old_settings = {k: v for k, v in old.items() if k != "files"}
+            if overwrite:
+                for name in _listed_files(job_file, old):
+                    (out_dir / name).unlink(missing_ok=True)
+            elif old_settings != settings:
+                changed = sorted(k for k in set(old_settings) | set(settings)
+                                 if old_settings.get(k) != settings.get(k))
                 raise UserError(f"{job_file}: '{out}' holds a {what} run with other settings "
                                 f"({', '.join(changed)}); set overwrite=true or pick another out")
-        elif shard_files(out_dir):
-            raise UserError(f"{out}: folder holds shards but no {JOB_FILE}; "
-                            "set overwrite=true or pick another out")
-        atomic_write_text(job_file, json.dumps(settings, indent=1, sort_keys=True) + "\n")
+        elif out_dir.is_dir() and any(out_dir.iterdir()):
+            raise UserError(f"{out}: folder is not empty and has no {JOB_FILE}, so it was not written by "
+                            f"{what}; pick another out (overwrite only removes files a job.json lists)")
+        out_dir.mkdir(parents=True, exist_ok=True)
+        record = {**settings, "files": sorted({*files, INDEX})}
+        atomic_write_text(job_file, json.dumps(record, indent=1, sort_keys=True) + "\n")
     ctx.barrier()
     out_dir.mkdir(parents=True, exist_ok=True)  # no-op after rank 0; lets ranks run one by one in tests
     return out_dir
+
+
+def _read_job_file(job_file: Path) -> dict:
+    try:
+        old = json.loads(job_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        raise UserError(f"{job_file}: unreadable; delete the folder by hand or pick another out") from None
+    if not isinstance(old, dict):
+        raise UserError(f"{job_file}: not a job record (a JSON object); pick another out")
+    return old
+
+
+def _listed_files(job_file: Path, old: dict) -> list[str]:
+    """The plain file names an earlier run recorded as its own (nothing outside the folder)."""
+    names = old.get("files")
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise UserError(f"{job_file}: lists no 'files' this job wrote, so overwrite cannot tell them "
+                        "from others; delete them by hand or pick another out")
+    bad = [n for n in names if not is_plain_name(n) or n == JOB_FILE]
+    if bad:
+        raise UserError(f"{job_file}: 'files' entry {bad[0][:80]!r} is not a plain file name")
+    return names
+
+
+def is_plain_name(name: str) -> bool:
+    """A file name with no folder part: not '', '.', '..', and no '/' or '\\'."""
+    return bool(name) and name not in (".", "..") and "/" not in name and "\\" not in name and "\0" not in name
 
 
 def encode_text(encoder, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -146,10 +146,12 @@ def shard_files(directory: str | Path) -> list[Path]:
     return sorted(p for p in Path(directory).glob("*.safetensors") if not p.name.startswith("."))
 
 
-def write_index(directory: str | Path, info: dict | None = None, kind: str | None = None) -> dict:
-    """Scan the folder's shards, check they agree on kind and fields, write index.json atomically."""
+def write_index(directory: str | Path, info: dict | None = None, kind: str | None = None,
+                files: list[str] | None = None) -> dict:
+    """Check the shards agree on kind and fields, write index.json atomically. The shards are
+    `files` (names in the folder: a job indexes what it wrote) or every *.safetensors there."""
     directory = Path(directory)
-    files = shard_files(directory)
+    files = shard_files(directory) if files is None else [directory / name for name in files]
     if not files:
         raise UserError(f"{directory}: no *.safetensors shards to index")
     shards, fields, first = [], None, None
@@ -177,11 +179,38 @@ def read_index(directory: str | Path) -> dict:
                         "toy_data / prepare_data?)")
     try:
         index = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise UserError(f"{path}: invalid JSON ({exc})") from None
-    if index.get("format") != FORMAT or index.get("version") != VERSION:
+    if not isinstance(index, dict) or index.get("format") != FORMAT or index.get("version") != VERSION:
         raise UserError(f"{path}: not a {FORMAT} v{VERSION} index")
+    check_index(index, path)
     return index
+
+
+def check_index(index: dict, path: Path) -> None:
+    """The index's structure, before anything trusts it: plain shard file names inside the
+    folder, counts that are integers, fields with a shape and a dtype (floating latents)."""
+    shards, fields = index.get("shards"), index.get("fields")
+    if not isinstance(shards, list) or not shards:
+        raise UserError(f"{path}: 'shards' must be a non-empty list of {{file, num_examples}}")
+    for i, shard in enumerate(shards):
+        if not isinstance(shard, dict) or not isinstance(shard.get("num_examples"), int) \
+                or isinstance(shard.get("num_examples"), bool) or shard["num_examples"] < 0:
+            raise UserError(f"{path}: shards[{i}] must be {{file, num_examples (an integer >= 0)}}")
+        name = shard.get("file")
+        if not isinstance(name, str) or not name or name != Path(name).name or name in (".", "..") \
+                or "\\" in name:
+            raise UserError(f"{path}: shards[{i}].file {str(name)[:80]!r} is not a plain file name in the folder")
+    if not isinstance(index.get("num_examples"), int):
+        raise UserError(f"{path}: 'num_examples' must be an integer")
+    if not isinstance(fields, dict) or not all(
+            isinstance(v, dict) and isinstance(v.get("shape"), list) and isinstance(v.get("dtype"), str)
+            for v in fields.values()):
+        raise UserError(f"{path}: 'fields' must map each field to {{shape, dtype}}")
+    for name in ("latent", "prompt_embed", "states", "clean", "timesteps"):
+        dtype = fields.get(name, {}).get("dtype")
+        if dtype is not None and dtype not in DTYPES:
+            raise UserError(f"{path}: field {name!r} is {dtype}; it must be floating ({', '.join(DTYPES)})")
 
 
 class ShardWriter:

@@ -123,3 +123,7 @@ class ToyCodec(torch.nn.Module):
             x = x * self.std.to(latents.dtype) + self.mean.to(latents.dtype)
         x = F.pixel_shuffle(x, self.spatial_factor)
         return x.reshape(b, n, 3, h * self.spatial_factor, w * self.spatial_factor)
+
+    def stream_decoder(self):
+        """Block-by-block decoding (generate streams with it): frames decode independently here."""
+        return self.decode

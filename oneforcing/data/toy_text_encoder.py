@@ -82,7 +82,7 @@ def load_toy_text_encoder(path: str = TOY_TEXT_ENCODER_PATH):
     from transformers import AutoTokenizer, UMT5EncoderModel
 
     tokenizer = AutoTokenizer.from_pretrained(os.path.join(path, "tokenizer"))
-    model = UMT5EncoderModel.from_pretrained(os.path.join(path, "text_encoder")).eval()
+    model = UMT5EncoderModel.from_pretrained(os.path.join(path, "text_encoder"), use_safetensors=True).eval()
     return tokenizer, model
 
 

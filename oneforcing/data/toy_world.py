@@ -96,6 +96,27 @@ def _sample_object(rng: random.Random, split: str, forced_heldout: bool, taken: 
             "direction": rng.choice(sorted(DIRECTIONS)), "speed": rng.choice(sorted(SPEEDS))}
 
 
+def object_geometry(obj: dict, lane: tuple[float, float], frames: int, size: int):
+    """(radius, velocity, along range, across range) of an object in a lane: its start is uniform
+    on the two ranges (`place_start` maps a draw to pixels); the margin keeps the anti-aliased rim
+    inside the lane and the whole path inside the frame."""
+    length, speed_scale = scale_factors(frames, size)
+    r = SIZES[obj["size"]] * length
+    v = SPEEDS[obj["speed"]] * speed_scale
+    dx, dy = DIRECTIONS[obj["direction"]]
+    margin = r + 0.75 * length
+    lo, hi = lane
+    return r, [dx * v, dy * v], (margin, size - margin - v * (frames - 1)), (lo + margin, hi - margin)
+
+
+def place_start(direction: str, along: float, across: float, size: int) -> tuple[float, float]:
+    """A start drawn on `object_geometry`'s ranges -> (x, y); left/up movers start on the far side."""
+    dx, dy = DIRECTIONS[direction]
+    if dx + dy < 0:
+        along = size - along
+    return (along, across) if dx else (across, along)
+
+
 def sample_scene(seed: int, split: str, index: int, frames: int = REF_FRAMES, size: int = REF_SIZE,
                  max_objects: int = 2) -> dict:
     """The attributes and geometry of one example (pure function of its arguments)."""
@@ -115,19 +136,12 @@ def sample_scene(seed: int, split: str, index: int, frames: int = REF_FRAMES, si
         rng.shuffle(lanes)
     else:
         lanes = [(0.0, float(size))]
-    length, speed_scale = scale_factors(frames, size)
-    for o, (lo, hi) in zip(objects, lanes):
-        r = SIZES[o["size"]] * length
-        v = SPEEDS[o["speed"]] * speed_scale
-        dx, dy = DIRECTIONS[o["direction"]]
-        travel = v * (frames - 1)
-        margin = r + 0.75 * length  # keep the anti-aliased rim inside the frame
-        across = rng.uniform(lo + margin, hi - margin)
-        along = rng.uniform(margin, size - margin - travel)
-        if dx + dy < 0:  # moving left/up: start from the far side
-            along = size - along
-        start = (along, across) if dx else (across, along)
-        o.update(radius=r, start=[round(start[0], 4), round(start[1], 4)], velocity=[dx * v, dy * v])
+    for o, lane in zip(objects, lanes):
+        r, velocity, along_range, across_range = object_geometry(o, lane, frames, size)
+        across = rng.uniform(*across_range)
+        along = rng.uniform(*along_range)
+        start = place_start(o["direction"], along, across, size)
+        o.update(radius=r, start=[round(start[0], 4), round(start[1], 4)], velocity=velocity)
     scene = {"background": rng.choice(sorted(BACKGROUNDS)), "objects": objects, "frames": frames,
              "size": size, "seed": seed, "split": split, "index": index}
     scene["prompt"] = make_prompt(scene)

@@ -29,6 +29,13 @@ def prompt_from_filename(path: str | Path) -> str:
     return _INDEX_SUFFIX.sub("", Path(path).stem)
 
 
+def _plain(name, manifest: Path) -> str:
+    """A manifest's `file` entry: a plain file name inside the manifest's folder."""
+    if not isinstance(name, str) or not name or name != Path(name).name or name in (".", "..") or "\\" in name:
+        raise UserError(f"{manifest}: 'file' entry {str(name)[:80]!r} is not a plain file name in its folder")
+    return name
+
+
 def load_videos(path: str | Path, max_videos: int | None = None) -> tuple[torch.Tensor, list[str]]:
     """-> (videos [N, T, 3, H, W] in [-1, 1], prompts)."""
     path = Path(path)
@@ -50,13 +57,17 @@ def load_videos(path: str | Path, max_videos: int | None = None) -> tuple[torch.
     if manifest.is_file():
         try:
             entries = json.loads(manifest.read_text(encoding="utf-8"))["videos"]
-            named = {path / e["file"]: e["prompt"] for e in entries}
-        except (json.JSONDecodeError, KeyError, TypeError) as exc:
+            named = {path / _plain(e["file"], manifest): str(e["prompt"]) for e in entries}
+        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as exc:
             raise UserError(f"{manifest}: expected {{'videos': [{{'file', 'prompt'}}, ...]}} ({exc})") from None
         files = sorted(named)
     else:
         files = sorted(p for p in path.iterdir()
                        if p.suffix.lower() in VIDEO_EXTENSIONS and not p.name.startswith("."))
+        for f in files:  # without a manifest, the name is the only record of the prompt
+            if not _INDEX_SUFFIX.search(f.stem):
+                raise UserError(f"{f}: not named '{{prompt}}-{{index}}{f.suffix}' (e.g. 'a red ball-0{f.suffix}'), "
+                                f"and {path} has no {MANIFEST} saying which prompt it shows")
         named = {f: prompt_from_filename(f) for f in files}
     if not files:
         raise UserError(f"{path}: no video files ({', '.join(VIDEO_EXTENSIONS)})")

@@ -67,13 +67,13 @@ class RunContext:
         if self.distributed and torch.distributed.is_initialized():
             torch.distributed.barrier()
 
-    def broadcast_object(self, obj: Any, src: int = 0) -> Any:
-        """Rank `src`'s value on every rank (random choices that change the number of forwards)."""
+    def broadcast_numbers(self, values: list, src: int = 0, dtype: torch.dtype = torch.int64) -> list:
+        """Rank `src`'s list of numbers on every rank, as tensors (nothing is pickled)."""
+        from oneforcing.distributed import broadcast_numbers
+
         if not (self.distributed and torch.distributed.is_initialized()):
-            return obj
-        box = [obj]
-        torch.distributed.broadcast_object_list(box, src=src)
-        return box[0]
+            return list(values)
+        return broadcast_numbers(values if self.rank == src else None, src=src, dtype=dtype)
 
 
 class Job:

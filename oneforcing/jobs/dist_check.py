@@ -27,13 +27,14 @@ class DistCheck(Job):
         shared = torch.rand(1, generator=ctx.generator("check", per_rank=False)).item()
         own = torch.rand(1, generator=ctx.generator("check")).item()
         draws = [own]
-        if ctx.distributed:
-            draws = [None] * ctx.world_size
-            torch.distributed.all_gather_object(draws, own)
+        if ctx.distributed:  # tensors, not all_gather_object: nothing is pickled between ranks
+            gathered = [torch.zeros(1, dtype=torch.float64) for _ in range(ctx.world_size)]
+            torch.distributed.all_gather(gathered, torch.tensor([own], dtype=torch.float64))
+            draws = [t.item() for t in gathered]
         report = {
             "message": self.message, "world_size": ctx.world_size, "rank_sum": rank_sum.item(),
             "launcher": ctx.launcher, "backend": torch.distributed.get_backend() if ctx.distributed else None,
-            "shared_draw": ctx.broadcast_object(shared), "per_rank_draws": draws,
+            "shared_draw": ctx.broadcast_numbers([shared], dtype=torch.float64)[0], "per_rank_draws": draws,
         }
         if ctx.is_main:
             print(json.dumps(report))

@@ -27,9 +27,11 @@ from pathlib import Path
 
 import torch
 
+from oneforcing.data.pipeline import is_plain_name
 from oneforcing.errors import UserError
 from oneforcing.jobs.base import Job, RunContext, derive_seed
 from oneforcing.registry import JOBS, MODELS, SAMPLERS, TEXT_ENCODERS, VAES, build, check_kwargs
+from oneforcing.speed import Timing, sync
 
 log = logging.getLogger("oneforcing")
 
@@ -150,6 +152,9 @@ class Generate(Job):
                 seed = self.seeds[n] if self.seeds is not None else derive_seed(recipe_seed, "generate", n)
                 name = self.filename.format(slug=slugify(label), prompt=label.replace("/", "_"), index=s,
                                             prompt_index=p_idx, n=n, seed=seed)
+                if not is_plain_name(name) or name.startswith("."):
+                    raise UserError(f"generate: 'filename' gives {name[:80]!r} for prompt {p_idx}: a video's "
+                                    "name must be a plain file name inside out_dir (no '/', no leading '.')")
                 if name in seen:  # e.g. a repeated prompt, or a template without {index}
                     raise UserError(f"generate: two videos would both be written to '{name}'; "
                                     "add {prompt_index} or {n} to 'filename'")
@@ -169,33 +174,40 @@ class Generate(Job):
         return parse_dtype(self.dtype, key="generate.dtype")
 
     def run(self, ctx: RunContext) -> None:
-        from tqdm.auto import tqdm
-
-        from oneforcing.video import write_mp4
-
         items = self.plan(ctx.seed)
         mine = items[ctx.rank::ctx.world_size]
         if self.skip_existing:
             mine = [it for it in mine if not it.path.is_file()]
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        if ctx.is_main:
-            self._write_manifest(items)
         device, dtype = ctx.device, self._dtype(ctx.device)
         log.info("generate: %d videos (%d on this rank, %d ranks) from %s -> %s",
                  len(items), len(mine), ctx.world_size, self.weights_dir, self.out_dir)
-        if not mine:
-            ctx.barrier()
-            return
+        if mine:
+            # Everything is built and checked before out_dir is touched.
+            vae = build(self.vae_cfg, VAES, path="vae", file=ctx.recipe_file)
+            vae.to(device)
+            latent_shape = _latent_shape(vae, self.num_frames, self.height, self.width)
+            model = load_generator_model(self.model_cfg, self.weights_dir, ctx.recipe_file)
+            _check_model_fits(model, latent_shape, self.height, self.width, ctx.recipe_file)
+            sampler = build(self.sampler_cfg, SAMPLERS, path="sampler", file=ctx.recipe_file)
+            text = self._encode_prompts(ctx, sorted({it.prompt for it in mine}))  # before the model moves
+            model = model.to(device, dtype)
+            model.eval().requires_grad_(False)
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            self._render(ctx, mine, vae, model, sampler, text, latent_shape, dtype)
+        ctx.barrier()
+        if ctx.is_main:  # last: the manifest lists only videos that were written
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            self._write_manifest(items)
 
-        vae = build(self.vae_cfg, VAES, path="vae", file=ctx.recipe_file)
-        vae.to(device)
-        f_lat, c_lat, h_lat, w_lat = _latent_shape(vae, self.num_frames, self.height, self.width)
-        text = self._encode_prompts(ctx, sorted({it.prompt for it in mine}))
-        model = load_generator_model(self.model_cfg, self.weights_dir, ctx.recipe_file).to(device, dtype)
-        model.eval().requires_grad_(False)
-        sampler = build(self.sampler_cfg, SAMPLERS, path="sampler", file=ctx.recipe_file)
+    def _render(self, ctx: RunContext, mine: list[Item], vae, model, sampler, text: dict,
+                latent_shape: tuple[int, int, int, int], dtype: torch.dtype) -> None:
+        from tqdm.auto import tqdm
 
-        timing = Timing()
+        from oneforcing.video import write_mp4
+
+        device = ctx.device
+        f_lat, c_lat, h_lat, w_lat = latent_shape
+        timing = Timing(device)
         bar = tqdm(total=len(mine), desc="generate", unit="video", disable=not (self.progress and ctx.is_main))
         for start in range(0, len(mine), self.batch_size):
             batch = mine[start:start + self.batch_size]
@@ -204,28 +216,18 @@ class Generate(Job):
                 for it in batch
             ]).to(device, dtype)
             emb = torch.stack([text[it.prompt] for it in batch]).to(device, dtype)
-            t0 = sync(device)
             # Fresh noise between the steps of a multi-step block (first-frame enhancement) comes
             # from the batch's first video's seed, so it too is reproducible per video at batch 1.
             renoise = torch.Generator().manual_seed(derive_seed(batch[0].seed, "renoise"))
-            with torch.no_grad():
-                latents, t_first = rollout(sampler, model, noise, emb, device, renoise)
-            t1 = sync(device)
-            video = vae.decode(latents.float())
-            t2 = sync(device)
-            # Streaming latency = first block + decoding its first frame alone (the causal VAE
-            # can show frame 0 before the rest exists); timed here as a separate, small decode.
-            vae.decode(latents[:, :1].float())
-            first = (t_first - t0) + (sync(device) - t2)
-            timing.add(len(batch), video.shape[1], first, t1 - t0, t2 - t0)
+            video, first, dit, total = render(sampler, model, vae, noise, emb, device, renoise)
+            timing.add(len(batch), video.shape[1], first, dit, total)
             for it, clip in zip(batch, video):
                 write_mp4(it.path, clip, fps=self.fps, quality=self.quality)
             bar.update(len(batch))
         bar.close()
         if ctx.is_main:
-            print(timing.summary(f"generate (rank 0 of {ctx.world_size}, batch {self.batch_size}, {device.type})"),
+            print(timing.summary(f"generate (rank 0 of {ctx.world_size}, batch {self.batch_size})"),
                   flush=True)
-        ctx.barrier()
 
     def _encode_prompts(self, ctx: RunContext, prompts: list[str]) -> dict[str, torch.Tensor]:
         """Encode this rank's prompts up front, then free the encoder: UMT5-XXL is ~11 GB and has
@@ -256,14 +258,31 @@ class Generate(Job):
 
 def _latent_shape(vae, frames: int, height: int, width: int) -> tuple[int, int, int, int]:
     try:
+        s = vae.spatial_factor
+        if height % s or width % s:  # checked here: a codec may floor the size silently
+            raise ValueError(f"height x width {height}x{width} is not a multiple of the VAE's spatial factor {s}")
         if hasattr(vae, "latent_shape"):
             return tuple(vae.latent_shape(frames, height, width))
-        s = vae.spatial_factor
-        if height % s or width % s:
-            raise ValueError(f"frame size {height}x{width} is not a multiple of {s}")
         return (vae.num_latent_frames(frames), vae.latent_channels, height // s, width // s)
     except ValueError as exc:  # a bad num_frames / size is the recipe's fault
         raise UserError(f"generate: {exc}") from None
+
+
+def _check_model_fits(model, latent_shape: tuple[int, int, int, int], height: int, width: int,
+                      file: str | None) -> None:
+    """The VAE's latents must be what the model reads: same channels, whole patches."""
+    _, channels, h, w = latent_shape
+    cfg = getattr(model, "config", None)
+    wanted = cfg.get("in_channels") if isinstance(cfg, dict) else None
+    if wanted is not None and wanted != channels:
+        raise UserError(f"generate: the VAE gives {channels}-channel latents, the model reads {wanted} "
+                        "(a VAE from another model family?)", file=file, key="vae")
+    patch = getattr(model, "patch_size", None)
+    if patch is not None and (h % patch[1] or w % patch[2]):
+        step_h, step_w = height // h * patch[1], width // w * patch[2]
+        raise UserError(f"generate: height x width {height}x{width} gives {h}x{w} latents, not whole "
+                        f"{patch[1]}x{patch[2]} patches: use multiples of {step_h} x {step_w}",
+                        file=file, key="height")
 
 
 # --- model loading ---------------------------------------------------------------------------
@@ -315,35 +334,6 @@ def load_generator_model(cfg: dict, weights_dir: Path, file: str | None):
 
 
 # --- rollout and timing ----------------------------------------------------------------------
-def sync(device: torch.device) -> float:
-    """perf_counter after the device has finished its queued work (CUDA is asynchronous)."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return time.perf_counter()
-
-
-class Timing:
-    """Per-batch timings; the summary drops the first batch when there are more (warm-up)."""
-
-    def __init__(self):
-        self.rows: list[tuple[int, int, float, float, float]] = []
-
-    def add(self, videos: int, frames: int, first: float, transformer: float, total: float) -> None:
-        self.rows.append((videos, frames, first, transformer, total))
-
-    def summary(self, what: str) -> str:
-        rows = self.rows[1:] if len(self.rows) > 1 else self.rows
-        frames = sum(v * f for v, f, *_ in rows)
-        t_tr = sum(r[3] for r in rows)
-        t_all = sum(r[4] for r in rows)
-        firsts = sorted(r[2] for r in rows if r[2] == r[2])  # NaN when the sampler gives no blocks
-        first = f"{firsts[len(firsts) // 2]:.3f} s" if firsts else "n/a"
-        warm = ", first batch excluded as warm-up" if len(self.rows) > 1 else ""
-        return (f"{what}: latency to first frame {first} | transformer {frames / max(t_tr, 1e-9):.2f} frames/s"
-                f" | with VAE decode {frames / max(t_all, 1e-9):.2f} frames/s"
-                f" ({sum(r[0] for r in rows)} videos x {rows[0][1]} frames{warm})")
-
-
 def _takes(fn, name: str) -> bool:
     try:
         params = inspect.signature(fn).parameters
@@ -353,26 +343,61 @@ def _takes(fn, name: str) -> bool:
 
 
 def rollout(sampler, model, noise: torch.Tensor, text: torch.Tensor, device: torch.device,
-            generator: torch.Generator | None = None):
+            generator: torch.Generator | None = None, on_block=None):
     """Run the sampler; returns (latents [B, F, C, h, w], perf_counter when the first block was
     ready, or NaN if the sampler cannot say). A sampler with `stream(model, noise, text)`
     (causal_inference) yields (first frame, end frame, x0 block); any other is called as
     `sampler(model, noise, text)` and is told of blocks through `on_block` if it takes one.
-    `generator` (the re-noising between steps of multi-step blocks) is passed if accepted."""
+    `generator` (the re-noising between steps of multi-step blocks) is passed if accepted.
+    `on_block(a, b, x0)`, if given, is called with each block as soon as it is ready."""
     first = [float("nan")]
 
-    def on_block(*_args, **_kwargs) -> None:
+    def block_ready(a, b, x0) -> None:
         if first[0] != first[0]:
             first[0] = sync(device)
+        if on_block is not None:
+            on_block(a, b, x0)
 
     if hasattr(sampler, "stream"):
         kwargs = {"generator": generator} if _takes(sampler.stream, "generator") else {}
         out = torch.empty_like(noise)
         for a, b, x0 in sampler.stream(model, noise, text, **kwargs):
             out[:, a:b] = x0
-            on_block()
+            block_ready(a, b, x0)
         return out, first[0]
     kwargs = {"generator": generator} if _takes(sampler, "generator") else {}
     if _takes(sampler, "on_block"):
-        kwargs["on_block"] = on_block
+        kwargs["on_block"] = block_ready
     return sampler(model, noise, text, **kwargs), first[0]
+
+
+def render(sampler, model, vae, noise: torch.Tensor, text: torch.Tensor, device: torch.device,
+           generator: torch.Generator | None = None,
+           clock=time.perf_counter) -> tuple[torch.Tensor, float, float, float]:
+    """Generate and decode one batch: (video [B, T, 3, H, W], first, dit, total) with seconds to
+    the first decoded frames, in the generator alone, and in all (`clock`: wall time unless a
+    benchmark asks for another). With a VAE that streams (`stream_decoder()`) each block is
+    decoded as soon as the sampler yields it, so frame 0 is ready before the last block is
+    generated; otherwise (or with a sampler that reports no blocks) the clip is decoded at the end
+    and frame 0 arrives with the rest."""
+    decoder = vae.stream_decoder() if hasattr(vae, "stream_decoder") else None
+    chunks, spent = [], {"decode": 0.0, "first": float("nan")}
+    t0 = sync(device, clock)
+
+    def decode_block(_a, _b, x0) -> None:
+        t = sync(device, clock)
+        chunks.append(decoder(x0.float()))
+        done = sync(device, clock)
+        spent["decode"] += done - t
+        if spent["first"] != spent["first"]:
+            spent["first"] = done - t0
+
+    with torch.no_grad():
+        latents, _ = rollout(sampler, model, noise, text, device, generator,
+                             on_block=decode_block if decoder is not None else None)
+    t1 = sync(device, clock)
+    if not chunks:
+        video = vae.decode(latents.float())
+        t2 = sync(device, clock)
+        return video, t2 - t0, t1 - t0, t2 - t0
+    return torch.cat(chunks, dim=1), spent["first"], (t1 - t0) - spent["decode"], t1 - t0

@@ -26,16 +26,19 @@ refuses a restart with other settings.
 from __future__ import annotations
 
 import functools
+import json
 import logging
 from pathlib import Path
 
+import safetensors.torch
 import torch
 
 from oneforcing.data.loader import LatentShards
-from oneforcing.data.pipeline import encode_text, plan_shards, prepare_output, shard_name
+from oneforcing.data.pipeline import all_shard_names, encode_text, plan_shards, prepare_output, shard_name
 from oneforcing.data.shards import ShardWriter, dtype_from_name, write_index
 from oneforcing.data.toy_codec import ToyCodec
 from oneforcing.data.toy_world import ToyWorld
+from oneforcing.distributed import gather_bytes
 from oneforcing.errors import UserError
 from oneforcing.jobs.base import Job, RunContext, derive_seed, missing_path
 from oneforcing.jobs.generate import load_generator_model, resolve_model_dir
@@ -156,34 +159,43 @@ class OdePairsJob(Job):
 
         self.check_paths(ctx.recipe_file)
         settings = self.settings(ctx.seed)
-        out = prepare_output(self.out, settings, self.overwrite, ctx, "ode_pairs")
         source = self._source(ctx.seed)
-        # Every rank takes part in every shard (rank 0 decides which shards are still missing).
-        todo = ctx.broadcast_object([p for p in plan_shards(source.num, self.per_shard, 0, 1)
-                                     if not (out / shard_name(p[0])).exists()])
+        shards = all_shard_names(source.num, self.per_shard)
+        # Every rank takes part in every shard: rank 0 decides which shards are still to be written.
+        plan = plan_shards(source.num, self.per_shard, 0, 1)
+        missing = set(ctx.broadcast_numbers([j for j, _, _ in plan
+                                             if self.overwrite or not (Path(self.out) / shard_name(j)).exists()]))
+        todo = [p for p in plan if p[0] in missing]
+        built = self._build(ctx, source) if todo else None  # before the folder is claimed: a failed load leaves it
+        out = prepare_output(self.out, settings, self.overwrite, ctx, "ode_pairs", shards)
         log.info("ode_pairs: %d examples in shards of %d -> %s (%d shards to write, batches split over "
                  "%d rank%s)", source.num, self.per_shard, out, len(todo), ctx.world_size,
                  "s" if ctx.world_size > 1 else "")
         if todo:
-            self._write(ctx, source, out, todo, tqdm)
+            self._write(ctx, source, out, todo, tqdm, *built)
         ctx.barrier()
         if ctx.is_main:
             write_index(out, info={"source": self.prompts_from or f"toy_world:{self.split}", **settings},
-                        kind="ode_pairs")
+                        kind="ode_pairs", files=shards)
         ctx.barrier()
 
-    def _write(self, ctx: RunContext, source, out, todo, tqdm) -> None:
+    def _build(self, ctx: RunContext, source) -> tuple:
+        """(text encoder, negative prompt embedding, teacher), shapes checked on every rank."""
+        encoder = build(self.text_cfg, TEXT_ENCODERS, path="text_encoder", file=ctx.recipe_file)
+        negative_text = encoder.negative_prompt if self.negative_prompt is None else self.negative_prompt
+        negative = encode_text(encoder, [negative_text])[0]
+        model = load_generator_model(self.model_cfg, self.weights_dir, ctx.recipe_file)
+        model = model.to(ctx.device, self._dtype(ctx.device))
+        model.eval().requires_grad_(False)
+        self._check_shapes(model, source.shape, source.batch(range(1), encoder)[1], negative)  # every rank
+        return encoder, negative, model
+
+    def _write(self, ctx: RunContext, source, out, todo, tqdm, encoder, negative, model) -> None:
         """Batch k of shard j (examples [start + k batch_size, ...)) is computed by rank
         (j * batches_per_shard + k) % world_size; rank j % world_size gathers and writes shard j.
         Batches do not depend on the world size, so any number of ranks writes the same files."""
         device = ctx.device
         dtype = self._dtype(device)
-        encoder = build(self.text_cfg, TEXT_ENCODERS, path="text_encoder", file=ctx.recipe_file)
-        negative_text = encoder.negative_prompt if self.negative_prompt is None else self.negative_prompt
-        negative = encode_text(encoder, [negative_text])[0]
-        model = load_generator_model(self.model_cfg, self.weights_dir, ctx.recipe_file).to(device, dtype)
-        model.eval().requires_grad_(False)
-        self._check_shapes(model, source.shape, source.batch(range(1), encoder)[1], negative)  # every rank
         store = dtype_from_name(self.latent_dtype)
         per_shard_batches = -(-self.per_shard // self.batch_size)
 
@@ -240,10 +252,22 @@ class OdePairsJob(Job):
 
 
 def _gather(ctx: RunContext, parts: list, dst: int) -> list:
-    """Every rank's `parts` concatenated on rank `dst` (other ranks get []); CPU tensors travel
-    through torch.distributed's object collective (between this job's own ranks)."""
+    """Every rank's `parts` ([(first example, batch dict)]) concatenated on rank `dst` (other ranks
+    get []). Each rank packs its parts as JSON (strings, metadata) + safetensors (tensors) bytes."""
     if not ctx.distributed:
         return parts
-    box = [None] * ctx.world_size if ctx.rank == dst else None
-    torch.distributed.gather_object(parts, box, dst=dst)
-    return [part for rank_parts in box for part in rank_parts] if ctx.rank == dst else []
+    header = [{"start": start, **{k: v for k, v in batch.items() if not isinstance(v, torch.Tensor)}}
+              for start, batch in parts]
+    tensors = {f"{i}/{k}": v.contiguous() for i, (_, batch) in enumerate(parts)
+               for k, v in batch.items() if isinstance(v, torch.Tensor)}
+    text = json.dumps(header).encode()
+    packed = len(text).to_bytes(8, "little") + text + (safetensors.torch.save(tensors) if tensors else b"")
+    out = []
+    for blob in gather_bytes(packed, dst):
+        size = int.from_bytes(blob[:8], "little")
+        loaded = safetensors.torch.load(blob[8 + size:]) if len(blob) > 8 + size else {}
+        for i, item in enumerate(json.loads(blob[8:8 + size])):
+            start = item.pop("start")
+            item.update({k.split("/", 1)[1]: v for k, v in loaded.items() if k.split("/", 1)[0] == str(i)})
+            out.append((start, item))
+    return out

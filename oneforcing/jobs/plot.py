@@ -44,18 +44,19 @@ def metrics_file(run: str | Path) -> Path:
 
 
 def read_metrics(run: str | Path) -> dict[str, tuple[list[int], list[float]]]:
-    """{metric: (steps, values)} from one metrics.jsonl; a torn last line (a run still writing) is skipped."""
+    """{metric: (steps, values)} from one metrics.jsonl. Resumed runs append to the file, so a
+    step logged twice takes its last value, and a line torn by a killed run is skipped."""
     path = metrics_file(run)
     lines = path.read_text(encoding="utf-8").splitlines()
-    series: dict[str, tuple[list[int], list[float]]] = {}
+    by_step: dict[str, dict[int, float]] = {}
     for n, line in enumerate(lines, 1):
         if not line.strip():
             continue
         try:
             row = json.loads(line)
         except json.JSONDecodeError:
-            if n == len(lines):
-                break
+            if line.startswith("{") and not line.rstrip().endswith("}"):
+                continue  # an object torn by a kill (the next run starts a fresh line)
             raise UserError(f"plot: {path}:{n}: not a JSON line") from None
         if not isinstance(row, dict) or not isinstance(row.get("step"), (int, float)):
             raise UserError(f"plot: {path}:{n}: expected a JSON object with a numeric 'step'")
@@ -63,10 +64,8 @@ def read_metrics(run: str | Path) -> dict[str, tuple[list[int], list[float]]]:
             if key in ("step", "time") or isinstance(value, bool) or not isinstance(value, (int, float)):
                 continue
             if math.isfinite(value):
-                steps, values = series.setdefault(key, ([], []))
-                steps.append(int(row["step"]))
-                values.append(float(value))
-    return series
+                by_step.setdefault(key, {})[int(row["step"])] = float(value)
+    return {key: (sorted(points), [points[s] for s in sorted(points)]) for key, points in by_step.items()}
 
 
 def moving_average(values: list[float], window: int) -> list[float]:

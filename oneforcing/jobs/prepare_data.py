@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from oneforcing.data.pipeline import encode_text, encode_video, plan_shards, prepare_output, shard_name
+from oneforcing.data.pipeline import all_shard_names, encode_text, encode_video, plan_shards, prepare_output, shard_name
 from oneforcing.data.shards import dtype_from_name, write_index, write_shard
 from oneforcing.data.videos import read_video, resize_center_crop
 from oneforcing.errors import UserError
@@ -101,13 +101,15 @@ class PrepareDataJob(Job):
                     "vae": self.vae_cfg, "text_encoder": self.text_cfg, "height": self.height,
                     "width": self.width, "frames": self.frames, "frame_stride": self.stride,
                     "examples_per_shard": self.per_shard, "latent_dtype": self.latent_dtype}
-        out = prepare_output(self.out, settings, self.overwrite, ctx, "prepare_data")
         vae = build(self.vae_cfg, VAES, file=ctx.recipe_file, path="vae")
         if vae.num_video_frames(vae.num_latent_frames(self.frames)) != self.frames:
             raise UserError(f"frames={self.frames} does not map to whole latent frames of this VAE "
                             f"(temporal_factor {vae.temporal_factor}: use 1 + {vae.temporal_factor} k)",
                             file=ctx.recipe_file, key="frames")
         encoder = build(self.text_cfg, TEXT_ENCODERS, file=ctx.recipe_file, path="text_encoder")
+        # Claim the folder only now that everything it needs has loaded.
+        out = prepare_output(self.out, settings, self.overwrite, ctx, "prepare_data",
+                             all_shard_names(len(rows), self.per_shard))
         dtype = dtype_from_name(self.latent_dtype)
         todo = [p for p in plan_shards(len(rows), self.per_shard, ctx.rank, ctx.world_size)
                 if not (out / shard_name(p[0])).exists()]
@@ -129,5 +131,6 @@ class PrepareDataJob(Job):
         bar.close()
         ctx.barrier()
         if ctx.is_main:
-            write_index(out, info={"source": str(self.videos), **settings}, kind="latents")
+            write_index(out, info={"source": str(self.videos), **settings}, kind="latents",
+                        files=all_shard_names(len(rows), self.per_shard))
         ctx.barrier()

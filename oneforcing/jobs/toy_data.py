@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 from tqdm import tqdm
 
-from oneforcing.data.pipeline import encode_text, encode_video, plan_shards, prepare_output, shard_name
+from oneforcing.data.pipeline import all_shard_names, encode_text, encode_video, plan_shards, prepare_output, shard_name
 from oneforcing.data.shards import dtype_from_name, write_index, write_shard
 from oneforcing.data.toy_text_encoder import TOY_MAX_LENGTH, TOY_TEXT_ENCODER_PATH
 from oneforcing.data.toy_world import ToyWorld, render_scenes
@@ -52,9 +52,11 @@ class ToyDataJob(Job):
         settings = {"job": "toy_data", "seed": ctx.seed, **self.world_args, "codec": self.codec_cfg,
                     "text_encoder": self.text_cfg, "examples_per_shard": self.per_shard,
                     "latent_dtype": self.latent_dtype}
-        out = prepare_output(self.out, settings, self.overwrite, ctx, "toy_data")
         codec = build(self.codec_cfg, VAES, file=ctx.recipe_file, path="codec")
         encoder = build(self.text_cfg, TEXT_ENCODERS, file=ctx.recipe_file, path="text_encoder")
+        # Claim the folder only now that everything it needs has loaded.
+        out = prepare_output(self.out, settings, self.overwrite, ctx, "toy_data",
+                             all_shard_names(len(world), self.per_shard))
         dtype = dtype_from_name(self.latent_dtype)
         todo = [p for p in plan_shards(len(world), self.per_shard, ctx.rank, ctx.world_size)
                 if not (out / shard_name(p[0])).exists()]
@@ -78,5 +80,6 @@ class ToyDataJob(Job):
         bar.close()
         ctx.barrier()
         if ctx.is_main:
-            write_index(out, info={"source": "toy_world", **settings}, kind="latents")
+            write_index(out, info={"source": "toy_world", **settings}, kind="latents",
+                        files=all_shard_names(len(world), self.per_shard))
         ctx.barrier()

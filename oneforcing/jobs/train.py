@@ -11,7 +11,7 @@ import torch
 
 from oneforcing.errors import UserError
 from oneforcing.jobs.base import Job, RunContext, missing_path
-from oneforcing.registry import (CRITICS, DATASETS, JOBS, LOSSES, MODELS, SAMPLERS, SCHEDULERS,
+from oneforcing.registry import (CRITICS, DATASETS, JOBS, LOGGERS, LOSSES, MODELS, SAMPLERS, SCHEDULERS,
                                  TEXT_ENCODERS, TIMESTEP_SAMPLERS, build, validate)
 
 log = logging.getLogger("oneforcing")
@@ -36,7 +36,7 @@ class Train(Job):
                  optim: dict | None = None, deepspeed: dict | None = None, ema: dict | None = None,
                  checkpoint_every: int = 50, keep_last: int = 2, resume: str = "auto",
                  text_encoder: dict | None = None, negative_prompt: str | None = None,
-                 loggers: list | None = None, export: dict | None = None, max_bad_steps: int = 3,
+                 loggers: list[str | dict] | None = None, export: dict | None = None, max_bad_steps: int = 3,
                  log_every: int = 1, lora: dict | None = None, ode_data: dict | None = None):
         from oneforcing.trainer.engines import DeepSpeedOptions, OptimizerConfig
         from oneforcing.trainer.lora import LoraOptions
@@ -96,6 +96,17 @@ class Train(Job):
         self.checkpoint_every, self.keep_last = checkpoint_every, keep_last
         self.generator_every, self.max_bad_steps, self.log_every = generator_every, max_bad_steps, log_every
         self.loggers = loggers if loggers is not None else ["console", "jsonl"]
+        for i, cfg in enumerate(self.loggers):  # names or {type: ...}; built by the trainer
+            validate({"type": cfg} if isinstance(cfg, str) else cfg, LOGGERS, path=f"loggers[{i}]")
+        for key, value, least in (("steps", steps, 0), ("checkpoint_every", checkpoint_every, 1),
+                                  ("log_every", log_every, 1), ("generator_every", generator_every, 1),
+                                  ("max_bad_steps", max_bad_steps, 1), ("keep_last", keep_last, 0)):
+            if value < least:
+                raise UserError(f"must be >= {least}, got {value}", key=key)
+        for key in ("micro_batch_size", "gradient_accumulation"):
+            value = getattr(self.ds, key, 1)
+            if isinstance(value, int) and value < 1:
+                raise UserError(f"must be >= 1, got {value}", key=f"deepspeed.{key}")
         self.export = export
         if export is not None and set(export) - {"dir", "merge_lora"}:
             raise UserError("export keys are dir, merge_lora", key="export")

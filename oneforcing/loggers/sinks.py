@@ -61,14 +61,17 @@ class JsonlLogger:
         if run_dir is None:
             return
         Path(run_dir).mkdir(parents=True, exist_ok=True)
+        # Always appended, never rewritten: a resumed or restarted run adds its lines after the old
+        # ones (readers take the last line logged for a step), so no earlier run's metrics are lost.
         path = Path(run_dir) / self.filename
-        if start_step > 0 and path.exists():
-            # A resumed run drops lines past its resume point: they belong to the lost future.
-            kept = [ln for ln in path.read_text().splitlines() if ln and json.loads(ln).get("step", 0) <= start_step]
-            tmp = path.with_suffix(".tmp")
-            tmp.write_text("".join(ln + "\n" for ln in kept))
-            os.replace(tmp, path)
-        self.file = open(path, "a" if start_step > 0 else "w", encoding="utf-8")
+        torn = False
+        if path.exists() and path.stat().st_size > 0:
+            with open(path, "rb") as f:
+                f.seek(-1, os.SEEK_END)
+                torn = f.read(1) != b"\n"
+        self.file = open(path, "a", encoding="utf-8")
+        if torn:  # a run killed mid-line: start ours on a fresh one
+            self.file.write("\n")
 
     def log(self, step: int, metrics: dict) -> None:
         if self.file is None:

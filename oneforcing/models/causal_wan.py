@@ -15,7 +15,8 @@ Modes (frames are grouped into autoregressive blocks of `frames_per_block`):
 - bidirectional (`causal=False`, or the model was built with causal=False): full attention.
 - block-causal full sequence (`causal=True`, no cache): a frame sees all frames of earlier
   blocks and of its own block.
-- streaming (`kv_cache=model.new_kv_cache(B, max_frames)`): x holds the frames starting at
+- streaming (`kv_cache=model.new_kv_cache(B, max_frames)`, or bounded for long videos with
+  `local_attn_size=` / `sink_size=`: see wan_rolling_cache): x holds the frames starting at
   `frame_offset` (RoPE time index offset accordingly); they see the cached frames [0, offset) and
   themselves (block-causally if x spans several blocks). `write_cache=True` stores their K/V
   (detached) as context for later blocks: run it on the clean output at t=0. The text K/V are
@@ -45,7 +46,8 @@ from oneforcing.attention import FrameMask, resolve_attention
 from oneforcing.errors import UserError
 from oneforcing.models.wan_blocks import ConditionEmbedder, FP32LayerNorm, WanBlock
 from oneforcing.models.wan_cache import WanKVCache
-from oneforcing.models.wan_io import WAN_DEFAULTS, load_config, load_state_dict, save_folder
+from oneforcing.models.wan_io import WAN_DEFAULTS, check_wan_config, load_config, load_state_dict, save_folder
+from oneforcing.models.wan_rolling_cache import RollingKVCache
 from oneforcing.models.wan_rope import rope_cos_sin
 from oneforcing.registry import MODELS
 
@@ -61,6 +63,8 @@ class CausalWan(nn.Module):
         if frames_per_block < 1:
             raise UserError(f"frames_per_block must be >= 1, got {frames_per_block}")
         cfg = load_config(pretrained) if pretrained is not None else {}
+        if config is not None:
+            check_wan_config(config, key="config")
         cfg = {**WAN_DEFAULTS, **cfg, **(config or {})}
         if cfg.get("image_dim") is not None or cfg.get("added_kv_proj_dim") is not None:
             raise UserError("causal_wan supports Wan text-to-video transformers only (image_dim / "
@@ -98,6 +102,12 @@ class CausalWan(nn.Module):
             self.load_weights_from(pretrained)
 
     # --- construction / IO ---------------------------------------------------------------------
+    @staticmethod
+    def check_recipe(kwargs: dict, *, path: str, file: str | None) -> None:
+        """Called by the registry's strict building (and `oneforcing show`): the `config:` values."""
+        if kwargs.get("config") is not None:
+            check_wan_config(kwargs["config"], file=file, key=f"{path}.config" if path else "config")
+
     @classmethod
     def from_config(cls, config: dict, **kwargs) -> "CausalWan":
         """Random init from diffusers config keys (missing keys take Wan's defaults)."""
@@ -123,6 +133,11 @@ class CausalWan(nn.Module):
             raise UserError(f"{path}: checkpoint does not match the Wan config: missing "
                             f"{missing[:3]}{'...' if len(missing) > 3 else ''}, unexpected "
                             f"{unexpected[:3]}{'...' if len(unexpected) > 3 else ''}")
+        shapes = {k: tuple(v.shape) for k, v in self.state_dict().items()}
+        for k, v in sd.items():
+            if tuple(v.shape) != shapes[k] and not (0 in shapes[k]):  # 0: a ZeRO-3 partitioned placeholder
+                raise UserError(f"{path}: tensor {k!r} has shape {tuple(v.shape)}, the config.json's model "
+                                f"needs {shapes[k]} (weights and config.json disagree)")
         return sd
 
     def load_weights_from(self, path: str | Path) -> None:
@@ -145,10 +160,17 @@ class CausalWan(nn.Module):
         return [(s, min(s + n, num_frames)) for s in range(0, num_frames, n)]
 
     def new_kv_cache(self, batch_size: int, max_frames: int, height: int | None = None,
-                     width: int | None = None, dtype: torch.dtype | None = None, device=None) -> WanKVCache:
+                     width: int | None = None, dtype: torch.dtype | None = None, device=None,
+                     local_attn_size: int | None = None, sink_size: int = 0,
+                     sink_rope: str = "adjacent") -> WanKVCache | RollingKVCache:
         """An empty cache for one rollout of up to `max_frames` latent frames. Buffers are allocated
-        now if height/width (latent) are given, else on the first forward."""
-        cache = WanKVCache(len(self.blocks), batch_size, max_frames, self.heads, self.head_dim)
+        now if height/width (latent) are given, else on the first forward. With `local_attn_size`
+        the cache is bounded instead (any number of frames; see wan_rolling_cache)."""
+        if local_attn_size is not None:
+            cache = RollingKVCache(len(self.blocks), batch_size, self.heads, self.head_dim, local_attn_size,
+                                   sink_size, sink_rope)
+        else:
+            cache = WanKVCache(len(self.blocks), batch_size, max_frames, self.heads, self.head_dim)
         if height is not None and width is not None:
             p = self.proj_out.weight
             cache.allocate(self.tokens_per_frame(height, width), dtype or p.dtype, device or p.device)
@@ -219,7 +241,7 @@ class CausalWan(nn.Module):
                 raise ValueError(f"KV cache holds frames [0, {kv_cache.frames}); a block at frame "
                                  f"{frame_offset} would skip context")
             rope_frames, mode = frames, "causal"
-            k_frames = torch.arange(0, frame_offset + Fp)
+            k_frames = kv_cache.key_frames(frame_offset, Fp)
         else:
             rope_frames, mode, k_frames = frames, ("causal" if causal else "full"), frames
 

@@ -101,7 +101,15 @@ class UMT5TextEncoder(nn.Module):
             self.tokenizer = AutoTokenizer.from_pretrained(str(tok_dir))
         except (OSError, ValueError) as exc:
             raise UserError(f"cannot load a tokenizer from {tok_dir}: {str(exc).splitlines()[0]}") from None
-        self.model = UMT5EncoderModel.from_pretrained(str(enc_dir), dtype=torch_dtype)
+        from transformers.utils import logging as hf_logging
+
+        bar = hf_logging.is_progress_bar_enabled()
+        hf_logging.disable_progress_bar()  # a bar per load would be the only other stderr line
+        try:  # safetensors only: a pickled pytorch_model.bin could run code when loaded
+            self.model = UMT5EncoderModel.from_pretrained(str(enc_dir), dtype=torch_dtype, use_safetensors=True)
+        finally:
+            if bar:
+                hf_logging.enable_progress_bar()
         self.model.requires_grad_(False)
         self.model.eval()
         if device is not None:

@@ -58,6 +58,10 @@ class WanKVCache:
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in (*self.k, *self.v))
 
+    def key_frames(self, f0: int, n: int) -> torch.Tensor:
+        """Absolute frame of every key `keys_values` returns: all of [0, f0 + n)."""
+        return torch.arange(0, f0 + n)
+
     # --- per-layer use -------------------------------------------------------------------------
     def keys_values(self, layer: int, f0: int, k: torch.Tensor, v: torch.Tensor,
                     write: bool) -> tuple[torch.Tensor, torch.Tensor]:

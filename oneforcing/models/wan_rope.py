@@ -51,3 +51,13 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     x1, x2 = x.unflatten(-1, (-1, 2)).unbind(-1)
     out = torch.stack([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).flatten(-2)
     return out.type_as(x)
+
+
+def rope_time_shift(head_dim: int, frames: int, theta: float = 10000.0, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos, sin [1, 1, head_dim // 2] that move keys already rotated by `rope_cos_sin` by `frames`
+    positions in time (height and width untouched): rotations compose, so
+    apply_rope(apply_rope(k, *rope_cos_sin(.., [p], ..)), *rope_time_shift(.., d)) is k at p + d."""
+    t_dim, h_dim, w_dim = rope_split(head_dim)
+    ang_t = _angles(torch.tensor([frames], device=device), t_dim, theta)[0]
+    ang = torch.cat([ang_t, ang_t.new_zeros((h_dim + w_dim) // 2)]).reshape(1, 1, head_dim // 2)
+    return ang.cos().float(), ang.sin().float()

@@ -12,7 +12,8 @@ Normalisation is WanPipeline's: z_norm = (z - latents_mean) / latents_std per ch
 mean/std read from the VAE's own config. The Wan transformer was trained on z_norm.
 
 Temporal structure: the causal 3-D VAE encodes the first frame alone and then groups of
-`temporal_factor` frames, so T = 1 + 4k frames <-> F = 1 + k latents (81 <-> 21).
+`temporal_factor` frames, so T = 1 + 4k frames <-> F = 1 + k latents (81 <-> 21). Decoding is
+causal too: `stream_decoder()` decodes latents block by block as a streaming generator makes them.
 """
 
 from __future__ import annotations
@@ -55,7 +56,7 @@ class WanVAE(nn.Module):
         from diffusers import AutoencoderKLWan
 
         vae_dir = resolve_vae_dir(path)
-        self.vae = AutoencoderKLWan.from_pretrained(str(vae_dir), torch_dtype=parse_dtype(dtype))
+        self.vae = AutoencoderKLWan.from_pretrained(str(vae_dir), torch_dtype=parse_dtype(dtype), use_safetensors=True)
         self.vae.requires_grad_(False)
         self.vae.eval()
         if device is not None:
@@ -150,5 +151,58 @@ class WanVAE(nn.Module):
             outs.append(x.permute(0, 2, 1, 3, 4).float())
         return torch.cat(outs)
 
+    def stream_decoder(self) -> "WanStreamDecoder":
+        """A decoder for latents that arrive block by block (see WanStreamDecoder)."""
+        return WanStreamDecoder(self)
+
     def forward(self, video: torch.Tensor) -> torch.Tensor:
         return self.encode(video)
+
+
+class WanStreamDecoder:
+    """Decode a clip's latents as they are generated, block by block, equal to `decode` of the
+    whole clip: `dec(latents[:, a:b])` returns the video frames of latent frames [a, b) (the first
+    latent frame gives 1 frame, every later one `temporal_factor` frames), so the first frames reach
+    the viewer before the last latents exist.
+
+    The Wan decoder is causal in time. diffusers' `_decode` already runs it one latent frame at a
+    time, carrying each causal conv's last input frames in a feature cache (`feat_cache`); here
+    that cache lives in this object (one per video with batch slicing) instead of being rebuilt
+    per call, so a call continues where the previous one stopped. One object per clip.
+    """
+
+    def __init__(self, vae: WanVAE):
+        from diffusers.models.autoencoders.autoencoder_kl_wan import WanCausalConv3d
+
+        raw = vae.vae
+        if getattr(raw, "use_tiling", False):
+            raise ValueError("streaming decode does not support the VAE's spatial tiling (tiling: true)")
+        if getattr(raw.config, "patch_size", None) is not None:
+            raise ValueError("streaming decode supports Wan2.1's VAE (no patch_size)")
+        self.vae = vae
+        self.num_convs = sum(isinstance(m, WanCausalConv3d) for m in raw.decoder.modules())
+        self.caches: list[list] | None = None
+        self.frames = 0  # latent frames decoded so far
+
+    @torch.no_grad()
+    def __call__(self, latents: torch.Tensor) -> torch.Tensor:
+        """Normalised latents [B, f, C, h, w] (the next f frames) -> video [B, T, 3, 8h, 8w] in [-1, 1]."""
+        vae, raw = self.vae, self.vae.vae
+        if latents.dim() != 5 or latents.shape[2] != vae.latent_channels:
+            raise ValueError(f"expected latents [B, f, {vae.latent_channels}, h, w], got {tuple(latents.shape)}")
+        parts = vae._split(latents)
+        if self.caches is None:
+            self.caches = [[None] * self.num_convs for _ in parts]
+        if len(parts) != len(self.caches):
+            raise ValueError("a streaming decoder decodes one batch of videos: the batch size changed")
+        outs = []
+        for part, cache in zip(parts, self.caches):
+            z = vae.denormalize(part.float()).to(vae.device, vae.dtype).permute(0, 2, 1, 3, 4)
+            x = raw.post_quant_conv(z)  # 1x1x1: no temporal context
+            frames = []
+            for i in range(x.shape[2]):
+                frames.append(raw.decoder(x[:, :, i:i + 1], feat_cache=cache, feat_idx=[0],
+                                          first_chunk=self.frames + i == 0))
+            outs.append(torch.cat(frames, dim=2).clamp(-1, 1).permute(0, 2, 1, 3, 4).float())
+        self.frames += latents.shape[1]
+        return torch.cat(outs)

@@ -18,7 +18,7 @@ import typing
 from pathlib import Path
 from typing import Any, Literal, Union, get_args, get_origin
 
-from oneforcing.errors import RecipeError, UserError
+from oneforcing.errors import ComponentError, RecipeError, UserError
 
 _EMPTY = inspect.Parameter.empty
 
@@ -206,6 +206,13 @@ def check_kwargs(obj, kwargs: dict, *, what: str, path: str = "", file: str | No
             f"{what} needs key{'s' if len(missing) > 1 else ''} {', '.join(repr(m) for m in missing)}",
             file=file, key=path or None,
         )
+    # A component may check the contents of raw dict values (a model's `config:`) itself.
+    hook = getattr(obj, "check_recipe", None)
+    if callable(hook):
+        try:
+            hook(out, path=path, file=file)
+        except UserError as err:
+            raise err.at(file=file, key=path or None) from None
     return out
 
 
@@ -236,6 +243,12 @@ def build(cfg: Any, registry, *, path: str = "", file: str | None = None, **prov
         return obj(**kwargs, **provided)
     except UserError as err:
         raise err.at(file=file, key=path or None) from None
+    except (KeyboardInterrupt, MemoryError):
+        raise
+    except Exception as exc:  # noqa: BLE001 - a component failing on its input is still the recipe's line
+        text = str(exc).splitlines()[0] if str(exc) else ""
+        raise ComponentError(f"building {registry.singular} '{name}' failed: {type(exc).__name__}: {text} "
+                             "(set ONEFORCING_DEBUG=1 for the traceback)", file=file, key=path or None) from exc
 
 
 def build_from_any(cfg: dict, *, path: str = "", file: str | None = None, prefer=None,

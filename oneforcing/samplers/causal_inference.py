@@ -5,7 +5,9 @@ the list warped by the shift); between steps, re-noise the predicted x0 with fre
 next step (as in training rollouts). Then re-run the block's clean output at t = `context_t`
 (0: "context noise" 0) with write_cache=True so later blocks attend to it. The first block may use
 its own, longer list (first-frame enhancement): [1000, 750, 500, 250] for the first block,
-[1000] (one step) for the others.
+[1000] (one step) for the others. Long videos: `local_attn_size` (latent frames a block attends
+to, sink and itself included; 21 = the training length) bounds the KV cache, `sink_size` keeps
+the first frames in it, `sink_rope` places the sink ("adjacent" | "absolute"; wan_rolling_cache).
 
     sampler = CausalInference(steps=[1000], first_block_steps=[1000, 750, 500, 250])
     x0 = sampler(model, noise, text, generator=g, on_block=lambda a, b, x0: ...)
@@ -19,6 +21,7 @@ from typing import Callable, Iterator
 
 import torch
 
+from oneforcing.models.wan_rolling_cache import check_window
 from oneforcing.registry import SAMPLERS
 from oneforcing.samplers.common import ON_GRID, full_t, in_model_dtype, randn_like, warped_steps
 
@@ -29,7 +32,8 @@ DEFAULT_FIRST_BLOCK_STEPS = [1000.0, 750.0, 500.0, 250.0]
 class CausalInference:
     def __init__(self, steps: list[float] | None = None, first_block_steps: list[float] | None = None,
                  first_frame_enhancement: bool = True, shift: float = 5.0, warp: bool = True,
-                 context_t: float = 0.0):
+                 context_t: float = 0.0, local_attn_size: int | None = None, sink_size: int = 0,
+                 sink_rope: str = "adjacent"):
         steps = [1000.0] if steps is None else steps
         if first_block_steps is None:
             first_block_steps = DEFAULT_FIRST_BLOCK_STEPS if first_frame_enhancement else steps
@@ -38,6 +42,14 @@ class CausalInference:
         self.steps = warped_steps(steps, shift, warp)
         self.first_block_steps = warped_steps(first_block_steps, shift, warp)
         self.context_t = float(context_t)
+        # Long videos: a bounded KV cache (None = every earlier frame, memory growing with the clip).
+        if local_attn_size is not None:
+            check_window(local_attn_size, sink_size, sink_rope)
+        elif sink_size:
+            raise ValueError("sink_size needs local_attn_size (the sink is part of a bounded cache)")
+        self.cache_kwargs = ({} if local_attn_size is None else
+                             {"local_attn_size": int(local_attn_size), "sink_size": int(sink_size),
+                              "sink_rope": sink_rope})
 
     def steps_for_block(self, index: int) -> list[float]:
         return self.first_block_steps if index == 0 else self.steps
@@ -53,7 +65,7 @@ class CausalInference:
         noise, text = in_model_dtype(model, noise, text)
         B, F = noise.shape[:2]
         blocks = model.block_ranges(F)
-        cache = model.new_kv_cache(B, F)
+        cache = model.new_kv_cache(B, F, **self.cache_kwargs)
         for i, (a, b) in enumerate(blocks):
             x, steps = noise[:, a:b], self.steps_for_block(i)
             for s, t in enumerate(steps):

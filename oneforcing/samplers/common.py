@@ -8,7 +8,7 @@ FlowMatchScheduler's conversions (add_noise, x0_from_v, euler_step) use whatever
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Sequence
 
 import torch
 
@@ -50,15 +50,13 @@ def randn_like(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tens
     return torch.randn(x.shape, generator=generator, device=gen_device, dtype=x.dtype).to(x.device)
 
 
-def broadcast_from_rank0(obj: Any) -> Any:
-    """Rank 0's value on every rank (no-op outside torch.distributed). Used for every random
-    choice that changes the number of forwards, so that ZeRO-3 ranks stay in lockstep."""
-    dist = torch.distributed
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
+def broadcast_from_rank0(values: list[int] | None) -> list[int]:
+    """Rank 0's list of integers on every rank (no-op outside torch.distributed), sent as
+    tensors, never pickled. Used for every random choice that changes the number of forwards,
+    so that ZeRO-3 ranks stay in lockstep."""
+    from oneforcing.distributed import broadcast_numbers
+
+    return broadcast_numbers(values)
 
 
 def draw_exit_indices(num_blocks: int, num_steps: int, generator: torch.Generator | None = None,

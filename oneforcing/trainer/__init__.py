@@ -58,6 +58,19 @@ def build_trainer(job, ctx: RunContext) -> Trainer:
     from oneforcing.registry import DATASETS, SAMPLERS, SCHEDULERS, TEXT_ENCODERS, TIMESTEP_SAMPLERS, build
 
     run_dir = Path(job.run_dir)
+    checkpoints = CheckpointManager(run_dir / "checkpoints", rank=ctx.rank, world_size=ctx.world_size,
+                                    keep_last=job.keep_last, barrier=ctx.barrier)
+    # A resume that cannot work (broken `latest`, damaged checkpoint, other models) stops the run
+    # here, before any model is built or anything is written.
+    resume_from = checkpoints.resolve(job.resume)
+    if resume_from is not None:
+        names = ["generator", *(["critic"] if "critic" in job.models else []),
+                 *(["ema"] if job.ema_cfg is not None else []), "trainer"]
+        checkpoints.check(resume_from, names, ctx.recipe)
+    # Data next (reading shard indices is cheap): a bad dataset, too, fails before models load.
+    data = build(job.data, DATASETS, path="data", **_data_kwargs(job.data, ctx))
+    ode_data = (build(job.ode_data, DATASETS, path="ode_data", **_data_kwargs(job.ode_data, ctx))
+                if job.ode_data is not None else None)
     if ctx.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "recipe.yaml").write_text(dump_recipe(ctx.recipe))
@@ -71,9 +84,6 @@ def build_trainer(job, ctx: RunContext) -> Trainer:
     critic = TrainedRole("critic", modules["critic"], job.optim["critic"], ds) if "critic" in modules else None
     real_score = FrozenRole("real_score", modules["real_score"], ds) if "real_score" in modules else None
 
-    data = build(job.data, DATASETS, path="data", **_data_kwargs(job.data, ctx))
-    ode_data = (build(job.ode_data, DATASETS, path="ode_data", **_data_kwargs(job.ode_data, ctx))
-                if job.ode_data is not None else None)
     sampler = build(job.sampler, SAMPLERS, path="sampler") if job.sampler else None
     scheduler = build(job.scheduler, SCHEDULERS, path="scheduler")
     timesteps = build(job.timesteps, TIMESTEP_SAMPLERS, path="timesteps")
@@ -90,8 +100,6 @@ def build_trainer(job, ctx: RunContext) -> Trainer:
         return [WeightedLoss(name, fn, weight) for name, fn, weight in job.built_losses[key]]
 
     ema = EMA(generator.module, **(job.ema_cfg or {})) if job.ema_cfg is not None else None
-    checkpoints = CheckpointManager(run_dir / "checkpoints", rank=ctx.rank, world_size=ctx.world_size,
-                                    keep_last=job.keep_last, barrier=ctx.barrier)
     trainer = Trainer(ctx=ctx, generator=generator, critic=critic, real_score=real_score,
                    generator_losses=losses("generator_losses"),
                    critic_losses=losses("critic_losses"), data=data, sampler=sampler,

@@ -104,11 +104,15 @@ class DeepSpeedOptions:
     def dtype(self) -> torch.dtype:
         return torch.bfloat16 if self.precision == "bf16" else torch.float32
 
-    def to_config(self, grad_clip: float | None = None, *, trained: bool = True) -> dict:
+    def to_config(self, grad_clip: float | None = None, *, trained: bool = True,
+                  model: torch.nn.Module | None = None) -> dict:
+        """`model` sizes ZeRO-3's gather limits (see `zero3_limits`); without it (the config that
+        `deepspeed.zero.Init` reads to partition at construction) nothing is gathered yet."""
         zero: dict = {"stage": self.zero_stage}
         if self.zero_stage == 3:
-            zero.update({"stage3_param_persistence_threshold": 0, "stage3_max_live_parameters": 1e9,
-                         "stage3_prefetch_bucket_size": 5e7})
+            zero["stage3_param_persistence_threshold"] = 0
+            if model is not None:
+                zero.update(zero3_limits(model))
             if self.offload_params:
                 zero["offload_param"] = {"device": "cpu", "pin_memory": torch.cuda.is_available()}
             if self.offload_optimizer and trained:
@@ -125,6 +129,29 @@ class DeepSpeedOptions:
         if grad_clip:
             cfg["gradient_clipping"] = grad_clip
         return _deep_update(cfg, self.extra)
+
+
+def zero3_limits(model: torch.nn.Module, blocks_live: int = 2) -> dict:
+    """ZeRO-3 gather limits from the model's size, so a rank holds about `blocks_live` whole
+    transformer blocks at a time (the one running and the one prefetched) instead of the model.
+
+    DeepSpeed's defaults (1e9 live parameters, 1e9 reuse distance) keep every parameter that is
+    used again within 1e9 parameters gathered: our roles are called several times per update
+    (rollout blocks, DMD's two passes, critic and GAN passes), so a model under 1e9 parameters
+    never gets released and each rank ends up holding all of it. Gradients likewise wait in a
+    reduce bucket of 5e8 elements by default (2 GB in fp32) before they are reduce-scattered.
+    A block is the largest entry of any nn.ModuleList (Wan's `blocks`); a model without one counts
+    its largest module's own tensors.
+    """
+    def numel(module: torch.nn.Module, recurse: bool = True) -> int:
+        return sum(p.ds_numel if is_partitioned(p) else p.numel() for p in module.parameters(recurse=recurse))
+
+    block = max((numel(b) for m in model.modules() if isinstance(m, torch.nn.ModuleList) for b in m), default=0)
+    block = max(block, max((numel(m, recurse=False) for m in model.modules()), default=0), 1)
+    return {"stage3_max_live_parameters": blocks_live * block,  # what may stay gathered at once
+            "stage3_max_reuse_distance": block,      # keep a parameter only if it is reused this soon
+            "stage3_prefetch_bucket_size": block,    # gather ahead: the next block
+            "reduce_bucket_size": block}             # gradients reduce-scattered a block at a time
 
 
 def _deep_update(base: dict, top: dict) -> dict:
@@ -150,8 +177,9 @@ class TrainedRole:
         optimizer = torch.optim.AdamW(params, lr=optim.lr, betas=tuple(float(b) for b in optim.betas),
                                       weight_decay=optim.weight_decay, eps=optim.eps)
         self.engine, *_ = deepspeed.initialize(model=module, optimizer=optimizer,
-                                               config=ds.to_config(optim.grad_clip))
+                                               config=ds.to_config(optim.grad_clip, model=module))
         self.module = self.engine.module
+        zero_partition_padding(self.engine)
         self.updates = 0  # optimizer updates taken (drives the LR schedule)
         self._backwards = 0  # micro-batch backwards since the last step
         self._trainable = [p for p in self.module.parameters() if p.requires_grad]
@@ -269,6 +297,29 @@ class TrainedRole:
         _load_engine_optimizer_state(self.engine, state["optimizer"])
 
 
+@torch.no_grad()
+def zero_partition_padding(engine) -> None:
+    """Zero the padding that ZeRO-3 appends to the last rank's share of each parameter (and so
+    to its flat optimizer groups). DeepSpeed allocates it with torch.empty and never writes it,
+    so without this two identical runs save different checkpoint files, and the padding could
+    hold NaN."""
+    opt = engine.optimizer
+    groups, paddings = getattr(opt, "fp16_groups", None), getattr(opt, "groups_padding", None)
+    if groups is None or paddings is None or not hasattr(opt, "fp32_partitioned_groups_flat"):
+        return  # not ZeRO-3
+    flats = [opt.fp16_partitioned_groups_flat, opt.fp32_partitioned_groups_flat]
+    for i, (params, pads) in enumerate(zip(groups, paddings)):
+        offset = 0
+        for p, pad in zip(params, pads):
+            n = p.partition_numel()
+            if pad:
+                p.ds_tensor.data.view(-1)[n - pad:n].zero_()
+                for flat in flats:
+                    if i < len(flat) and flat[i].numel() >= offset + n:
+                        flat[i].narrow(0, offset + n - pad, pad).zero_()
+            offset += n
+
+
 def _engine_optimizer_state(engine) -> dict:
     sd = engine.optimizer.state_dict()
     sd = {k: v for k, v in sd.items() if k != "loss_scaler"}  # an object; fp32/bf16 use no scaling
@@ -298,7 +349,7 @@ class FrozenRole:
         module.eval()
         if ds.zero_stage == 3 and ds.frozen_engine:
             deepspeed = import_deepspeed()
-            cfg = ds.to_config(None, trained=False)
+            cfg = ds.to_config(None, trained=False, model=module)
             self.engine, *_ = deepspeed.initialize(model=module, config=cfg)
             self.module = self.engine.module
         else:

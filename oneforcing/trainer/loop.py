@@ -241,7 +241,19 @@ class Trainer:
         path = self.checkpoints.resolve(resume)
         if path is None:
             return
-        states, meta = self.checkpoints.load(path, list(self._rank_state()))
+        names = list(self._rank_state())
+        meta = self.checkpoints.check(path, names, self.config)
+        states, meta = self.checkpoints.load(path, names, meta)
+        try:
+            self._load_states(states)
+        except UserError:
+            raise
+        except (RuntimeError, KeyError, ValueError, TypeError, IndexError, AssertionError) as exc:
+            text = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+            raise UserError(f"resume: {path} does not fit this run's models or optimizers ({text})") from None
+        log.info("resumed from %s at step %d", path, self.step)
+
+    def _load_states(self, states: dict) -> None:
         self.roles["generator"].load_state_dict(states["generator"])
         if self.roles["critic"] is not None:
             self.roles["critic"].load_state_dict(states["critic"])
@@ -256,7 +268,6 @@ class Trainer:
         if hasattr(self.ode_data, "load_state_dict"):
             self.ode_data.load_state_dict(t["ode_data"])
         self._data_iter = self._ode_iter = None
-        log.info("resumed from %s at step %d", path, self.step)
 
 
 def _batches(data, batch_size: int):

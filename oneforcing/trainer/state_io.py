@@ -87,10 +87,65 @@ def save_state(prefix: Path, obj: Any) -> None:
 
 
 def load_state(prefix: Path) -> Any:
+    """Read what `save_state` wrote; a truncated, foreign or inconsistent file is a UserError
+    naming it (a checkpoint is user input once it sits on disk)."""
+    from oneforcing.errors import UserError
+
     prefix = Path(prefix)
-    tensors = load_file(str(prefix.with_suffix(".safetensors")))
-    skeleton = json.loads(prefix.with_suffix(".json").read_text())
-    return unflatten(tensors, skeleton)
+    tensor_file, skeleton_file = prefix.with_suffix(".safetensors"), prefix.with_suffix(".json")
+    try:
+        tensors = load_file(str(tensor_file))
+    except Exception as exc:  # noqa: BLE001 - safetensors reports truncation by its own types
+        raise UserError(f"{tensor_file}: unreadable tensor file ({_first_line(exc)})") from None
+    try:
+        skeleton = json.loads(skeleton_file.read_text())
+        return unflatten(tensors, skeleton)
+    except (OSError, ValueError) as exc:
+        raise UserError(f"{skeleton_file}: unreadable state ({_first_line(exc)})") from None
+    except (KeyError, TypeError, AttributeError):
+        raise UserError(f"{skeleton_file}: state does not match {tensor_file.name} (a tensor it names is "
+                        "missing, or the JSON is not a saved state)") from None
+
+
+def check_state(prefix: Path) -> None:
+    """What `load_state` would refuse, read from the safetensors header and the JSON skeleton
+    only (no tensor data is loaded)."""
+    from safetensors import safe_open
+
+    from oneforcing.errors import UserError
+
+    prefix = Path(prefix)
+    tensor_file, skeleton_file = prefix.with_suffix(".safetensors"), prefix.with_suffix(".json")
+    try:
+        with safe_open(str(tensor_file), framework="pt") as f:
+            names = set(f.keys())
+    except Exception as exc:  # noqa: BLE001 - safetensors reports truncation by its own types
+        raise UserError(f"{tensor_file}: unreadable tensor file ({_first_line(exc)})") from None
+    try:
+        skeleton = json.loads(skeleton_file.read_text())
+    except (OSError, ValueError) as exc:
+        raise UserError(f"{skeleton_file}: unreadable state ({_first_line(exc)})") from None
+    wanted: set[str] = set()
+
+    def walk(o: Any) -> None:
+        if isinstance(o, dict):
+            if _T in o:
+                wanted.add(o[_T] if isinstance(o[_T], str) else repr(o[_T]))
+            for v in o.values():
+                walk(v)
+        elif isinstance(o, list):
+            for v in o:
+                walk(v)
+
+    walk(skeleton)
+    if not isinstance(skeleton, dict) or wanted - names:
+        raise UserError(f"{skeleton_file}: state does not match {tensor_file.name} (a tensor it names is "
+                        "missing, or the JSON is not a saved state)")
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return text[:160]
 
 
 def write_json_atomic(path: Path, data: Any) -> None:

@@ -1,0 +1,159 @@
+"""The study's design: which videos are compared, in which pairs, on which side.
+
+The first system is "ours"; each prompt (and each sample index below `samples_per_prompt`) makes
+one A/B pair against every other system, as in the paper's Table 2. The side that holds our video
+is drawn per pair from the seed and the pair's identity (prompt, sample, baseline), so it does not
+move when prompts are added or reordered, and two studies with the same seed agree.
+
+Everything a user gives is checked here, before the database is touched: folders exist, every
+`{prompt}-{i}.mp4` exists in every folder, and each resolves to a file directly inside its folder
+(a prompt such as "../x" or a symlink leading out of the folder is refused).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from oneforcing.errors import UserError
+from oneforcing.jobs.base import derive_seed
+
+VIDEO_NAME = "{prompt}-{sample}.mp4"  # VBench's layout, as `generate` and `toy_eval` write it
+
+
+@dataclass(frozen=True)
+class Pair:
+    prompt: str
+    sample: int
+    ours: str
+    baseline: str
+    left: str  # the system shown in the left panel
+
+    @property
+    def right(self) -> str:
+        return self.baseline if self.left == self.ours else self.ours
+
+
+@dataclass
+class StudyDesign:
+    systems: dict[str, Path]  # name -> folder (resolved); the first is ours
+    prompts_file: Path
+    prompts: list[str]
+    prompts_sha256: str
+    samples_per_prompt: int
+    seed: int
+    pairs: list[Pair]
+
+    @property
+    def ours(self) -> str:
+        return next(iter(self.systems))
+
+    def video(self, system: str, prompt: str, sample: int) -> Path:
+        return self.systems[system] / VIDEO_NAME.format(prompt=prompt, sample=sample)
+
+    def videos(self) -> list[tuple[str, Path]]:
+        """Every (system, file) the study shows, in a fixed order."""
+        return [(name, self.video(name, p, i)) for name in self.systems for p in self.prompts
+                for i in range(self.samples_per_prompt)]
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def parse_systems(systems) -> dict[str, Path]:
+    """`{name: folder, ...}` or `[folder, ...]` (named by the folder) -> {name: resolved folder}."""
+    if isinstance(systems, dict):
+        items = [(str(k), v) for k, v in systems.items()]
+    elif isinstance(systems, (list, tuple)):
+        items = [(Path(str(v)).name, v) for v in systems]
+    else:
+        raise UserError("expected {name: folder, ...} or [folder, ...]", key="systems")
+    if len(items) < 2:
+        raise UserError(f"needs two or more video folders (ours first), got {len(items)}", key="systems")
+    out: dict[str, Path] = {}
+    for name, folder in items:
+        if not isinstance(folder, str) or not folder:
+            raise UserError(f"expected a folder path, got {folder!r}", key=f"systems.{name}")
+        if name in out:
+            raise UserError(f"two folders named '{name}': name them, systems={{ours: DIR, base: DIR}}",
+                            key="systems")
+        path = Path(folder).expanduser()
+        if not path.is_dir():
+            raise UserError(f"no such folder: {folder}", key=f"systems.{name}")
+        out[name] = path.resolve()
+    return out
+
+
+def read_prompts(path: str | os.PathLike) -> tuple[list[str], str]:
+    """Prompts, one a line (blank lines skipped), and the sha256 of the file's bytes."""
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise UserError(f"no such prompt file: {path}", key="prompts")
+    data = file.read_bytes()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise UserError("not UTF-8 text", file=str(path), key="prompts") from None
+    prompts, seen = [], {}
+    for lineno, line in enumerate(text.splitlines(), 1):
+        prompt = line.strip()
+        if not prompt:
+            continue
+        if "/" in prompt or "\\" in prompt or "\0" in prompt or prompt.startswith("."):
+            raise UserError(f"line {lineno}: a prompt cannot hold '/', '\\' or start with '.' "
+                            f"(it names a file): {prompt[:60]!r}", file=str(path), key="prompts")
+        if prompt in seen:
+            raise UserError(f"line {lineno}: prompt repeats line {seen[prompt]}: {prompt[:60]!r}",
+                            file=str(path), key="prompts")
+        seen[prompt] = lineno
+        prompts.append(prompt)
+    if not prompts:
+        raise UserError("no prompts in the file", file=str(path), key="prompts")
+    return prompts, hashlib.sha256(data).hexdigest()
+
+
+def check_video(folder: Path, name: str, system: str) -> Path:
+    """`folder/name` if it is a file that resolves to a file directly inside `folder`."""
+    path = folder / name
+    try:
+        exists = path.is_file()
+    except OSError as err:  # e.g. a prompt too long for a file name
+        raise UserError(f"{folder}: cannot open '{name[:80]}': {err.strerror}", key=f"systems.{system}") from None
+    if not exists:
+        raise UserError(f"{folder}: missing '{name}'", key=f"systems.{system}")
+    real = Path(os.path.realpath(path))
+    if real.parent != folder:  # folder is already resolved: a symlink or '..' led outside it
+        raise UserError(f"{folder}: '{name}' leads outside the folder (to {real})", key=f"systems.{system}")
+    return path
+
+
+def left_is_ours(seed: int, pair_key: tuple) -> bool:
+    return derive_seed(seed, "study-side", *pair_key) & 1 == 1
+
+
+def build_design(systems, prompts: str, samples_per_prompt: int = 1, seed: int = 0) -> StudyDesign:
+    if not isinstance(samples_per_prompt, int) or samples_per_prompt < 1:
+        raise UserError(f"must be an integer >= 1, got {samples_per_prompt!r}", key="samples_per_prompt")
+    folders = parse_systems(systems)
+    prompt_list, sha = read_prompts(prompts)
+    names = list(folders)
+    ours, baselines = names[0], names[1:]
+    for name, folder in folders.items():
+        for prompt in prompt_list:
+            for i in range(samples_per_prompt):
+                check_video(folder, VIDEO_NAME.format(prompt=prompt, sample=i), name)
+    pairs = []
+    for prompt in prompt_list:
+        for i in range(samples_per_prompt):
+            for base in baselines:
+                left = ours if left_is_ours(seed, (prompt, i, base)) else base
+                pairs.append(Pair(prompt, i, ours, base, left))
+    return StudyDesign(folders, Path(prompts).expanduser().resolve(), prompt_list, sha, samples_per_prompt,
+                       seed, pairs)

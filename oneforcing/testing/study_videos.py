@@ -1,0 +1,50 @@
+"""Small real mp4 folders for study tests: one folder per system, `{prompt}-{i}.mp4` in each.
+
+Each system's clips have their own colour (so a screenshot or a test can tell them apart) and a
+bar that moves across the frame (so a playing video visibly changes)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from oneforcing.video import write_mp4
+
+COLOURS = [(200, 60, 60), (60, 160, 220), (90, 190, 90), (220, 190, 60)]
+PROMPTS = ["a red circle moving left", "a blue square moving up", "two green triangles moving right"]
+
+
+def clip(colour: tuple[int, int, int], frames: int = 16, size: int = 64, seed: int = 0) -> np.ndarray:
+    video = np.zeros((frames, size, size, 3), np.uint8)
+    video[:] = np.asarray(colour, np.uint8) // 3
+    for t in range(frames):
+        x = (seed * 7 + t * size // frames) % (size - 8)
+        video[t, :, x:x + 8] = colour
+    return video
+
+
+def write_study_folders(root: str | Path, systems=("ours", "baseline"), prompts=PROMPTS, samples: int = 1,
+                        encode: bool = True) -> dict:
+    """{system: folder} with one clip per (prompt, sample) in every folder; encode=False writes a few
+    distinct bytes instead of an mp4 (enough for tests that never play them, and much quicker)."""
+    root = Path(root)
+    folders = {}
+    for s, name in enumerate(systems):
+        folder = root / name
+        for p, prompt in enumerate(prompts):
+            for i in range(samples):
+                path = folder / f"{prompt}-{i}.mp4"
+                if encode:
+                    write_mp4(path, clip(COLOURS[s % len(COLOURS)], seed=p + i))
+                else:
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    path.write_bytes(f"not an mp4: {name} {prompt} {i}".encode() * 20)
+        folders[name] = str(folder)
+    return folders
+
+
+def write_prompts(path: str | Path, prompts=PROMPTS) -> Path:
+    path = Path(path)
+    path.write_text("".join(f"{p}\n" for p in prompts), encoding="utf-8")
+    return path
