@@ -19,6 +19,8 @@ Parameter names: the backbone's under "model." (as in `fake_score`), the head's 
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -111,16 +113,23 @@ class RegisterGANCritic(FakeScore):
         self.head = RegisterHead(self.dim, len(self.layers), heads, ffn_dim)
 
     @staticmethod
-    def check_recipe(cfg: dict) -> None:
-        """Check `layers` and `heads` against the base Wan's config.json (or `config`) without
-        building anything, so that a mismatch stops a run before any model is built."""
+    def check_recipe(kwargs: dict, *, path: str, file: str | None) -> None:
+        """Called by the registry's strict validation (so by `oneforcing show` and before any model
+        is built): the inner Wan's `config:`, then `layers` and `heads` against the base's
+        config.json (or `config`)."""
         from oneforcing.models.wan_io import WAN_DEFAULTS, load_config
 
-        pretrained = cfg.get("pretrained")
-        base = {**WAN_DEFAULTS, **(load_config(pretrained) if pretrained else {}), **(cfg.get("config") or {})}
-        layers = cfg.get("layers")
-        selected_blocks(DEFAULT_LAYERS if layers is None else layers, base["num_layers"], pretrained)
-        check_heads(cfg.get("heads", 12), base["num_attention_heads"] * base["attention_head_dim"])
+        FakeScore.check_recipe(kwargs, path=path, file=file)
+        pretrained = kwargs.get("pretrained")
+        if pretrained and not Path(pretrained).exists():
+            return  # resolvable without weights (`oneforcing show`); the train job names the missing folder
+        base = {**WAN_DEFAULTS, **(load_config(pretrained) if pretrained else {}), **(kwargs.get("config") or {})}
+        layers = kwargs.get("layers")
+        try:
+            selected_blocks(DEFAULT_LAYERS if layers is None else layers, base["num_layers"], pretrained)
+            check_heads(kwargs.get("heads", 12), base["num_attention_heads"] * base["attention_head_dim"])
+        except UserError as err:
+            raise UserError(err.message, file=file, key=f"{path}.{err.key}" if path else err.key) from None
 
     def _head_input(self, hidden: dict) -> list[torch.Tensor]:
         return [hidden[i] for i in self.layers]

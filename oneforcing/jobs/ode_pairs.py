@@ -38,7 +38,6 @@ from oneforcing.data.pipeline import all_shard_names, encode_text, plan_shards, 
 from oneforcing.data.shards import ShardWriter, dtype_from_name, write_index
 from oneforcing.data.toy_codec import ToyCodec
 from oneforcing.data.toy_world import ToyWorld
-from oneforcing.distributed import gather_bytes
 from oneforcing.errors import UserError
 from oneforcing.jobs.base import Job, RunContext, derive_seed, missing_path
 from oneforcing.jobs.generate import load_generator_model, resolve_model_dir
@@ -254,6 +253,8 @@ class OdePairsJob(Job):
 def _gather(ctx: RunContext, parts: list, dst: int) -> list:
     """Every rank's `parts` ([(first example, batch dict)]) concatenated on rank `dst` (other ranks
     get []). Each rank packs its parts as JSON (strings, metadata) + safetensors (tensors) bytes."""
+    from oneforcing.distributed import gather_bytes  # here: distributed imports the job registry
+
     if not ctx.distributed:
         return parts
     header = [{"start": start, **{k: v for k, v in batch.items() if not isinstance(v, torch.Tensor)}}

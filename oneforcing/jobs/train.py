@@ -103,10 +103,6 @@ class Train(Job):
                                   ("max_bad_steps", max_bad_steps, 1), ("keep_last", keep_last, 0)):
             if value < least:
                 raise UserError(f"must be >= {least}, got {value}", key=key)
-        for key in ("micro_batch_size", "gradient_accumulation"):
-            value = getattr(self.ds, key, 1)
-            if isinstance(value, int) and value < 1:
-                raise UserError(f"must be >= 1, got {value}", key=f"deepspeed.{key}")
         self.export = export
         if export is not None and set(export) - {"dir", "merge_lora"}:
             raise UserError("export keys are dir, merge_lora", key="export")
@@ -121,25 +117,10 @@ class Train(Job):
             if isinstance(path, str) and not Path(path).exists():
                 raise missing_path(path, key, recipe_file)
 
-    def check_models(self, recipe_file: str | None) -> None:
-        """Fail before any model is built when a role's settings do not fit its base weights (a
-        component with a `check_recipe(cfg)` static method, e.g. the register critic's layers)."""
-        for role, cfg in self.models.items():
-            registry, name = ROLES[role], cfg["type"]
-            check = getattr(registry.get(name), "check_recipe", None) if name in registry.names() else None
-            if check is None:
-                continue
-            try:
-                check(cfg)
-            except UserError as err:
-                sub = f"models.{role}.{err.key}" if err.key else f"models.{role}"
-                raise UserError(err.message, file=err.file or recipe_file, key=sub) from None
-
     def run(self, ctx: RunContext) -> None:
         from oneforcing.trainer import build_trainer
 
         self.check_paths(ctx.recipe_file)
-        self.check_models(ctx.recipe_file)
 
         trainer = build_trainer(self, ctx)
         final_step = trainer.fit(self.resume)

@@ -135,7 +135,7 @@ def _(w):
     return train("steps=-1")
 
 
-@case("micro_batch_size_zero", r"deepspeed\.micro_batch_size: must be >= 1, got 0")
+@case("micro_batch_size_zero", r"deepspeed\.micro_batch_size: must be an integer >= 1, got 0")
 def _(w):
     return train("deepspeed.micro_batch_size=0")
 
