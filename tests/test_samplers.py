@@ -112,7 +112,7 @@ def test_self_forcing_chunkwise_all_frames_and_one_step_exit():
 def test_exit_draws_are_seeded():
     a = draw_exit_indices(21, 4, torch.Generator().manual_seed(5))
     assert a == draw_exit_indices(21, 4, torch.Generator().manual_seed(5)) and set(a) <= {0, 1, 2, 3}
-    same = draw_exit_indices(7, 4, torch.Generator().manual_seed(5), same_for_all_blocks=True)
+    same = draw_exit_indices(7, 4, torch.Generator().manual_seed(5), same_step_across_blocks=True)
     assert len(set(same)) == 1 and len(same) == 7
 
 
@@ -123,7 +123,7 @@ def _dist_worker(rank, port, out_dir):
     try:
         model = tiny_model(fpb=1)
         noise, text = tiny_inputs(1, 3, 2, 2, seed=rank)
-        out = SelfForcingRollout(steps=[1000, 750, 500, 250])(
+        out = SelfForcingRollout(steps=[1000, 750, 500, 250], same_step_across_blocks=False)(
             model, noise, text, exit_generator=torch.Generator().manual_seed(100 + rank))
         torch.save((out.exit_indices, out.num_forwards), os.path.join(out_dir, f"r{rank}.pt"))
     finally:

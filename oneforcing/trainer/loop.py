@@ -246,7 +246,7 @@ def _batches(data, batch_size: int):
 
 # Shard loaders name fields after what is stored; losses read latents / text / ode_*.
 _BATCH_ALIASES = {"latent": "latents", "prompt_embed": "text", "states": "ode_states",
-                  "timesteps": "ode_t", "clean": "ode_x0"}
+                  "timesteps": "ode_t", "clean": "ode_x0", "context": "ode_context"}
 
 
 def normalize_batch(batch: dict, dtype: torch.dtype | None = None) -> dict:
