@@ -7,6 +7,11 @@
             critic update on its own minibatch                          (phase "critic")
         log; checkpoint every N steps; stop on SIGTERM/SIGINT with a checkpoint
 
+Every `log_every` steps the loggers get the LATEST figures of every phase, each phase's with
+`PHASE/step` = the (1-based, as logged) step of the update they come from: with
+`generator_every: 5` and `log_every: 5` the generator updates on steps 0, 5, 10, ... are never
+the logged step, and would otherwise never reach metrics.jsonl.
+
 A phase's loss is the weighted sum of its registered losses. A non-finite loss on any rank skips
 that phase's update on every rank; DeepSpeed skips non-finite gradients itself; `max_bad_steps`
 bad updates in a row stop the run, leaving the last good checkpoint in place.
@@ -76,6 +81,7 @@ class Trainer:
         self._stop_signal: int | None = None
         self._data_iter = None
         self._batch_size = 0
+        self._latest: dict[str, dict[str, float]] = {}  # phase -> its last update's figures
 
     # --- the loop ------------------------------------------------------------------------
     def fit(self, resume: str | None = "auto") -> int:
@@ -86,12 +92,11 @@ class Trainer:
         try:
             while self.step < self.steps:
                 t0 = time.perf_counter()
-                metrics: dict[str, float] = {}
-                if self.losses["generator"] and self.step % self.generator_every == 0:
-                    metrics.update(self._phase("generator"))
-                if self.losses["critic"]:
-                    metrics.update(self._phase("critic"))
+                for phase in ("generator", "critic"):
+                    if self.losses[phase] and (phase == "critic" or self.step % self.generator_every == 0):
+                        self._latest[phase] = {**self._phase(phase), f"{phase}/step": self.step + 1}
                 self.step += 1
+                metrics = {k: v for figures in self._latest.values() for k, v in figures.items()}
                 metrics["time/step_s"] = time.perf_counter() - t0
                 metrics["time/samples_per_s"] = self._batch_size * self.ctx.world_size / metrics["time/step_s"]
                 if self.step % self.log_every == 0 or self.step == self.steps:
