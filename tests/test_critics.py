@@ -81,3 +81,17 @@ def test_register_critic_layers_negative_and_invalid():
 def test_critic_classes_exposed():
     assert CRITICS.get("fake_score") is FakeScore and CRITICS.get("register_gan_critic") is RegisterGANCritic
     assert issubclass(RegisterGANCritic, FakeScore)
+
+
+def test_register_head_layer_norms_as_the_official_gan_block():
+    """GanAttentionBlock: norm3 over the block's tokens is affine, norm2 before the FFN is not;
+    the LayerNorm over the concatenated registers is affine."""
+    from oneforcing.critics.register_gan import RegisterHead
+
+    head = RegisterHead(dim=16, num_registers=2, heads=2, ffn_dim=32)
+    for reg in head.registers:
+        assert reg.norm_kv.elementwise_affine and reg.norm_kv.weight.shape == (16,)
+        assert not reg.norm_ffn.elementwise_affine
+    assert head.out[0].elementwise_affine and head.out[0].weight.shape == (32,)
+    names = dict(head.named_parameters())
+    assert "registers.0.norm_kv.weight" in names and "registers.1.norm_kv.bias" in names

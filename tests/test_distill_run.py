@@ -42,9 +42,26 @@ def test_one_forcing_step_under_zero3_on_two_ranks(tmp_path, kind):
         assert held < 0.55 * total, role
     rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert "generator/dmd" in rows[0] and "generator/gan_generator" in rows[0]  # step 0: G and C
-    assert "generator/dmd" not in rows[1]                                     # generator_every: 2
+    # generator_every: 2: step 1 logs the generator's latest figures, from the update at step 0
+    assert rows[1]["generator/step"] == 1 and rows[1]["generator/dmd"] == rows[0]["generator/dmd"]
     assert all("critic/gan_discriminator/logit_gap" in r for r in rows)
     assert (run / "export/ema/diffusion_pytorch_model.safetensors").exists()
+
+
+def test_generator_metrics_reach_the_log_when_their_step_is_not_logged(tmp_path):
+    """generator_every 5 and log_every 5 (the toy recipes): the generator updates on steps 0, 5, ...
+    are never a logged step; every logged row still carries the latest generator figures."""
+    run = tmp_path / "run"
+    proc = subprocess.run(launch("python") + ["steps=10", "generator_every=5", "log_every=5", "checkpoint_every=10",
+                                              "deepspeed.zero_stage=0"],
+                          env=env_for(run), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, "\n".join((proc.stdout + proc.stderr).splitlines()[-30:])
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [5, 10]
+    assert [r["generator/step"] for r in rows] == [1, 6] and [r["critic/step"] for r in rows] == [5, 10]
+    for r in rows:
+        assert {"generator/dmd", "generator/gan_generator", "generator/gan_generator/logit_gap"} <= set(r)
+    assert rows[0]["generator/dmd"] != rows[1]["generator/dmd"]
 
 
 def test_distillation_kill_and_resume_is_bit_identical(tmp_path):

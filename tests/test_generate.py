@@ -86,9 +86,14 @@ def test_checkpoint_dirs(assets, tmp_path):
     assert resolve_model_dir(str(ckpt), use_ema=True) == ckpt / "ema"
     assert resolve_model_dir(str(ckpt), use_ema=False) == ckpt / "generator"
     assert resolve_model_dir(str(assets["student"]), use_ema=True) == assets["student"]
-    job = build(_cfg(assets, tmp_path, checkpoint=str(ckpt), prompt="a dog", use_ema=False), JOBS)
+    # the raw generator by default (official inference: USE_EMA=0), EMA only when asked; recorded
+    job = build(_cfg(assets, tmp_path, checkpoint=str(ckpt), prompt="a dog"), JOBS)
+    assert job.weights_dir == ckpt / "generator" and job.weights_kind == "generator"
     job.run(RunContext(seed=0))
     assert read_mp4(tmp_path / "a-dog-0.mp4").shape == (FRAMES, H, W, 3)
+    assert json.loads((tmp_path / "generate_manifest.json").read_text())["weights_kind"] == "generator"
+    ema_job = build(_cfg(assets, tmp_path / "e", checkpoint=str(ckpt), prompt="a dog", ema=True), JOBS)
+    assert ema_job.weights_dir == ckpt / "ema" and ema_job.weights_kind == "ema"
     with pytest.raises(UserError, match="nowhere"):
         resolve_model_dir(str(tmp_path / "nowhere"), True)
     with pytest.raises(UserError, match="neither"):

@@ -174,3 +174,15 @@ def test_dmd_through_self_forcing_rollout_on_tiny_models():
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in gen.parameters())
     assert all(p.grad is None for p in critic.parameters())
     assert s.rollout().frame_mask.tolist() == [False, True, True]
+
+
+def test_dmd_gradient_normaliser_is_clamped_not_offset():
+    """Official model/dmd.py: grad / normalizer.clamp_min(eps), not / (normalizer + eps)."""
+    x = torch.zeros(2, 1, 1, 1, 4)
+    real = x.clone()
+    real[0] += 0.5                     # normaliser 0.5: unchanged by the clamp
+    real[1] += 1e-8                    # normaliser 1e-8: clamped to 1e-6
+    fake = real + 1.0
+    g = dmd_gradient(x, fake, real, eps=1e-6)
+    torch.testing.assert_close(g[0], torch.full_like(g[0], 2.0))
+    torch.testing.assert_close(g[1], torch.full_like(g[1], 1e6))

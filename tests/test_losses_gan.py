@@ -117,30 +117,53 @@ def test_relativistic_forms():
     assert g_loss.item() == pytest.approx(F.softplus(-(l[B:] - l[:B])).mean().item(), rel=1e-5)
 
 
-def test_finite_difference_r1_r2_penalties():
+@pytest.mark.parametrize("form", ["apt", "finite_difference"])
+def test_finite_difference_r1_r2_penalties_official_forms(form):
+    """Official model/one_forcing.py: apt R1 = 1.0 x r1_weight x mean(delta^2) (not / sigma), the
+    default form 0.5 x r1_weight x mean((delta / sigma)^2); R2 = 0.5 x r2_weight x
+    mean((delta / sigma)^2); the GAN weight scales the GAN term only."""
     fake, real = data(3)
-    cfg = {"type": "gan_discriminator", "r1_weight": 1.0, "r1_sigma": 0.1, "r2_weight": 0.001, "r2_sigma": 0.01}
+    cfg = {"type": "gan_discriminator", "r1_weight": 1.0, "r1_sigma": 0.1, "r2_weight": 0.001, "r2_sigma": 0.01,
+           "penalty_form": form, "weight": 0.03}
     # a constant discriminator has zero penalties
     const = LinearD(const=True)
     loss, figs = build(cfg, LOSSES)(make_ctx("critic", fake, real, const))
     assert figs["r1"] == 0 and figs["r2"] == 0
     b = torch.tensor(0.3)  # logits are the bias b on both sides
-    assert loss.item() == pytest.approx((F.softplus(-b) + F.softplus(b)).item(), rel=1e-6)
-    # a linear D: penalty = mean((w . n)^2) >= 0, all four groups in one critic batch
+    assert loss.item() == pytest.approx(0.03 * (F.softplus(-b) + F.softplus(b)).item(), rel=1e-6)
+    # a linear D: all four groups in one critic batch
     D = LinearD(4)
     loss, figs = build(cfg, LOSSES)(make_ctx("critic", fake, real, D))
     (x_in, _, n_text), = D.inputs
     B = SHAPE[0]
     assert x_in.shape[0] == 4 * B and n_text == 4 * B
     l = (x_in * D.w).flatten(1).sum(1) + D.b
-    r1 = (((l[2 * B:3 * B] - l[:B]) / 0.1) ** 2).mean()
-    r2 = (((l[3 * B:] - l[B:2 * B]) / 0.01) ** 2).mean()
-    assert figs["r1"] == pytest.approx(r1.item(), rel=1e-4) and figs["r1"] > 0 and figs["r2"] > 0
+    d1, d2 = l[2 * B:3 * B] - l[:B], l[3 * B:] - l[B:2 * B]
+    r1 = (d1 ** 2).mean() if form == "apt" else 0.5 * ((d1 / 0.1) ** 2).mean()
+    r2 = 0.5 * 0.001 * ((d2 / 0.01) ** 2).mean()
+    assert figs["r1"] == pytest.approx(r1.item(), rel=1e-4) and figs["r1"] > 0
+    assert figs["r2"] == pytest.approx(r2.item(), rel=1e-4) and figs["r2"] > 0
     base = F.softplus(-l[:B]).mean() + F.softplus(l[B:2 * B]).mean()
-    assert loss.item() == pytest.approx((base + r1 + 0.001 * r2).item(), rel=1e-4)
+    assert figs["gan_d"] == pytest.approx(base.item(), rel=1e-5)
+    assert loss.item() == pytest.approx((0.03 * base + r1 + r2).item(), rel=1e-4)
     assert fd_penalty(torch.ones(3), torch.ones(3), 0.1) == 0
     with pytest.raises(ValueError):
         GANDiscriminatorLoss(r1_sigma=0.0)
+    with pytest.raises(ValueError, match="penalty_form"):
+        GANDiscriminatorLoss(penalty_form="r1")
+
+
+def test_trainer_hands_the_gan_weight_to_the_discriminator_loss():
+    """The recipe's weight reaches gan_discriminator (which scales only its GAN term) and the
+    trainer then sums it with weight 1; other losses keep the trainer-side weight."""
+    from oneforcing.jobs.train import Train
+
+    job = Train(run_dir="r", models={"generator": {"type": "causal_wan", "config": {}},
+                                     "critic": {"type": "fake_score", "config": {}}},
+                data={"type": "latent_shards", "path": "d"}, steps=1, critic_losses=[{"type": "flow_denoise", "weight": 2.0},
+                                        {"type": "gan_discriminator", "weight": 0.03, "r1_weight": 1.0}])
+    (_, flow, w_flow), (_, gan_d, w_gan) = job.built_losses["critic_losses"]
+    assert w_flow == 2.0 and w_gan == 1.0 and gan_d.weight == 0.03
 
 
 def test_real_source_config_is_strict():

@@ -139,3 +139,85 @@ def test_teacher_forcing_diffusion_on_tiny_causal_wan():
         make_ctx(batch, gen, uncond=torch.zeros(1, 5, 24)))
     loss.backward()
     assert torch.isfinite(loss) and gen.proj_out.weight.grad.abs().sum() > 0
+
+
+def test_ode_regression_teacher_forcing_passes_the_real_clean_context():
+    batch = ode_batch()
+    batch["ode_context"] = torch.randn(B, F, C, H, W, generator=torch.Generator().manual_seed(5))
+    gen = LinGen()
+    loss, _ = build({"type": "ode_regression", "teacher_forcing": True}, LOSSES)(make_ctx(batch, gen, seed=7))
+    (_, kw), = gen.calls
+    torch.testing.assert_close(kw["clean_x"], batch["ode_context"])
+    idx = torch.randint(0, K, (B,), generator=torch.Generator().manual_seed(7))
+    assert loss.item() == pytest.approx(expected(batch, idx)[0].item(), rel=1e-6)
+    del batch["ode_context"]
+    with pytest.raises(KeyError, match="context"):
+        build({"type": "ode_regression", "teacher_forcing": True}, LOSSES)(make_ctx(batch, LinGen()))
+
+
+def test_ode_regression_teacher_forcing_on_tiny_causal_wan_ignores_noisy_earlier_frames():
+    """With clean context, frame 2's prediction depends on the real frames 0-1, not on their noisy
+    ODE states (CausVid-style regression, teacher_forcing off, depends on those)."""
+    from oneforcing.models import CausalWan
+    from oneforcing.testing.tiny_wan import TINY_WAN_CONFIG
+
+    torch.manual_seed(0)
+    gen = CausalWan.from_config(TINY_WAN_CONFIG, frames_per_block=1, causal=True, attention="sdpa")
+    g = torch.Generator().manual_seed(3)
+    batch = {"ode_states": torch.randn(1, 2, 3, 4, 4, 4, generator=g), "ode_t": torch.tensor([1000.0, 625.0]),
+             "ode_x0": torch.randn(1, 3, 4, 4, 4, generator=g), "text": torch.randn(1, 5, 24, generator=g),
+             "ode_context": torch.randn(1, 3, 4, 4, 4, generator=g)}
+
+    def frame2_loss(b, tf):
+        loss_fn = build({"type": "ode_regression", "teacher_forcing": tf}, LOSSES)
+        out = {}
+        orig = gen.forward
+
+        def spy(*a, **kw):
+            out["v"] = orig(*a, **kw)
+            return out["v"]
+
+        gen.forward = spy
+        try:
+            loss_fn(make_ctx(b, gen, seed=1))
+        finally:
+            del gen.forward
+        return out["v"][:, 2]
+
+    changed = dict(batch, ode_states=batch["ode_states"].clone())
+    changed["ode_states"][:, :, :2] += 1.0
+    with torch.no_grad():
+        assert torch.allclose(frame2_loss(batch, True), frame2_loss(changed, True), atol=1e-6)
+        assert not torch.allclose(frame2_loss(batch, False), frame2_loss(changed, False), atol=1e-4)
+        other_ctx = dict(batch, ode_context=batch["ode_context"] + 1.0)
+        assert not torch.allclose(frame2_loss(batch, True), frame2_loss(other_ctx, True), atol=1e-4)
+
+
+def test_training_weight_is_the_official_bell_over_the_shift5_grid():
+    sched = FlowMatchScheduler(shift=5.0)
+    grid = sched.warp(torch.linspace(1000, 0, 1001)[:-1])
+    w = sched.training_weight(grid)
+    assert w.mean().item() == pytest.approx(1.0, abs=1e-4)
+    # y = exp(-2 ((t - 500) / 1000)^2) shifted so its grid minimum (t = 1000) is 0
+    y = torch.exp(-2 * ((grid.double() - 500) / 1000) ** 2)
+    torch.testing.assert_close(w.double(), (y - y.min()) * 1000 / (y - y.min()).sum(), atol=1e-5, rtol=1e-5)
+    assert sched.training_weight(torch.tensor([1000.0])).item() == 0.0
+    assert sched.training_weight(torch.tensor([500.0])).item() == pytest.approx(w.max().item(), rel=1e-3)
+
+
+def test_teacher_forcing_diffusion_timestep_weighting():
+    g = torch.Generator().manual_seed(3)
+    batch = {"latents": torch.randn(B, F, C, H, W, generator=g), "text": torch.randn(B, 2, 3, generator=g)}
+    gen = LinGen(frames_per_block=2)
+    loss, _ = build({"type": "teacher_forcing_diffusion", "timestep_weighting": True}, LOSSES)(
+        make_ctx(batch, gen, seed=4))
+    (t, _), = gen.calls
+    rng = torch.Generator().manual_seed(4)
+    ShiftedUniformTimesteps()(B * 2, generator=rng)
+    eps = torch.randn(batch["latents"].shape, generator=rng)
+    sig = (t / 1000)[..., None, None, None]
+    x_t = (1 - sig) * batch["latents"] + sig * eps
+    per_frame = ((0.4 * x_t + sig - (eps - batch["latents"])) ** 2).mean(dim=(2, 3, 4))
+    want = (per_frame * FlowMatchScheduler(shift=5.0).training_weight(t)).mean()
+    assert loss.item() == pytest.approx(want.item(), rel=1e-5)
+    assert loss.item() != pytest.approx(per_frame.mean().item(), rel=1e-3)

@@ -150,3 +150,47 @@ def test_user_errors(teacher, tmp_path, kw, match):
     with pytest.raises(UserError, match=match):
         job = _job(cfg.pop("teacher"), tmp_path, **cfg)
         job.weights_dir  # weights are looked up at run time, so `oneforcing show` works without them
+
+
+def test_teacher_forced_causal_pairs_see_the_real_frames_not_their_own_noise(teacher, tmp_path):
+    """Causal Forcing's pairs (official get_causal_ode_data_framewise.py): every step runs the AR
+    model with clean_x = the sample's real latents, so frame f's trajectory depends on the real
+    frames < f and never on the noisy states of frames < f; the real clip is stored as `context`."""
+    causal = tmp_path / "ar"
+    cfg = tiny_wan_config(in_channels=16, out_channels=16, text_dim=32, rope_max_seq_len=64)
+    torch.manual_seed(0)
+    CausalWan.from_config(cfg, causal=True, frames_per_block=1).save_pretrained(causal)
+    src = tmp_path / "latents"
+    src.mkdir()
+    g = torch.Generator().manual_seed(0)
+    real = torch.randn(2, *SHAPE, generator=g)
+    embed = torch.randn(2, 6, 32, generator=g)
+    write_shard(src / "shard-00000.safetensors", {"latent": real, "prompt_embed": embed,
+                "prompt_mask": embed.ne(0).any(-1)}, ["a", "b"], "latents")
+    write_index(src)
+    out = tmp_path / "pairs"
+    sampler = {**FAST, "teacher_forcing": True}
+    _job(causal, out, split=None, prompts_from=str(src), num_examples=None, sampler=sampler,
+         model={"causal": True, "frames_per_block": 1}, use_ema=False).run(RunContext(seed=1))
+    items = _read(out)
+    assert torch.equal(torch.stack([it["context"] for it in items]), real)  # the real clip, stored
+
+    model = CausalWan.from_pretrained(causal, frames_per_block=1).eval()
+    ode = TeacherODE(**{k: v for k, v in sampler.items() if k != "type"})
+    enc = build({"type": "umt5", "path": TOY_TEXT_ENCODER_PATH, "max_length": TOY_MAX_LENGTH}, TEXT_ENCODERS)
+    neg = enc.encode([""])
+    noise = items[0]["states"][0][None]
+    ref = ode(model, noise, embed[:1], neg, context=real[:1])
+    assert torch.allclose(ref.x0[0], items[0]["clean"], atol=1e-5)
+    # Frame 2 ignores the noise of frames 0-1 (the old block-causal rollout over its own noisy
+    # frames depended on it) but follows the real frames 0-1.
+    other_noise = noise.clone()
+    other_noise[:, :2] = torch.randn(1, 2, *SHAPE[1:], generator=g)
+    assert torch.allclose(ode(model, other_noise, embed[:1], neg, context=real[:1]).x0[:, 2], ref.x0[:, 2], atol=1e-5)
+    other_real = real[:1].clone()
+    other_real[:, :2] += 1.0
+    assert not torch.allclose(ode(model, noise, embed[:1], neg, context=other_real).x0[:, 2], ref.x0[:, 2], atol=1e-3)
+    with pytest.raises(ValueError, match="context"):
+        ode(model, noise, embed[:1], neg)
+    with pytest.raises(UserError, match="prompts_from"):
+        _job(causal, tmp_path / "y", sampler=sampler)

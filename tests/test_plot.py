@@ -61,3 +61,23 @@ def test_user_errors(tmp_path):
     (tmp_path / "bad.jsonl").write_text('{"step": 1}\nnot json\n{"step": 2}\n')
     with pytest.raises(UserError, match="bad.jsonl:2"):
         read_metrics(tmp_path / "bad.jsonl")
+
+
+def test_phase_step_places_repeated_generator_figures_once(tmp_path):
+    """The trainer logs every phase's latest figures with PHASE/step: a generator value repeated
+    over logged rows is one point at its update's step, shown beside the critic's curves."""
+    run = tmp_path / "r"
+    run.mkdir()
+    rows = []
+    for step in range(5, 31, 5):  # generator_every 5, log_every 5: updates at 1, 6, 11, ... (1-based)
+        g_step = step - 4
+        rows.append({"step": step, "generator/dmd": 1.0 / g_step, "generator/gan_generator": 0.02 * g_step,
+                     "generator/step": g_step, "critic/flow_denoise": 0.1 * step, "critic/step": step})
+    rows.insert(2, dict(rows[1], step=12))  # a logged row between two generator updates
+    rows[2]["critic/step"] = rows[2]["step"]
+    (run / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    series = read_metrics(run)
+    assert series["generator/dmd"][0] == [1, 6, 11, 16, 21, 26]
+    assert series["critic/flow_denoise"][0] == [5, 10, 12, 15, 20, 25, 30]
+    defaults = [k for k in series if is_default_metric(k)]
+    assert defaults == ["generator/dmd", "generator/gan_generator", "critic/flow_denoise"]

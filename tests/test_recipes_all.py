@@ -12,9 +12,11 @@ from oneforcing.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 REAL = sorted(p.name for p in (ROOT / "recipes").glob("*.yaml") if not p.name.startswith("_"))
-TOY_TRAIN = ["one_forcing_framewise", "one_forcing_chunkwise", "self_forcing_1step", "self_forcing_4step",
-             "asd_1step", "one_forcing_fkl", "ode_init", "causal_forcing_ar_diffusion",
-             "causal_forcing_ode_init", "causal_forcing_dmd", "teacher", "student_base"]
+TOY_TRAIN = ["one_forcing_framewise", "one_forcing_framewise_causvid_init", "one_forcing_chunkwise",
+             "self_forcing_1step", "self_forcing_4step", "asd_1step", "one_forcing_fkl", "causvid_ode_init",
+             "self_forcing_ode_init", "causal_forcing_ar_diffusion", "causal_forcing_ar_diffusion_chunkwise",
+             "causal_forcing_ode_init", "causal_forcing_ode_init_chunkwise", "causal_forcing_dmd", "teacher",
+             "student_base"]
 
 
 @pytest.mark.parametrize("name", REAL)
@@ -25,7 +27,7 @@ def test_real_recipe_resolves(name, capsys):
 
 def test_real_recipe_without_weights_points_to_the_toy_twin(tmp_path):
     proc = subprocess.run([sys.executable, str(ROOT / "recipes/run.py"), str(ROOT / "recipes/one_forcing_framewise.yaml"),
-                           f"_paths.ode_init={tmp_path}/missing"], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+                           f"_paths.cf_ode_init={tmp_path}/missing"], capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert proc.returncode == 2
     line = proc.stderr.strip().splitlines()[-1]
     assert "models.generator.pretrained" in line and "missing' does not exist" in line
@@ -42,12 +44,16 @@ def run(args, cwd, timeout=600):
 
 @pytest.fixture(scope="module")
 def toy_inputs(tmp_path_factory):
-    """A few toy examples and short ODE pairs (4 Euler steps) from the shipped teacher."""
+    """A few toy examples, short ODE pairs (4 Euler steps) from the shipped teacher, and short
+    teacher-forced causal ODE pairs (with the real context) from the student base run causally."""
     root = tmp_path_factory.mktemp("toy")
     run([str(ROOT / "recipes/toy/data.yaml"), f"out={root}/data", "num_examples=8", "examples_per_shard=8"], root)
     run([str(ROOT / "recipes/toy/ode_pairs.yaml"), f"prompts_from={root}/data", f"out={root}/ode",
          "num_examples=4", "examples_per_shard=4", "batch_size=4",
          "sampler={type: teacher_ode, num_steps: 4, keep_indices: [0, 2]}"], root)
+    run([str(ROOT / "recipes/toy/causal_forcing_ode_pairs.yaml"), f"prompts_from={root}/data", f"out={root}/cf_ode",
+         "num_examples=4", "examples_per_shard=4", "batch_size=4", "teacher=${assets:toy_student_base}",
+         "sampler={type: teacher_ode, num_steps: 4, keep_indices: [0, 2], teacher_forcing: true}"], root)
     return root
 
 
@@ -56,10 +62,14 @@ def toy_inputs(tmp_path_factory):
 def test_toy_recipe_runs_a_few_steps(name, precision, toy_inputs, tmp_path):
     """Both precisions are first-class: every method's losses, samplers and rollouts run in bf16
     (the real recipes' default) as well as in fp32 (the toy recipes' default)."""
+    init = "${assets:toy_causvid_ode_init}"  # any causal toy generator: the shipped init ablation's
     overrides = [f"run_dir={tmp_path}/run", f"deepspeed.precision={precision}", "steps=2", "generator_every=1",
-                 "checkpoint_every=2", "export=null", "deepspeed.micro_batch_size=1", f"_paths.data={toy_inputs}/data", f"_paths.ode_pairs={toy_inputs}/ode",
-                 f"_paths.cf_ode_pairs={toy_inputs}/ode", "_paths.cf_ar_diffusion=${assets:toy_student_base}",
-                 "_paths.cf_ode_init=${assets:toy_ode_init}"]
+                 "checkpoint_every=2", "export=null", "deepspeed.micro_batch_size=1",
+                 f"_paths.data={toy_inputs}/data", f"_paths.ode_pairs={toy_inputs}/ode",
+                 f"_paths.cf_ode_pairs={toy_inputs}/cf_ode", f"_paths.cf_ode_pairs_chunkwise={toy_inputs}/cf_ode",
+                 "_paths.cf_ar_diffusion=${assets:toy_student_base}",
+                 "_paths.cf_ar_diffusion_chunkwise=${assets:toy_student_base}",
+                 f"_paths.cf_ode_init={init}", f"_paths.cf_ode_init_chunkwise={init}", f"_paths.sf_ode_init={init}"]
     if name in ("teacher", "student_base"):
         overrides = [o for o in overrides if not o.startswith("_paths")] + [f"data.path={toy_inputs}/data"]
     proc = run([str(ROOT / "recipes/toy" / f"{name}.yaml"), *overrides], tmp_path)

@@ -59,3 +59,12 @@ def test_bad_schedule_arguments():
         FlowMatchScheduler(shift=0)
     with pytest.raises(ValueError):
         ShiftedUniformTimesteps(min_t=900, max_t=100)
+
+
+def test_shifted_uniform_integer_grid_as_the_official_dmd():
+    t = ShiftedUniformTimesteps(integer=True)(4096, generator=torch.Generator().manual_seed(0))
+    k = torch.arange(1000).float() / 1000
+    grid = (5 * k / (1 + 4 * k) * 1000).clamp(20, 980)
+    assert torch.isin(t, grid).all() and t.unique().numel() > 500
+    cont = ShiftedUniformTimesteps()(4096, generator=torch.Generator().manual_seed(0))
+    assert not torch.isin(cont, grid).all()

@@ -71,6 +71,7 @@ def test_teacher_ode_sampler_with_cfg(tiny_model, tmp_path):
     ({"sampler": {"type": "teacher_od"}}, "teacher_ode"),
     ({"model": {"frames_per_blok": 3}}, "frames_per_blok"),
     ({"num_videos": 0}, "num_videos"),
+    ({"sampler": {"type": "teacher_ode", "teacher_forcing": True}}, "teacher_forcing"),
 ])
 def test_user_errors(tiny_model, tmp_path, kw, match):
     cfg = {"checkpoint": str(tiny_model), **kw}

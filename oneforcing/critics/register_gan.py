@@ -8,13 +8,16 @@ The registers' outputs are concatenated [B, n_reg * dim] -> LayerNorm -> Linear(
 Linear(1) = the logit [B]. Defaults: layers [21, 29] of the 30-block 1.3B, 12 heads, FFN 2048
 (framewise); the chunkwise recipe uses layers [29], ffn_dim 512.
 
-Besides the q/k RMSNorms, the hidden tokens and the register enter each attention / FFN through
-a non-affine LayerNorm (pre-norm): Wan's residual stream grows large in deep blocks and the head
-must not see its raw scale. One `denoise`-and-`logit` forward of the backbone serves both
+Besides the q/k RMSNorms, as the official GanAttentionBlock (Aurora-edu/One-Forcing
+wan/modules/model.py): the block's hidden tokens enter the attention through an AFFINE LayerNorm
+(its `norm3`, cross_attn_norm=True) and the register enters the FFN through a non-affine one
+(`norm2`); Wan's residual stream grows large in deep blocks and the head must not see its raw
+scale. The LayerNorm over the concatenated registers (`_cls_pred_branch`) is affine too. One `denoise`-and-`logit` forward of the backbone serves both
 (`denoise_and_logit`).
 
 Parameter names: the backbone's under "model." (as in `fake_score`), the head's under "head."
-(`head.registers.{i}.token`, `head.registers.{i}.to_q.weight`, ..., `head.out.{0,1,3}.*`).
+(`head.registers.{i}.token`, `head.registers.{i}.to_q.weight`, `head.registers.{i}.norm_kv.*`, ...,
+`head.out.{0,1,3}.*`).
 """
 
 from __future__ import annotations
@@ -39,11 +42,12 @@ class RegisterAttention(nn.Module):
         self.heads = heads
         self.token = nn.Parameter(torch.randn(dim) * init_std)
         self.token_norm = nn.RMSNorm(dim, eps=eps)
-        self.norm_kv = nn.LayerNorm(dim, eps=eps, elementwise_affine=False)
+        self.norm_kv = nn.LayerNorm(dim, eps=eps, elementwise_affine=True)    # official norm3
+
         self.to_q, self.to_k = nn.Linear(dim, dim), nn.Linear(dim, dim)
         self.to_v, self.to_out = nn.Linear(dim, dim), nn.Linear(dim, dim)
         self.norm_q, self.norm_k = nn.RMSNorm(dim, eps=eps), nn.RMSNorm(dim, eps=eps)
-        self.norm_ffn = nn.LayerNorm(dim, eps=eps, elementwise_affine=False)
+        self.norm_ffn = nn.LayerNorm(dim, eps=eps, elementwise_affine=False)  # official norm2
         self.ffn = nn.Sequential(nn.Linear(dim, ffn_dim), nn.GELU(approximate="tanh"), nn.Linear(ffn_dim, dim))
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:

@@ -6,6 +6,10 @@
     vae: {type: wan_vae, path: Wan2.1-T2V-1.3B-Diffusers}
     prompts_file: prompts.txt
     out_dir: videos/framewise
+    ema: false                                      # the default: the raw generator (generator/)
+
+Weights: the raw generator unless `ema: true` (the official inference script's default is
+USE_EMA=0); the job logs which it used and records it in generate_manifest.json.
 
 Every rank builds the same plan (the list of (prompt, sample) videos, their seeds and file
 names) and renders its share, videos n = rank, rank + world_size, ... No communication is
@@ -105,7 +109,7 @@ class Generate(Job):
         width: int = 832,
         fps: int = 16,
         filename: str = "{slug}-{index}.mp4",
-        use_ema: bool = True,
+        ema: bool = False,
         dtype: str = "auto",
         batch_size: int = 1,
         skip_existing: bool = True,
@@ -132,8 +136,8 @@ class Generate(Job):
             raise UserError(f"generate: bad 'filename' template {filename!r}: {exc!r}") from None
         if not filename.endswith(".mp4"):
             raise UserError(f"generate: 'filename' must end in .mp4, got {filename!r}")
-        self.weights_dir = resolve_model_dir(checkpoint, use_ema)  # fail early, before any model loads
-        self.checkpoint, self.use_ema = checkpoint, use_ema
+        self.weights_dir = resolve_model_dir(checkpoint, ema)  # fail early, before any model loads
+        self.checkpoint, self.ema = checkpoint, bool(ema)
         self.text_encoder_cfg, self.vae_cfg = text_encoder, vae
         self.model_cfg = model or {"type": "causal_wan"}
         self.sampler_cfg = sampler or {"type": "causal_inference"}
@@ -179,8 +183,8 @@ class Generate(Job):
         if self.skip_existing:
             mine = [it for it in mine if not it.path.is_file()]
         device, dtype = ctx.device, self._dtype(ctx.device)
-        log.info("generate: %d videos (%d on this rank, %d ranks) from %s -> %s",
-                 len(items), len(mine), ctx.world_size, self.weights_dir, self.out_dir)
+        log.info("generate: %d videos (%d on this rank, %d ranks) from %s (%s weights) -> %s",
+                 len(items), len(mine), ctx.world_size, self.weights_dir, self.weights_kind, self.out_dir)
         if mine:
             # Everything is built and checked before out_dir is touched.
             vae = build(self.vae_cfg, VAES, path="vae", file=ctx.recipe_file)
@@ -244,9 +248,16 @@ class Generate(Job):
             torch.cuda.empty_cache()
         return out
 
+    @property
+    def weights_kind(self) -> str:
+        """'ema', 'generator' (raw) or 'diffusers' (a plain transformer folder: its own weights)."""
+        name = self.weights_dir.name
+        return name if name in ("ema", "generator") else "diffusers"
+
     def _write_manifest(self, items: list[Item]) -> None:
         """Which file holds which prompt and seed (every video, all ranks), written atomically."""
-        data = {"checkpoint": str(self.checkpoint), "weights": str(self.weights_dir), "fps": self.fps,
+        data = {"checkpoint": str(self.checkpoint), "weights": str(self.weights_dir),
+                "weights_kind": self.weights_kind, "fps": self.fps,
                 "num_frames": self.num_frames, "height": self.height, "width": self.width,
                 "videos": [{"file": it.path.name, "prompt": it.prompt, "prompt_index": it.prompt_index,
                             "index": it.sample, "seed": it.seed} for it in items]}

@@ -5,15 +5,19 @@
     prompts_from: data/latents                       # a latent_shards folder: its prompts + embeddings
     text_encoder: {type: umt5, path: Wan2.1-T2V-1.3B-Diffusers}   # for the negative prompt only
     out: data/ode_pairs
-    # Causal Forcing: ODE pairs from the AR-diffusion (teacher-forcing) model, run causally:
-    # model: {causal: true, frames_per_block: 3}
-    # sampler: {type: teacher_ode, causal: true}
+    # Causal Forcing: ODE pairs from the AR-diffusion model WITH TEACHER FORCING on each sample's
+    # real latents (official get_causal_ode_data_framewise.py): block i's context = real frames < i
+    # model: {causal: true, frames_per_block: 1}
+    # sampler: {type: teacher_ode, teacher_forcing: true}
 
 Per prompt: noise -> `num_steps` (48) Euler steps, shift 5, CFG 6 in the usual form
 (v_u + 6 (v_c - v_u)), keeping the states at step indices [0, 12, 24, 36] (t = 1000, 937.5,
 833.3, 625) and the clean endpoint: fields states [K, F, C, H, W], timesteps [K], clean, prompt_embed,
 prompt_mask. Without `prompts_from`, the prompts are a toy-world `split` (world seed = recipe seed),
 encoded with `text_encoder` (default: the toy UMT5 asset, negative prompt "").
+With a teacher-forcing sampler the real latents of `prompts_from` are the clean context of every
+step and are stored too, as `context` [F, C, H, W]: the causal ODE regression gives the student
+the same clean context (losses/ode_regression.py, `teacher_forcing: true`).
 
 Example g's noise comes from derive_seed(recipe seed, "ode_pairs", g); shard j holds examples
 [j n, (j+1) n), computed in batches of `batch_size` that do not depend on the number of ranks: the
@@ -61,10 +65,12 @@ class _ShardSource:
                             f"{self.ds.num_examples}")
         self.shape = tuple(self.ds.fields["latent"]["shape"])
 
-    def batch(self, indices: range, encoder) -> tuple[list[str], torch.Tensor, torch.Tensor, list[dict]]:
+    def batch(self, indices: range, encoder):
+        """(prompts, embeddings, masks, metadata, real latents [B, F, C, H, W])."""
         items = [self.ds.read(g) for g in indices]
         return ([it["prompt"] for it in items], torch.stack([it["prompt_embed"].float() for it in items]),
-                torch.stack([it["prompt_mask"].bool() for it in items]), [it["metadata"] for it in items])
+                torch.stack([it["prompt_mask"].bool() for it in items]), [it["metadata"] for it in items],
+                torch.stack([it["latent"].float() for it in items]))
 
 
 class _ToySource:
@@ -79,7 +85,7 @@ class _ToySource:
         scenes = self.world.scenes(indices)
         prompts = [s["prompt"] for s in scenes]
         embed, mask = encode_text(encoder, prompts)
-        return prompts, embed, mask, scenes
+        return prompts, embed, mask, scenes, None  # no real latents: prompts only
 
 
 @JOBS.register("ode_pairs")
@@ -108,6 +114,10 @@ class OdePairsJob(Job):
         if not getattr(self.sampler, "keep_indices", None):
             raise UserError(f"ode_pairs: sampler '{self.sampler_cfg.get('type')}' keeps no ODE states; "
                             "use {type: teacher_ode, ...} with non-empty keep_indices")
+        self.teacher_forcing = bool(getattr(self.sampler, "teacher_forcing", False))
+        if self.teacher_forcing and prompts_from is None:
+            raise UserError("ode_pairs: sampler.teacher_forcing needs the real latents: set 'prompts_from' "
+                            "(a latent_shards folder), not a toy-world 'split'")
         self.text_cfg = text_encoder or dict(DEFAULT_ODE_TEXT_ENCODER)
         validate(self.text_cfg, TEXT_ENCODERS, path="text_encoder")
         self.teacher, self.use_ema, self.prompts_from, self.split = teacher, use_ema, prompts_from, split
@@ -217,7 +227,7 @@ class OdePairsJob(Job):
             if ctx.rank != writer_rank:
                 continue
             writer = ShardWriter(out, kind="ode_pairs", examples_per_shard=end - start, start=j, index=False,
-                                 dtypes={"states": store, "clean": store, "prompt_embed": store})
+                                 dtypes={"states": store, "clean": store, "context": store, "prompt_embed": store})
             for _, batch in sorted(parts, key=lambda part: part[0]):
                 writer.add_batch(**batch)
             writer.close()  # exactly shard j (the writer flushes when it holds end - start examples)
@@ -226,16 +236,19 @@ class OdePairsJob(Job):
 
     def _batch(self, ctx: RunContext, model, source, encoder, negative, idx: range, dtype) -> dict:
         """The ODE pairs of examples `idx` (CPU tensors, as ShardWriter.add_batch takes them)."""
-        prompts, embed, mask, metadata = source.batch(idx, encoder)
+        prompts, embed, mask, metadata, real = source.batch(idx, encoder)
         seeds = [derive_seed(ctx.seed, "ode_pairs", g) for g in idx]
         noise = torch.stack([torch.randn(source.shape, generator=torch.Generator().manual_seed(s)) for s in seeds])
         neg = negative.expand(len(idx), *negative.shape[1:])
         device = ctx.device
-        res = self.sampler(model, noise.to(device, dtype), embed.to(device, dtype), neg.to(device, dtype))
+        # Teacher forcing: the real latents are every step's clean context, and are stored.
+        context = {"context": real.to(device, dtype)} if self.teacher_forcing else {}
+        res = self.sampler(model, noise.to(device, dtype), embed.to(device, dtype), neg.to(device, dtype), **context)
         return {"prompts": prompts,
                 "metadata": [{**m, "source_index": g, "noise_seed": s} for m, g, s in zip(metadata, idx, seeds)],
                 "states": res.states.float().cpu(), "clean": res.x0.float().cpu(),
-                "timesteps": res.timesteps.float().expand(len(idx), -1), "prompt_embed": embed, "prompt_mask": mask}
+                "timesteps": res.timesteps.float().expand(len(idx), -1), "prompt_embed": embed, "prompt_mask": mask,
+                **({"context": real} if self.teacher_forcing else {})}
 
     def _check_shapes(self, model, shape: tuple, embed: torch.Tensor, negative: torch.Tensor) -> None:
         cfg = getattr(model, "config", {})

@@ -9,8 +9,12 @@
 
 From Python: `plot_metrics(["runs/a", "runs/b"], "curves.png", smooth=5)`.
 A metric is a loss by default when it is `ROLE/NAME` (e.g. generator/dmd, critic/flow_denoise,
-generator/loss) other than ROLE/lr and ROLE/grad_norm, outside time/; any key ending in logit_gap
-is shown too. Non-finite values (logged as null) are skipped. Runs on rank 0; other ranks wait.
+generator/loss) other than ROLE/lr, ROLE/grad_norm and ROLE/step, outside time/; any key ending in
+logit_gap is shown too, so the generator's DMD and GAN-G losses appear beside the critic's curves.
+A row that carries `ROLE/step` (the trainer logs each phase's latest figures with the step of
+their update) places that role's figures at that step, once: a generator value repeated over
+several logged rows is one point. Non-finite values (logged as null) are skipped. Runs on rank 0;
+other ranks wait.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from oneforcing.errors import UserError
 from oneforcing.jobs.base import Job, RunContext
 from oneforcing.registry import JOBS
 
-NOT_LOSSES = ("lr", "grad_norm")
+NOT_LOSSES = ("lr", "grad_norm", "step")
 
 
 def is_default_metric(key: str) -> bool:
@@ -63,8 +67,11 @@ def read_metrics(run: str | Path) -> dict[str, tuple[list[int], list[float]]]:
         for key, value in row.items():
             if key in ("step", "time") or isinstance(value, bool) or not isinstance(value, (int, float)):
                 continue
-            if math.isfinite(value):
-                by_step.setdefault(key, {})[int(row["step"])] = float(value)
+            at = row.get(f"{key.split('/')[0]}/step", row["step"])  # the step of the figure's update
+            if not isinstance(at, (int, float)) or isinstance(at, bool):
+                at = row["step"]
+            if math.isfinite(value):  # keyed by the update's step: an update logged again counts once
+                by_step.setdefault(key, {})[int(at)] = float(value)
     return {key: (sorted(points), [points[s] for s in sorted(points)]) for key, points in by_step.items()}
 
 

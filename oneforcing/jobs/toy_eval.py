@@ -98,6 +98,9 @@ class ToyEvalJob(Job):
         if self.sampler_cfg.get("type") == "teacher_ode":
             self.sampler_cfg.setdefault("keep_indices", [])  # only the endpoint is scored
         self.sampler = build_sampler(self.sampler_cfg)
+        if getattr(self.sampler, "teacher_forcing", False):
+            raise UserError("toy_eval: sampler.teacher_forcing needs real latents as context (ODE pairs "
+                            "only); evaluate with teacher_forcing off")
         self.text_cfg = text_encoder or dict(DEFAULT_TEXT_ENCODER)
         validate(self.text_cfg, TEXT_ENCODERS, path="text_encoder")
         self.codec_cfg = codec or {"type": "toy_codec"}

@@ -68,6 +68,10 @@ class Train(Job):
                 if not isinstance(cfg, dict):
                     raise UserError(f"expected a loss config {{type: ...}}, got {cfg!r}", key=f"{key}[{i}]")
                 body, weight, name = _split_loss(cfg)
+                entry = LOSSES.find(body["type"]) if isinstance(body.get("type"), str) else None
+                if entry is not None and getattr(entry.obj, "applies_own_weight", False):
+                    # The loss scales only part of itself by `weight` (GAN D with unscaled R1/R2).
+                    body, weight = {**body, "weight": weight}, 1.0
                 self.built_losses[key].append((name, build(body, LOSSES, path=f"{key}[{i}]"), weight))
         if self.critic_losses and "critic" not in models:
             raise UserError("critic_losses need models.critic", key="critic_losses")

@@ -4,7 +4,8 @@ defaults.md, "DMD (generator)":
     x_t       = (1 - sigma) x + sigma eps            x = rollout.x0, t = s.sample_t(B), one per sample
     real      = cond + g (cond - uncond)             frozen teacher s.real_score, g = `guidance`
     fake      = critic.denoise(x_t, t, text)         conditional only
-    grad      = (fake_x0 - real_x0) / (mean_{F,C,H,W} |x - real_x0| + 1e-6),  nan_to_num
+    grad      = (fake_x0 - real_x0) / max(mean_{F,C,H,W} |x - real_x0|, 1e-6),  nan_to_num
+                (official model/dmd.py p_real_l1: normalizer.clamp_min(eps))
     loss      = 0.5 * mean((x - sg(x - grad))^2)     over the rollout's frame_mask, in fp32
 
 so d loss / d x = grad / N on the masked frames (N = number of masked elements) and 0 elsewhere:
@@ -22,10 +23,10 @@ from oneforcing.registry import LOSSES
 
 
 def dmd_gradient(x: torch.Tensor, fake_x0: torch.Tensor, real_x0: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
-    """(fake_x0 - real_x0) / (per-sample mean |x - real_x0| + eps), non-finite values zeroed."""
+    """(fake_x0 - real_x0) / max(per-sample mean |x - real_x0|, eps), non-finite values zeroed."""
     x, fake_x0, real_x0 = x.float(), fake_x0.float(), real_x0.float()
     dims = tuple(range(1, x.dim()))
-    normalizer = (x - real_x0).abs().mean(dim=dims, keepdim=True) + eps
+    normalizer = (x - real_x0).abs().mean(dim=dims, keepdim=True).clamp_min(eps)
     return torch.nan_to_num((fake_x0 - real_x0) / normalizer)
 
 

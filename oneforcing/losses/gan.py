@@ -10,15 +10,21 @@ see identical noise, so the logit gap measures the data and not the noise draw).
 (0.03 in One-Forcing) are the recipe's `weight:`. The real side comes from `real:` (a
 REAL_SOURCES config; default `{type: dataset}`); the fake side is the phase's rollout.
 
-Finite-difference R1 / R2 (discriminator only; off by default, the framewise setting): with
-delta = sigma * n, n ~ N(0, I), added to the noised real (R1) / fake (R2) critic input x_t,
-    R = mean(((D(x_t + delta) - D(x_t)) / sigma)^2)
-whose expectation for small sigma is E[(n . grad D)^2] = ||grad_x D||^2, the usual R1/R2 penalty,
-without double backprop. Loss += r1_weight * R1 + r2_weight * R2 (inside the loss, so also scaled
-by the recipe's weight). The perturbed copies join the same critic batch. Chunkwise One-Forcing:
-r1_weight 1.0, r1_sigma 0.1, r2_weight 0.001, r2_sigma 0.01.
+Finite-difference R1 / R2 (discriminator only; off by default, the framewise setting), as the
+official model/one_forcing.py `_compute_gan_discriminator_loss`: delta_R1 = D(x_real_t + s1 n) -
+D(x_real_t), delta_R2 = D(x_fake_t + s2 n) - D(x_fake_t), n ~ N(0, I) (each perturbed copy joins
+the same critic batch), and
+    penalty_form apt (chunkwise_config.yaml r1_loss_type: apt):
+        R1 term = r1_weight * mean(delta_R1^2)                 (NOT divided by sigma)
+    penalty_form finite_difference (the official default r1_loss_type):
+        R1 term = 0.5 * r1_weight * mean((delta_R1 / s1)^2)
+    both:  R2 term = 0.5 * r2_weight * mean((delta_R2 / s2)^2)
+and loss = weight * GAN-D loss + R1 term + R2 term: the recipe's `weight` (gan_d_weight, 0.03)
+scales the GAN term only, never the penalties (the loss applies its own weight). Chunkwise
+One-Forcing: r1_weight 1.0, r1_sigma 0.1, r2_weight 0.001, r2_sigma 0.01, apt.
 
-Logged: logit_real, logit_fake (means), logit_gap = |mean l_r - mean l_f|, t_mean, r1, r2.
+Logged: logit_real, logit_fake (means), logit_gap = |mean l_r - mean l_f|, t_mean, gan_d (the
+unweighted GAN-D loss), r1, r2 (the penalty terms as added).
 """
 
 from __future__ import annotations
@@ -32,9 +38,14 @@ from oneforcing.losses.real_sources import DatasetReal  # noqa: F401 - registers
 from oneforcing.registry import LOSSES, REAL_SOURCES, build
 
 
-def fd_penalty(d_perturbed: torch.Tensor, d_clean: torch.Tensor, sigma: float) -> torch.Tensor:
-    """mean(((D(x + sigma n) - D(x)) / sigma)^2): a finite-difference estimate of ||grad D||^2."""
-    return torch.mean(((d_perturbed - d_clean) / sigma) ** 2)
+PENALTY_FORMS = ("apt", "finite_difference")
+
+
+def fd_penalty(d_perturbed: torch.Tensor, d_clean: torch.Tensor, sigma: float, *, divide: bool = True) -> torch.Tensor:
+    """mean(((D(x + sigma n) - D(x)) / sigma)^2), a finite-difference estimate of ||grad D||^2;
+    `divide=False`: mean((D(x + sigma n) - D(x))^2) (the official `apt` R1)."""
+    delta = d_perturbed - d_clean
+    return torch.mean((delta / sigma if divide else delta) ** 2)
 
 
 class _GANBase:
@@ -100,12 +111,19 @@ class GANGeneratorLoss(_GANBase):
 
 @LOSSES.register("gan_discriminator")
 class GANDiscriminatorLoss(_GANBase):
-    """softplus(-D(real_t)) + softplus(D(fake_t)) (or relativistic softplus(-(D_r - D_f))), plus
-    optional finite-difference R1 (real) / R2 (fake) penalties; critic phase."""
+    """weight * [softplus(-D(real_t)) + softplus(D(fake_t))] (or relativistic softplus(-(D_r -
+    D_f))), plus optional unscaled finite-difference R1 (real) / R2 (fake) penalties; critic phase.
+    The trainer hands the recipe's `weight` to this loss (`applies_own_weight`)."""
+
+    applies_own_weight = True
 
     def __init__(self, real: dict | None = None, relativistic: bool = False, r1_weight: float = 0.0,
-                 r1_sigma: float = 0.1, r2_weight: float = 0.0, r2_sigma: float = 0.01):
+                 r1_sigma: float = 0.1, r2_weight: float = 0.0, r2_sigma: float = 0.01,
+                 penalty_form: str = "finite_difference", weight: float = 1.0):
         super().__init__(real, relativistic)
+        if penalty_form not in PENALTY_FORMS:
+            raise ValueError(f"penalty_form must be one of {', '.join(PENALTY_FORMS)}, got {penalty_form!r}")
+        self.penalty_form, self.weight = penalty_form, float(weight)
         for name, v in (("r1_weight", r1_weight), ("r2_weight", r2_weight)):
             if v < 0:
                 raise ValueError(f"{name} must be >= 0, got {v}")
@@ -129,17 +147,18 @@ class GANDiscriminatorLoss(_GANBase):
         parts = list(logits.chunk(len(xs)))
         l_real, l_fake = parts[0], parts[1]
         if self.relativistic:
-            loss = F.softplus(-(l_real - l_fake)).mean()
+            gan_d = F.softplus(-(l_real - l_fake)).mean()
         else:
-            loss = F.softplus(-l_real).mean() + F.softplus(l_fake).mean()
-        figures = self._figures(l_real, l_fake, t)
-        k = 2
+            gan_d = F.softplus(-l_real).mean() + F.softplus(l_fake).mean()
+        figures = {**self._figures(l_real, l_fake, t), "gan_d": float(gan_d.detach())}
+        loss, k = self.weight * gan_d, 2
         if self.r1_weight > 0:
-            r1 = fd_penalty(parts[k], l_real, self.r1_sigma)
-            loss, k = loss + self.r1_weight * r1, k + 1
+            apt = self.penalty_form == "apt"
+            r1 = (1.0 if apt else 0.5) * self.r1_weight * fd_penalty(parts[k], l_real, self.r1_sigma, divide=not apt)
+            loss, k = loss + r1, k + 1
             figures["r1"] = float(r1.detach())
         if self.r2_weight > 0:
-            r2 = fd_penalty(parts[k], l_fake, self.r2_sigma)
-            loss = loss + self.r2_weight * r2
+            r2 = 0.5 * self.r2_weight * fd_penalty(parts[k], l_fake, self.r2_sigma)
+            loss = loss + r2
             figures["r2"] = float(r2.detach())
         return loss, figures

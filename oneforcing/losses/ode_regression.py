@@ -5,12 +5,18 @@ Batch keys (written by the ODE-pairs dataset; the teacher's states at the kept s
     ode_t       [K] or [B, K]        their model timesteps (sigma = t / 1000; e.g. 1000, 937.5,
                                      833.3, 625 for indices 0, 12, 24, 36 of 48 steps at shift 5)
     ode_x0      [B, F, C, H, W]      the final clean ODE output (the regression target)
+    ode_context [B, F, C, H, W]      the real clean latents the pairs were integrated with (causal
+                                     ODE pairs of Causal Forcing only; `teacher_forcing: true`)
     text        [B, L, D]            as in every batch
 
 `ode_regression` (defaults.md, "Initialisation stages"): per sample one kept index k (uniform,
 shared by all its frames), x0_hat = x_k - sigma_k * G(x_k, t_k, text) with the causal student in
 block-causal full-sequence mode (no cache: every frame sees the earlier *noisy* frames, as in
 CausVid / Self Forcing's ODE init), loss = mean((x0_hat - ode_x0)^2) in fp32.
+With `teacher_forcing: true` (Causal Forcing's causal ODE init; official model/ode_regression.py
+passes `clean_x=clean_latent`) the student runs in teacher-forcing mode instead: block i sees the
+REAL clean frames of blocks < i (`ode_context`) and its own noisy state, exactly the context the
+pairs were integrated with, and the clean context it later gets at t = 0 from its own rollout.
 
 `fkl_surrogate` (defaults.md, "Forward-KL surrogate"; paper Eq. 10): the same MSE from ONE fixed
 kept state x_{t0} (`index`, default 0 = t 1000, the one-step generator's input) to the stored
@@ -46,15 +52,17 @@ def ode_batch(s) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
 
 
 def regress(s, states: torch.Tensor, t_all: torch.Tensor, x0: torch.Tensor, idx: torch.Tensor,
-            per_frame_t: bool):
-    """MSE between the causal student's x0 prediction from states[b, idx[b]] and x0."""
+            per_frame_t: bool, context: torch.Tensor | None = None):
+    """MSE between the causal student's x0 prediction from states[b, idx[b]] and x0; with
+    `context` (real clean latents) the student is teacher-forced on it."""
     rows = torch.arange(states.shape[0], device=states.device)
     idx = idx.to(states.device)
     x_t = states[rows, idx].float()                       # [B, F, C, H, W]
     t = t_all[rows, idx]                                  # [B]
     t_model = t[:, None].expand(-1, x_t.shape[1]) if per_frame_t else t
     text = s.batch["ode_text"].to(s.device) if "ode_text" in s.batch else s.text  # its own prompts
-    v = call_model(s.generator, x_t, t_model, text, causal=True)
+    kw = {} if context is None else {"clean_x": context.to(s.device).float()}
+    v = call_model(s.generator, x_t, t_model, text, causal=True, **kw)
     x0_hat = GRID.x0_from_v(x_t, v, t)
     loss = torch.mean((x0_hat - x0.float()) ** 2)
     return loss, {"t_mean": figure(t)}
@@ -62,16 +70,24 @@ def regress(s, states: torch.Tensor, t_all: torch.Tensor, x0: torch.Tensor, idx:
 
 @LOSSES.register("ode_regression")
 class ODERegressionLoss:
-    """`{type: ode_regression}`; `per_frame_t`: pass t as [B, F] (the same value on every frame)."""
+    """`{type: ode_regression}`; `per_frame_t`: pass t as [B, F] (the same value on every frame);
+    `teacher_forcing`: the clean context of the causal ODE pairs (Causal Forcing)."""
 
-    def __init__(self, per_frame_t: bool = False):
-        self.per_frame_t = bool(per_frame_t)
+    def __init__(self, per_frame_t: bool = False, teacher_forcing: bool = False):
+        self.per_frame_t, self.teacher_forcing = bool(per_frame_t), bool(teacher_forcing)
 
     def __call__(self, s):
         states, t, x0 = ode_batch(s)
+        context = None
+        if self.teacher_forcing:
+            if "ode_context" not in s.batch:
+                raise KeyError("ode_regression with teacher_forcing needs causal ODE pairs that store the real "
+                               "clean context ('context'): write them with an ode_pairs sampler that has "
+                               "teacher_forcing: true")
+            context = s.batch["ode_context"]
         B, K = states.shape[:2]
         idx = torch.randint(0, K, (B,), generator=s.rng)
-        return regress(s, states, t, x0, idx, self.per_frame_t)
+        return regress(s, states, t, x0, idx, self.per_frame_t, context)
 
 
 @LOSSES.register("fkl_surrogate")

@@ -60,13 +60,14 @@ def broadcast_from_rank0(values: list[int] | None) -> list[int]:
 
 
 def draw_exit_indices(num_blocks: int, num_steps: int, generator: torch.Generator | None = None,
-                      same_for_all_blocks: bool = False) -> list[int]:
-    """Per block, an exit step index uniform in [0, num_steps); drawn on rank 0 and broadcast."""
+                      same_step_across_blocks: bool = False) -> list[int]:
+    """Per block, an exit step index uniform in [0, num_steps); drawn on rank 0 and broadcast.
+    `same_step_across_blocks`: one draw shared by every block (Self Forcing's official setting)."""
     dist = torch.distributed
     is_rank0 = not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
     drawn = None
     if is_rank0:
-        n = 1 if same_for_all_blocks else num_blocks
+        n = 1 if same_step_across_blocks else num_blocks
         idx = torch.randint(0, num_steps, (n,), generator=generator).tolist()
-        drawn = idx * num_blocks if same_for_all_blocks else idx
+        drawn = idx * num_blocks if same_step_across_blocks else idx
     return broadcast_from_rank0(drawn)

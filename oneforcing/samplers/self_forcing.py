@@ -1,7 +1,11 @@
 """Self-Forcing training rollout: the generator produces the clip it is trained on, block by block.
 
-Per block an exit step is drawn uniformly from the step list (rank 0, broadcast: every rank runs
-the same number of forwards under ZeRO-3). Steps before the exit run without gradient and re-noise
+An exit step is drawn uniformly from the step list (rank 0, broadcast: every rank runs the same
+number of forwards under ZeRO-3): ONE draw shared by all blocks (`same_step_across_blocks: true`,
+the official Self Forcing / Causal Forcing / One-Forcing default_config) or one per block. With
+`first_block_steps` (Causal Forcing's `denoising_step_list_first_chunk`, its 1-step framewise
+model: [1000, 750, 500, 250]) the first block denoises with that list and its own exit draw, the
+later blocks with `steps` (official pipeline/self_forcing_training.py). Steps before the exit run without gradient and re-noise
 the predicted x0 with fresh noise to the next step; the exit step runs with gradient only when the
 block overlaps the gradient window (the last `grad_frames` frames; None = all). Frames of a grad
 block that fall outside the window are detached, so exactly the window's frames carry gradient.
@@ -45,16 +49,30 @@ class Rollout:
 class SelfForcingRollout:
     def __init__(self, steps: list[float] | None = None, shift: float = 5.0, warp: bool = True,
                  grad_frames: int | None = None, context_t: float = 0.0,
-                 same_exit_for_all_blocks: bool = False):
+                 same_step_across_blocks: bool = True, first_block_steps: list[float] | None = None):
         steps = DEFAULT_STEPS if steps is None else steps
-        if not steps:
-            raise ValueError("the step list must not be empty")
+        if not steps or (first_block_steps is not None and not first_block_steps):
+            raise ValueError("the step lists must not be empty")
         if grad_frames is not None and grad_frames < 0:
             raise ValueError(f"grad_frames must be >= 0 or None, got {grad_frames}")
         self.steps = warped_steps(steps, shift, warp)
         self.grad_frames = grad_frames
         self.context_t = float(context_t)
-        self.same_exit_for_all_blocks = bool(same_exit_for_all_blocks)
+        self.same_step_across_blocks = bool(same_step_across_blocks)
+        self.first_steps = None if first_block_steps is None else warped_steps(first_block_steps, shift, warp)
+
+    def block_steps(self, i: int) -> list[float]:
+        """The (warped) step list of block i."""
+        return self.first_steps if i == 0 and self.first_steps is not None else self.steps
+
+    def draw_exits(self, num_blocks: int, generator: torch.Generator | None) -> list[int]:
+        """Per block, its exit index into `block_steps(i)` (rank 0's draws, broadcast)."""
+        if self.first_steps is None:
+            return draw_exit_indices(num_blocks, len(self.steps), generator, self.same_step_across_blocks)
+        first = draw_exit_indices(1, len(self.first_steps), generator)
+        rest = draw_exit_indices(num_blocks - 1, len(self.steps), generator, self.same_step_across_blocks) \
+            if num_blocks > 1 else []
+        return first + rest
 
     def window(self, num_frames: int) -> torch.Tensor:
         n = num_frames if self.grad_frames is None else min(self.grad_frames, num_frames)
@@ -71,22 +89,22 @@ class SelfForcingRollout:
         B, F = noise.shape[:2]
         dev = noise.device
         blocks = model.block_ranges(F)
-        exits = draw_exit_indices(len(blocks), len(self.steps), exit_generator, self.same_exit_for_all_blocks)
+        exits = self.draw_exits(len(blocks), exit_generator)
         window = self.window(F)
         want_grad = torch.is_grad_enabled()
         cache = model.new_kv_cache(B, F)
         outs, forwards = [], 0
         for i, (a, b) in enumerate(blocks):
             grad_block = want_grad and bool(window[a:b].any())
-            x = noise[:, a:b]
+            x, steps = noise[:, a:b], self.block_steps(i)
             for s in range(exits[i] + 1):
-                t = full_t(self.steps[s], B, dev)
+                t = full_t(steps[s], B, dev)
                 exit_now = s == exits[i]
                 with torch.set_grad_enabled(grad_block and exit_now):
                     x0 = ON_GRID.x0_from_v(x, model(x, t, text, kv_cache=cache, frame_offset=a), t)
                 forwards += 1
                 if not exit_now:
-                    x = ON_GRID.add_noise(x0, randn_like(x0, generator), full_t(self.steps[s + 1], B, dev))
+                    x = ON_GRID.add_noise(x0, randn_like(x0, generator), full_t(steps[s + 1], B, dev))
             if grad_block and not window[a:b].all():  # detach the frames before the window
                 keep = window[a:b].to(dev).view(1, -1, 1, 1, 1)
                 x0 = torch.where(keep, x0, x0.detach())
@@ -99,5 +117,5 @@ class SelfForcingRollout:
                 forwards += 1
         return Rollout(
             x0=torch.cat(outs, dim=1), frame_mask=window, with_grad=want_grad,
-            exit_indices=exits, exit_t=[self.steps[e] for e in exits], blocks=blocks, num_forwards=forwards,
+            exit_indices=exits, exit_t=[self.block_steps(i)[e] for i, e in enumerate(exits)], blocks=blocks, num_forwards=forwards,
         )

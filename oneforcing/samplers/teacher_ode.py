@@ -7,7 +7,14 @@ steps and shift 5, indices 0, 12, 24, 36 are t = 1000, 937.5, 833.3, 625). Each 
 The states x_i at `keep_indices` (the inputs of those steps) and the final x0 are returned.
 Conditional and unconditional passes share one batched forward when the texts have equal length.
 
+Teacher forcing (`teacher_forcing: true`, Causal Forcing's causal ODE pairs; the official
+`get_causal_ode_data_framewise.py` / `_chunkwise.py`): the AR-diffusion model denoises all frames
+at once, every step called with `clean_x` = the sample's REAL clean latents (`context`), so the
+noisy block i sees the clean real frames of the blocks < i and itself, never its own noisy
+earlier frames. CFG 6 with the negative prompt, as in that script.
+
     out = TeacherODE()(teacher, noise, text, negative_text)
+    out = TeacherODE(teacher_forcing=True)(ar_model, noise, text, negative_text, context=real_x0)
     out.x0 [B, F, C, H, W]; out.states [B, K, F, C, H, W]; out.timesteps [K]
 """
 
@@ -18,7 +25,7 @@ from dataclasses import dataclass
 import torch
 
 from oneforcing.registry import SAMPLERS
-from oneforcing.samplers.common import ON_GRID, full_t, in_model_dtype, warped_steps
+from oneforcing.samplers.common import ON_GRID, full_t, in_model_dtype, model_dtype, warped_steps
 
 
 DEFAULT_STEPS, DEFAULT_KEEP = 48, [0, 12, 24, 36]  # change num_steps and keep_indices together
@@ -35,7 +42,8 @@ class ODEResult:
 @SAMPLERS.register("teacher_ode")
 class TeacherODE:
     def __init__(self, num_steps: int = DEFAULT_STEPS, shift: float = 5.0, guidance: float = 6.0,
-                 keep_indices: list[int] | None = None, causal: bool | None = False):
+                 keep_indices: list[int] | None = None, causal: bool | None = False,
+                 teacher_forcing: bool = False):
         keep = DEFAULT_KEEP if keep_indices is None else list(keep_indices)
         if num_steps < 1:
             raise ValueError(f"num_steps must be >= 1, got {num_steps}")
@@ -51,14 +59,19 @@ class TeacherODE:
         # `causal` is passed to the model's forward (False: a CausalWan teacher runs bidirectionally;
         # None: the model's own setting / a model without that argument).
         self.causal = causal
+        self.teacher_forcing = bool(teacher_forcing)
         grid = [1000.0 * (1 - i / num_steps) for i in range(num_steps)]
         self.timesteps = warped_steps(grid, shift) + [0.0]
 
-    def _v(self, model, x, t, text, negative_text):
+    def _v(self, model, x, t, text, negative_text, context=None):
         kw = {} if self.causal is None else {"causal": self.causal}
+        if context is not None:
+            kw["clean_x"] = context
         if negative_text is None or self.guidance == 1.0:
             return model(x, t, text, **kw)
         if negative_text.shape == text.shape:
+            if context is not None:
+                kw["clean_x"] = torch.cat([context, context])
             both = model(torch.cat([x, x]), torch.cat([t, t]), torch.cat([text, negative_text]), **kw)
             cond, uncond = both.chunk(2)
         else:
@@ -67,19 +80,30 @@ class TeacherODE:
 
     @torch.no_grad()
     def __call__(self, model, noise: torch.Tensor, text: torch.Tensor,
-                 negative_text: torch.Tensor | None = None, *, callback=None) -> ODEResult:
-        """`negative_text` [B, L, D] (Wan's negative prompt); None = no guidance.
-        `callback(i, t, x)` is called before each step."""
-        noise, text, negative_text = in_model_dtype(model, noise, text, negative_text)
+                 negative_text: torch.Tensor | None = None, *, context: torch.Tensor | None = None,
+                 callback=None) -> ODEResult:
+        """`negative_text` [B, L, D] (Wan's negative prompt); None = no guidance. `context`
+        [B, F, C, H, W]: the real clean latents (teacher forcing only). `callback(i, t, x)` is
+        called before each step. The ODE state stays in fp32 whatever the model's dtype: with
+        shift 5-8 the first Euler steps move sigma by ~0.003, an update a bf16 state rounds away;
+        the model sees the state in its own dtype."""
+        if self.teacher_forcing != (context is not None):
+            raise ValueError("teacher_forcing needs the real latents as `context`, and only it takes them"
+                             if self.teacher_forcing else "context given, but teacher_forcing is off")
+        if context is not None and context.shape != noise.shape:
+            raise ValueError(f"context {tuple(context.shape)} and noise {tuple(noise.shape)} differ in shape")
+        text, negative_text, context = in_model_dtype(model, text, negative_text, context)
+        in_model = model_dtype(model) or noise.dtype
         B = noise.shape[0]
-        x, kept = noise, {}
+        x, kept = noise.float(), {}
         for i in range(self.num_steps):
             t, t_next = full_t(self.timesteps[i], B, x.device), full_t(self.timesteps[i + 1], B, x.device)
             if i in self.keep_indices:
                 kept[i] = x
             if callback is not None:
                 callback(i, self.timesteps[i], x)
-            x = ON_GRID.euler_step(x, self._v(model, x, t, text, negative_text), t, t_next)
+            v = self._v(model, x.to(in_model), t, text, negative_text, context).float()
+            x = ON_GRID.euler_step(x, v, t, t_next)
         states = torch.stack([kept[i] for i in self.keep_indices], dim=1) if kept else x.new_zeros(B, 0, *x.shape[1:])
         ts = torch.tensor([self.timesteps[i] for i in self.keep_indices])
         return ODEResult(x0=x, states=states, timesteps=ts, keep_indices=list(self.keep_indices))

@@ -77,3 +77,19 @@ class FlowMatchScheduler:
         s = _bcast(self.sigma(t).to(x_t.device), x_t)
         s_next = _bcast(self.sigma(t_next).to(x_t.device), x_t)
         return x_t + (s_next - s) * v
+
+    def training_weight(self, t: torch.Tensor) -> torch.Tensor:
+        """Per-timestep loss weight of Causal Forcing's AR-diffusion stage (official
+        utils/scheduler.py, `set_timesteps(1000, training=True)` + `training_weight`): on the grid
+        of `num_train_timesteps` shifted model timesteps T (u = 1, 1 - 1/N, ..., 1/N),
+        y = exp(-2 ((T - N/2) / N)^2), weight = (y - min y) scaled to mean 1 over the grid; t takes
+        the weight of its nearest grid point. A bell over t that peaks at t = 500 and is 0 at the
+        grid's smallest t."""
+        n = self.num_train_timesteps
+        grid = self.warp(torch.linspace(n, 0, n + 1)[:-1]).double()
+        y = torch.exp(-2 * ((grid - n / 2) / n) ** 2)
+        y = y - y.min()
+        weights = y * (n / y.sum())
+        t = torch.as_tensor(t, dtype=torch.float64)
+        nearest = (grid.to(t.device).reshape(-1, *([1] * t.dim())) - t).abs().argmin(dim=0)
+        return weights.to(t.device)[nearest].float()

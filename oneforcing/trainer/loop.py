@@ -13,6 +13,11 @@ one update. A phase's loss is the weighted sum of its registered losses. A non-f
 any micro-batch, on any rank) skips that phase's update on every rank; DeepSpeed skips non-finite
 gradients itself; `max_bad_steps` bad updates in a row stop the run, leaving the last good
 checkpoint in place.
+
+Every `log_every` steps the loggers get the LATEST figures of every phase, each phase's with
+`PHASE/step` = the (1-based, as logged) step of the update they come from: with
+`generator_every: 5` and `log_every: 5` the generator updates on steps 0, 5, 10, ... are never
+the logged step, and would otherwise never reach metrics.jsonl.
 """
 
 from __future__ import annotations
@@ -79,6 +84,7 @@ class Trainer:
         self._stop_signal: int | None = None
         self._data_iter = None
         self._batch_size = 0
+        self._latest: dict[str, dict[str, float]] = {}  # phase -> its last update's figures
 
     # --- the loop ------------------------------------------------------------------------
     def fit(self, resume: str | None = "auto") -> int:
@@ -89,12 +95,11 @@ class Trainer:
         try:
             while self.step < self.steps:
                 t0 = time.perf_counter()
-                metrics: dict[str, float] = {}
-                if self.losses["generator"] and self.step % self.generator_every == 0:
-                    metrics.update(self._phase("generator"))
-                if self.losses["critic"]:
-                    metrics.update(self._phase("critic"))
+                for phase in ("generator", "critic"):
+                    if self.losses[phase] and (phase == "critic" or self.step % self.generator_every == 0):
+                        self._latest[phase] = {**self._phase(phase), f"{phase}/step": self.step + 1}
                 self.step += 1
+                metrics = {k: v for figures in self._latest.values() for k, v in figures.items()}
                 metrics["time/step_s"] = time.perf_counter() - t0
                 metrics["time/samples_per_s"] = self._batch_size * self.ctx.world_size / metrics["time/step_s"]
                 if self.step % self.log_every == 0 or self.step == self.steps:
@@ -277,7 +282,7 @@ def _batches(data, batch_size: int):
 
 # Shard loaders name fields after what is stored; losses read latents / text / ode_*.
 _BATCH_ALIASES = {"latent": "latents", "prompt_embed": "text", "states": "ode_states",
-                  "timesteps": "ode_t", "clean": "ode_x0"}
+                  "timesteps": "ode_t", "clean": "ode_x0", "context": "ode_context"}
 
 
 def normalize_batch(batch: dict, dtype: torch.dtype | None = None) -> dict:
