@@ -46,7 +46,7 @@ CACHES = {
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--checkpoint", default="oneforcing/assets/toy_ode_init")
+    ap.add_argument("--checkpoint", default="oneforcing/assets/toy_causvid_ode_init")
     ap.add_argument("--videos", type=int, default=128)
     ap.add_argument("--windows", type=int, default=3)
     ap.add_argument("--batch-size", type=int, default=16)

@@ -47,7 +47,7 @@ REAL_ENV = {"WAN_1_3B": "/models/Wan2.1-T2V-1.3B-Diffusers", "WAN_14B": "/models
             "RANK": "0", "HEAD": "127.0.0.1"}
 # Toy jobs cheap enough to run for real, with what shrinks them (appended overrides win).
 RUN_TOY_JOBS = {"toy_data": ["num_examples=8", "examples_per_shard=4", "batch_size=4"], "generate": [], "eval": []}
-TOY_CHECKPOINT = ROOT / "oneforcing" / "assets" / "toy_ode_init"
+TOY_CHECKPOINT = ROOT / "oneforcing" / "assets" / "toy_causal_ode_init"
 
 PRELUDE = r"""
 set -euo pipefail
