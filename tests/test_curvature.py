@@ -13,10 +13,9 @@ from oneforcing.eval.curvature import (
 )
 from oneforcing.jobs.base import RunContext
 from oneforcing.jobs.curvature import integrate
-from oneforcing.models.causal_wan import CausalWan
 from oneforcing.registry import JOBS, build
 from oneforcing.samplers.teacher_ode import TeacherODE
-from oneforcing.testing.tiny_wan import tiny_wan_config
+from oneforcing.testing.tiny_wan import save_toy_shaped_wan
 
 SHAPE = (2, 3, 5, 4, 4)  # [B, F, C, H, W]
 
@@ -104,10 +103,7 @@ def test_bootstrap_ci_and_profile_checks():
 
 @pytest.fixture(scope="module")
 def teacher(tmp_path_factory):
-    path = tmp_path_factory.mktemp("teacher") / "transformer"
-    cfg = tiny_wan_config(in_channels=16, out_channels=16, text_dim=32, rope_max_seq_len=64)
-    CausalWan.from_config(cfg, causal=False).save_pretrained(path)
-    return path
+    return save_toy_shaped_wan(tmp_path_factory.mktemp("teacher") / "transformer")
 
 
 def _job(teacher, out, **kw):

@@ -19,7 +19,7 @@ from oneforcing.jobs.base import RunContext, derive_seed
 from oneforcing.models.causal_wan import CausalWan
 from oneforcing.registry import JOBS, TEXT_ENCODERS, build
 from oneforcing.samplers.teacher_ode import TeacherODE
-from oneforcing.testing.tiny_wan import tiny_wan_config
+from oneforcing.testing.tiny_wan import save_toy_shaped_wan
 
 ROOT = Path(__file__).resolve().parents[1]
 SHAPE = (3, 16, 4, 4)  # frames 3, 16 x 16 pixels through the toy codec (16 PCA channels)
@@ -28,10 +28,7 @@ FAST = {"type": "teacher_ode", "num_steps": 8, "keep_indices": [0, 2, 4, 6]}
 
 @pytest.fixture(scope="module")
 def teacher(tmp_path_factory):
-    path = tmp_path_factory.mktemp("teacher") / "transformer"
-    cfg = tiny_wan_config(in_channels=16, out_channels=16, text_dim=32, rope_max_seq_len=64)
-    CausalWan.from_config(cfg, causal=False).save_pretrained(path)
-    return path
+    return save_toy_shaped_wan(tmp_path_factory.mktemp("teacher") / "transformer")
 
 
 def _job(teacher, out, **kw):
@@ -157,9 +154,8 @@ def test_teacher_forced_causal_pairs_see_the_real_frames_not_their_own_noise(tea
     model with clean_x = the sample's real latents, so frame f's trajectory depends on the real
     frames < f and never on the noisy states of frames < f; the real clip is stored as `context`."""
     causal = tmp_path / "ar"
-    cfg = tiny_wan_config(in_channels=16, out_channels=16, text_dim=32, rope_max_seq_len=64)
     torch.manual_seed(0)
-    CausalWan.from_config(cfg, causal=True, frames_per_block=1).save_pretrained(causal)
+    save_toy_shaped_wan(causal, causal=True, frames_per_block=1)
     src = tmp_path / "latents"
     src.mkdir()
     g = torch.Generator().manual_seed(0)

@@ -144,7 +144,8 @@ class CurvatureJob(Job):
         sigmas = None
         for b in tqdm(range(0, self.num_prompts, self.batch_size), desc="curvature", unit="batch"):
             idx = range(b, min(b + self.batch_size, self.num_prompts))
-            batch_prompts, embed, _mask, _meta = source.batch(idx, encoder)
+            batch = source.batch(idx, encoder)
+            batch_prompts, embed = batch.prompts, batch.embed
             noise = torch.stack([torch.randn(source.shape, generator=torch.Generator().manual_seed(
                 derive_seed(ctx.seed, "curvature", i))) for i in idx])
             neg = negative.expand(len(idx), *negative.shape[1:]).to(device, dtype)

@@ -33,6 +33,7 @@ import functools
 import json
 import logging
 from pathlib import Path
+from typing import NamedTuple
 
 import safetensors.torch
 import torch
@@ -54,6 +55,15 @@ log = logging.getLogger("oneforcing")
 DEFAULT_ODE_TEXT_ENCODER = {**DEFAULT_TEXT_ENCODER, "negative_prompt": ""}  # the toy teacher's uncond text
 
 
+class PromptBatch(NamedTuple):
+    """What a prompt source gives for a range of examples."""
+    prompts: list[str]
+    embed: torch.Tensor             # [B, L, D]
+    mask: torch.Tensor              # [B, L] bool
+    metadata: list[dict]
+    real: torch.Tensor | None       # [B, F, C, H, W] clean real latents (shard sources only)
+
+
 class _ShardSource:
     """Prompts, embeddings and metadata of a latent_shards folder (latents are not needed)."""
 
@@ -65,12 +75,11 @@ class _ShardSource:
                             f"{self.ds.num_examples}")
         self.shape = tuple(self.ds.fields["latent"]["shape"])
 
-    def batch(self, indices: range, encoder):
-        """(prompts, embeddings, masks, metadata, real latents [B, F, C, H, W])."""
+    def batch(self, indices: range, encoder) -> PromptBatch:
         items = [self.ds.read(g) for g in indices]
-        return ([it["prompt"] for it in items], torch.stack([it["prompt_embed"].float() for it in items]),
-                torch.stack([it["prompt_mask"].bool() for it in items]), [it["metadata"] for it in items],
-                torch.stack([it["latent"].float() for it in items]))
+        return PromptBatch([it["prompt"] for it in items], torch.stack([it["prompt_embed"].float() for it in items]),
+                           torch.stack([it["prompt_mask"].bool() for it in items]), [it["metadata"] for it in items],
+                           torch.stack([it["latent"].float() for it in items]))
 
 
 class _ToySource:
@@ -81,11 +90,11 @@ class _ToySource:
         self.num = num_examples
         self.shape = tuple(ToyCodec().latent_shape(frames, size, size))
 
-    def batch(self, indices: range, encoder):
+    def batch(self, indices: range, encoder) -> PromptBatch:
         scenes = self.world.scenes(indices)
         prompts = [s["prompt"] for s in scenes]
         embed, mask = encode_text(encoder, prompts)
-        return prompts, embed, mask, scenes, None  # no real latents: prompts only
+        return PromptBatch(prompts, embed, mask, scenes, None)  # no real latents: prompts only
 
 
 @JOBS.register("ode_pairs")
@@ -196,7 +205,7 @@ class OdePairsJob(Job):
         model = load_generator_model(self.model_cfg, self.weights_dir, ctx.recipe_file)
         model = model.to(ctx.device, self._dtype(ctx.device))
         model.eval().requires_grad_(False)
-        self._check_shapes(model, source.shape, source.batch(range(1), encoder)[1], negative)  # every rank
+        self._check_shapes(model, source.shape, source.batch(range(1), encoder).embed, negative)  # every rank
         return encoder, negative, model
 
     def _write(self, ctx: RunContext, source, out, todo, tqdm, encoder, negative, model) -> None:

@@ -55,6 +55,19 @@ def save_tiny_wan(out_dir: str | Path, seed: int = 0, **overrides) -> Path:
     return out
 
 
+# A tiny Wan whose latents are the toy codec's (16 channels) and whose text is the toy encoder's (32).
+TOY_SHAPED = {"in_channels": 16, "out_channels": 16, "text_dim": 32, "rope_max_seq_len": 64}
+
+
+def save_toy_shaped_wan(path: str | Path, **kwargs) -> Path:
+    """A random toy-shaped CausalWan (TOY_SHAPED) saved as a diffusers folder at `path`; `kwargs`
+    go to CausalWan (default: a bidirectional teacher)."""
+    from oneforcing.models.causal_wan import CausalWan
+
+    CausalWan.from_config(tiny_wan_config(**TOY_SHAPED), **{"causal": False, **kwargs}).save_pretrained(path)
+    return Path(path)
+
+
 def tiny_inputs(batch: int = 1, frames: int = 3, height: int = 4, width: int = 6, text_len: int = 7,
                 seed: int = 0, config: dict | None = None):
     """x [B, F, C, H, W], text [B, L, D_text] in the project's layout, from a seeded generator."""
