@@ -78,3 +78,13 @@ def test_user_errors(tiny_model, tmp_path, kw, match):
     with pytest.raises(UserError, match=match):
         job = _job(cfg.pop("checkpoint"), tmp_path, **cfg)
         job.weights_dir  # weights are looked up at run time, so `oneforcing show` works without them
+
+
+def test_a_re_evaluated_model_keeps_one_markdown_row():
+    from oneforcing.eval.toybench import markdown_header
+    from oneforcing.jobs.toy_eval import upsert_row
+
+    table = markdown_header() + "| teacher | 8 | 1 |\n| student | 8 | 2 |\n"
+    table = upsert_row(table, "| student | 8 | 3 |\n")
+    assert table.count("| student |") == 1 and "| student | 8 | 3 |" in table and "| teacher | 8 | 1 |" in table
+    assert upsert_row(table, "| init | 8 | 4 |\n").endswith("| init | 8 | 4 |\n")

@@ -2,5 +2,5 @@
 
 from oneforcing.jobs import (  # noqa: F401
     curvature, dist_check, eval, generate, ode_pairs, pipeline, plot, prepare_data, study, toy_data, toy_eval,
-    train,
+    toy_report, train,
 )

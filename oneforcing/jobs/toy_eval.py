@@ -208,7 +208,7 @@ class ToyEvalJob(Job):
         row = markdown_row(result, self.name)
         self.markdown.parent.mkdir(parents=True, exist_ok=True)
         text = self.markdown.read_text(encoding="utf-8") if self.markdown.exists() else markdown_header()
-        atomic_write_text(self.markdown, text + row)
+        atomic_write_text(self.markdown, upsert_row(text, row))
         self._write_media(videos, prompts)
         for p in (self.out / ".parts").glob("batch-*.safetensors"):
             p.unlink(missing_ok=True)
@@ -230,6 +230,18 @@ class ToyEvalJob(Job):
         if self.gif:
             n = min(GIF_VIDEOS, len(prompts))
             write_grid_gif(self.out / "samples.gif", videos[:n], self.world.render(range(n)))
+
+
+def upsert_row(table: str, row: str) -> str:
+    """`table` with `row` in place of the row of the same name (a re-evaluated model keeps one
+    row), or appended."""
+    name = row.split(" | ", 1)[0]
+    lines = table.splitlines(keepends=True)
+    for i, line in enumerate(lines):
+        if line.split(" | ", 1)[0] == name:
+            lines[i] = row
+            return "".join(lines)
+    return table + row
 
 
 def write_grid_gif(path: str | Path, generated: torch.Tensor, real: torch.Tensor, scale: int = 2,

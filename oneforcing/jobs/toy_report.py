@@ -1,0 +1,262 @@
+"""`toy_report`: every toy method twin over seeds, scored with ToyBench, in one generated report.
+
+    python recipes/run.py recipes/toy/report.yaml          # 3 seeds: docs/toy_report.md + figures
+    python recipes/run.py recipes/toy/report_quick.yaml    # 1 seed, short schedules (CI-sized)
+
+In order:
+1. every stage, method and evaluation recipe is loaded and validated, with the overrides the
+   report adds, before anything runs;
+2. the `prepare` stages run (toy data, the teacher's ODE pairs) unless their output exists;
+3. each method is trained once per seed and scored with ToyBench (the `evaluate` recipe, with the
+   seed's noise), and each reference (teacher, initialisations) is scored per seed: child
+   processes, `workers` at a time with `threads` torch threads each;
+4. the report is written (oneforcing/eval/toy_report_doc.py): the Table 1 analogue as mean ± 95 %
+   t-interval over seeds, the paper's claims with measured verdicts, figures.
+
+Each task lives in RUNS_DIR/NAME/seedK/ (train run, export/, eval/, log.txt) with a task.json
+that records a hash of its resolved recipes: a finished task with the same hash is not run again,
+so a stopped report resumes (an unfinished training resumes from its last checkpoint), and an
+edited method re-runs that method only. A folder there without task.json is never touched.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from oneforcing.data.shards import atomic_write_text
+from oneforcing.errors import UserError
+from oneforcing.jobs.base import Job, RunContext
+from oneforcing.registry import JOBS
+
+log = logging.getLogger("oneforcing")
+
+ENTRY_KEYS = {"label", "recipe", "overrides", "eval_overrides", "seeds"}
+STAGE_KEYS = {"recipe", "overrides", "skip_if_exists"}
+# Launcher variables a child must not inherit: each child is a run of its own.
+LAUNCHER_ENV = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT",
+                "GROUP_RANK", "ROLE_RANK", "TORCHELASTIC_RUN_ID")
+
+
+@dataclass
+class Task:
+    """One method x seed (train, then evaluate) or one reference x seed (evaluate)."""
+    name: str                                  # method or reference key
+    label: str
+    kind: str                                  # "method" | "reference"
+    seed: int
+    dir: Path
+    commands: list[tuple[str, list[str]]]      # (recipe, overrides), run in order
+    key: str = ""
+    steps: int | None = None                   # the training recipe's iterations (methods)
+    seconds: dict = field(default_factory=dict)
+    cached: bool = False                       # finished by an earlier run of the report
+
+    @property
+    def title(self) -> str:
+        return f"{self.name}/seed{self.seed}"
+
+
+def _entries(value, key: str, *, need_recipe: bool = True) -> dict[str, dict]:
+    if not isinstance(value, dict) or not value:
+        raise UserError("must map names to {label, recipe, overrides, eval_overrides}", key=key)
+    for name, entry in value.items():
+        if not isinstance(name, str) or not name.isidentifier():
+            raise UserError(f"'{name}' is not a plain name (letters, digits, _)", key=key)
+        if not isinstance(entry, dict):
+            raise UserError("must be a mapping {label, recipe, overrides, eval_overrides}", key=f"{key}.{name}")
+        extra = set(entry) - ENTRY_KEYS
+        if extra:
+            raise UserError(f"unknown key '{sorted(extra)[0]}' ({', '.join(sorted(ENTRY_KEYS))})",
+                            key=f"{key}.{name}")
+        if need_recipe and "recipe" not in entry:
+            raise UserError("needs 'recipe'", key=f"{key}.{name}")
+        for sub in ("overrides", "eval_overrides"):
+            if not all(isinstance(o, str) for o in entry.get(sub, [])):
+                raise UserError("must be a list of key=value strings", key=f"{key}.{name}.{sub}")
+    return value
+
+
+@JOBS.register("toy_report")
+class ToyReport(Job):
+    """Train every toy method over seeds, score with ToyBench, write the claims report."""
+
+    def __init__(self, methods: dict, seeds: list[int], evaluate: dict, out: str, runs_dir: str,
+                 references: dict | None = None, prepare: list[dict] | None = None,
+                 train_overrides: list[str] | None = None, workers: int = 1, threads: int | None = None,
+                 title: str = "Toy report", command: str | None = None, figures: str | None = None):
+        if not seeds or len(set(seeds)) != len(seeds) or not all(isinstance(s, int) for s in seeds):
+            raise UserError(f"must be a list of distinct integers, got {seeds!r}", key="seeds")
+        if workers < 1:
+            raise UserError(f"must be >= 1, got {workers}", key="workers")
+        if threads is not None and threads < 1:
+            raise UserError(f"must be >= 1, got {threads}", key="threads")
+        self.methods = _entries(methods, "methods")
+        self.references = _entries(references, "references", need_recipe=False) if references else {}
+        clash = set(self.methods) & set(self.references)
+        if clash:
+            raise UserError(f"'{sorted(clash)[0]}' is both a method and a reference", key="references")
+        _entries({"evaluate": evaluate}, "evaluate")
+        self.evaluate = evaluate
+        self.prepare_stages = prepare or []
+        for i, stage in enumerate(self.prepare_stages):
+            if not isinstance(stage, dict) or "recipe" not in stage or set(stage) - STAGE_KEYS:
+                raise UserError("each stage is {recipe: FILE, overrides: [k=v ...], skip_if_exists: PATH}",
+                                key=f"prepare[{i}]")
+        self.seeds, self.workers = list(seeds), workers
+        self.threads = threads or max(1, (os.cpu_count() or 1) // workers)
+        self.train_overrides = list(train_overrides or [])
+        self.out, self.runs_dir = Path(out), Path(runs_dir)
+        self.figures = Path(figures) if figures else self.out.with_suffix("")
+        self.title, self.command = title, command
+
+    # --- planning --------------------------------------------------------------------------
+    def _recipe(self, base: Path, name: str) -> str:
+        return str(base / name)
+
+    def plan(self, base: Path) -> list[Task]:
+        """Every task, with its commands (nothing runs)."""
+        tasks = []
+        ev = self.evaluate
+        for name, entry in self.methods.items():
+            for seed in entry.get("seeds", self.seeds):
+                d = self.runs_dir / name / f"seed{seed}"
+                train = [f"run_dir={d}", f"seed={seed}", f"export={{dir: {d}/export}}",
+                         *self.train_overrides, *entry.get("overrides", [])]
+                evaluate = [f"checkpoint={d}/export", f"out={d}/eval", f"markdown={d}/eval/toybench.md",
+                            f"seed={seed}", f"name={entry.get('label', name)}", "progress=false",
+                            *ev.get("overrides", []), *entry.get("eval_overrides", [])]
+                tasks.append(Task(name, entry.get("label", name), "method", seed, d,
+                                  [(self._recipe(base, entry["recipe"]), train),
+                                   (self._recipe(base, ev["recipe"]), evaluate)]))
+        for name, entry in self.references.items():
+            for seed in entry.get("seeds", self.seeds):
+                d = self.runs_dir / name / f"seed{seed}"
+                evaluate = [f"out={d}/eval", f"markdown={d}/eval/toybench.md", f"seed={seed}",
+                            f"name={entry.get('label', name)}", "progress=false",
+                            *ev.get("overrides", []), *entry.get("overrides", [])]
+                tasks.append(Task(name, entry.get("label", name), "reference", seed, d,
+                                  [(self._recipe(base, entry.get("recipe", ev["recipe"])), evaluate)]))
+        return tasks
+
+    def validate(self, tasks: list[Task], stages: list[tuple[str, list[str]]]) -> None:
+        """Load and build every recipe the report will run (raises UserError naming it); give
+        each task its key, the hash of its resolved recipes."""
+        from oneforcing.runner import prepare
+
+        for recipe, overrides in stages:
+            prepare(recipe, overrides)
+        for task in tasks:
+            resolved = []
+            for recipe, overrides in task.commands:
+                try:
+                    full, _, _ = prepare(recipe, overrides)
+                except UserError as err:
+                    raise UserError(f"{task.title}: {err}") from None
+                resolved.append(full)
+            if task.kind == "method":
+                task.steps = resolved[0].get("steps")
+            text = json.dumps(resolved, sort_keys=True, default=str)
+            task.key = hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    # --- running -----------------------------------------------------------------------------
+    def _child_env(self, threads: int) -> dict:
+        env = {k: v for k, v in os.environ.items() if k not in LAUNCHER_ENV}
+        env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), TQDM_MININTERVAL="30")
+        env.setdefault("DS_ACCELERATOR", "cpu")
+        return env
+
+    def _call(self, recipe: str, overrides: list[str], log_path: Path, threads: int) -> float:
+        t0 = time.perf_counter()
+        with open(log_path, "ab") as fh:
+            fh.write(f"\n$ python -m oneforcing run {recipe} {' '.join(overrides)}\n".encode())
+            fh.flush()
+            rc = subprocess.run([sys.executable, "-m", "oneforcing", "run", recipe, *overrides],
+                                stdout=fh, stderr=subprocess.STDOUT, env=self._child_env(threads)).returncode
+        if rc != 0:
+            tail = log_path.read_text(encoding="utf-8", errors="replace").strip().splitlines()[-1:] or [""]
+            raise UserError(f"toy_report: {recipe} failed (exit {rc}): {tail[0]} (log: {log_path})")
+        return time.perf_counter() - t0
+
+    def run_task(self, task: Task) -> Task:
+        """Run one task unless it finished before with the same key."""
+        meta = task.dir / "task.json"
+        if meta.exists():
+            old = json.loads(meta.read_text(encoding="utf-8"))
+            if old.get("key") == task.key and old.get("state") == "done":
+                task.seconds, task.cached = old.get("seconds", {}), True
+                return task
+            if old.get("key") != task.key:  # our own folder, from another version of the recipes
+                shutil.rmtree(task.dir)
+        elif task.dir.exists() and any(task.dir.iterdir()):
+            raise UserError(f"toy_report: {task.dir} exists and was not made by this report "
+                            "(no task.json); move it or choose another runs_dir")
+        task.dir.mkdir(parents=True, exist_ok=True)
+        record = {"key": task.key, "state": "started", "commands": task.commands}
+        atomic_write_text(meta, json.dumps(record, indent=1) + "\n")
+        steps = ("train", "eval") if task.kind == "method" else ("eval",)
+        for step, (recipe, overrides) in zip(steps, task.commands):
+            task.seconds[step] = self._call(recipe, overrides, task.dir / "log.txt", self.threads)
+        record.update(state="done", seconds=task.seconds)
+        atomic_write_text(meta, json.dumps(record, indent=1) + "\n")
+        return task
+
+    def run(self, ctx: RunContext) -> None:
+        if ctx.is_main:
+            self._run(ctx)
+        ctx.barrier()
+
+    def _run(self, ctx: RunContext) -> None:
+        from tqdm.auto import tqdm
+
+        from oneforcing.eval.toy_report_doc import write_report
+
+        t_start = time.perf_counter()
+        base = Path(ctx.recipe_file).parent if ctx.recipe_file else Path(".")
+        stages = [(self._recipe(base, s["recipe"]), list(s.get("overrides", []))) for s in self.prepare_stages]
+        tasks = self.plan(base)
+        self.validate(tasks, stages)
+        log.info("toy_report: %d tasks (%d methods x seeds %s, %d references), %d workers x %d threads",
+                 len(tasks), len(self.methods), self.seeds, len(self.references), self.workers, self.threads)
+        self.runs_dir.mkdir(parents=True, exist_ok=True)
+        prepare_s = 0.0
+        for stage, (recipe, overrides) in zip(self.prepare_stages, stages):
+            marker = stage.get("skip_if_exists")
+            if marker and Path(marker).exists():
+                log.info("toy_report: prepare %s skipped (%s exists)", recipe, marker)
+                continue
+            log.info("toy_report: prepare %s", recipe)
+            prepare_s += self._call(recipe, overrides, self.runs_dir / "prepare.log", os.cpu_count() or 1)
+        failures = []
+        with ThreadPoolExecutor(self.workers) as pool, tqdm(total=len(tasks), desc="toy_report", unit="task") as bar:
+            futures = {pool.submit(self.run_task, t): t for t in tasks}
+            for fut in as_completed(futures):
+                task = futures[fut]
+                try:
+                    fut.result()
+                    bar.write(f"toy_report: {task.title} done "
+                              f"({'cached' if task.cached else _fmt_seconds(task.seconds)})")
+                except UserError as err:
+                    failures.append(str(err))
+                    bar.write(f"toy_report: {task.title} FAILED: {err}")
+                bar.update()
+        if failures:
+            raise UserError(f"toy_report: {len(failures)} of {len(tasks)} tasks failed, no report written; "
+                            f"first: {failures[0]}")
+        timing = {"wall_s": time.perf_counter() - t_start, "prepare_s": prepare_s,
+                  "workers": self.workers, "threads": self.threads}
+        path = write_report(self, tasks, timing)
+        print(f"toy_report: wrote {path}", flush=True)
+
+
+def _fmt_seconds(seconds: dict) -> str:
+    return ", ".join(f"{k} {v / 60:.1f} min" for k, v in seconds.items())
