@@ -103,7 +103,8 @@ def test_bad_config_names_the_key(tmp_path, kw, key):
 
 
 def test_plan_and_keys_cover_every_method_seed_and_reference(tmp_path):
-    job = _job(tmp_path, references={"teacher": {"recipe": "eval_teacher.yaml", "seeds": [0]}})
+    job = _job(tmp_path, references={"teacher": {"recipe": "eval_teacher.yaml", "seeds": [0],
+                                                "label": "reference: a label with a colon"}})
     tasks = job.plan(ROOT / "recipes" / "toy")
     assert [t.title for t in tasks] == ["one_forcing_framewise/seed0", "one_forcing_framewise/seed1",
                                         "teacher/seed0"]

@@ -133,7 +133,7 @@ class ToyReport(Job):
                 train = [f"run_dir={d}", f"seed={seed}", f"export={{dir: {d}/export}}",
                          *self.train_overrides, *entry.get("overrides", [])]
                 evaluate = [f"checkpoint={d}/export", f"out={d}/eval", f"markdown={d}/eval/toybench.md",
-                            f"seed={seed}", f"name={entry.get('label', name)}", "progress=false",
+                            f"seed={seed}", f"name={json.dumps(entry.get('label', name))}", "progress=false",
                             *ev.get("overrides", []), *entry.get("eval_overrides", [])]
                 tasks.append(Task(name, entry.get("label", name), "method", seed, d,
                                   [(self._recipe(base, entry["recipe"]), train),
@@ -142,7 +142,7 @@ class ToyReport(Job):
             for seed in entry.get("seeds", self.seeds):
                 d = self.runs_dir / name / f"seed{seed}"
                 evaluate = [f"out={d}/eval", f"markdown={d}/eval/toybench.md", f"seed={seed}",
-                            f"name={entry.get('label', name)}", "progress=false",
+                            f"name={json.dumps(entry.get('label', name))}", "progress=false",
                             *ev.get("overrides", []), *entry.get("overrides", [])]
                 tasks.append(Task(name, entry.get("label", name), "reference", seed, d,
                                   [(self._recipe(base, entry.get("recipe", ev["recipe"])), evaluate)]))
