@@ -25,7 +25,7 @@ __all__ = ["CheckpointManager", "DeepSpeedOptions", "EMA", "FrozenRole", "Optimi
 def _build_module(cfg: dict, registry, *, role: str, seed: int, ds: DeepSpeedOptions, lora, ctx: RunContext):
     from oneforcing.registry import build
     from oneforcing.trainer.engines import is_partitioned
-    from oneforcing.trainer.zero_init import stream_pretrained_weights, zero_init_context
+    from oneforcing.trainer.placement import stream_pretrained_weights, zero_init_context
 
     # Same random init on every rank (weights that are not loaded from disk must agree).
     torch.manual_seed(derive_seed(seed, "init", role))
