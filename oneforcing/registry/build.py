@@ -4,7 +4,9 @@
 checking every kwarg against the component's signature: unknown keys, missing required keys
 and values of the wrong type (by the signature's annotations) are errors that name the recipe
 file and the dotted key path. Nested configs (a dict with `type`) are built recursively when
-the parameter's annotation asks for an object rather than a dict.
+the parameter's annotation asks for an object rather than a dict; values that only a `**kwargs`
+takes stay raw (the callee checks them: the train job hands its keys to trainer/config.py).
+`validate` is the same walk with construction switched off.
 """
 
 from __future__ import annotations
@@ -212,7 +214,10 @@ def check_kwargs(obj, kwargs: dict, *, what: str, path: str = "", file: str | No
                 f"{what} takes no key '{key}'.{hint} Accepted keys: {', '.join(accepted) or '(none)'}",
                 file=file, key=key_path,
             )
-        ann = hints.get(key, params[key].annotation if key in params else _EMPTY)
+        if key not in params:  # taken by **kwargs: the callee reads the raw recipe value itself
+            out[key] = value
+            continue
+        ann = hints.get(key, params[key].annotation)
         value = _resolve_nested(value, ann, key_path, file, registry, construct)
         value = _coerce(value, ann)
         if not (value.matches(ann) if isinstance(value, Unbuilt) else _matches(value, ann)):

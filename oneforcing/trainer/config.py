@@ -109,8 +109,6 @@ class DeepSpeedOptions:
         return _deep_update(cfg, self.extra)
 
 
-
-
 @dataclass
 class LoraOptions:
     """Recipe key `lora.generator` / `lora.critic`."""

@@ -53,8 +53,8 @@ def build_role_module(cfg: dict, registry, *, role: str, ds: DeepSpeedOptions, l
             module = build(cfg, registry, path=path)
         loaded = load_pretrained(module)
     if loaded:
-        log.info("%s: loaded %d pretrained tensors into %s parameters", role, loaded,
-                 "partitioned" if partition else "local")
+        log.info("%s: %s %d pretrained tensors into %s parameters", role, "streamed" if partition else "loaded",
+                 loaded, "partitioned" if partition else "local")
     if lora is not None:
         from oneforcing.trainer.lora import apply_lora
 
