@@ -15,14 +15,13 @@ Nothing here knows about devices beyond CPU, processes or sharding.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 
 from oneforcing.errors import UserError
-from oneforcing.models.wan_io import INDEX, WEIGHTS, load_state_dict, resolve_folder
+from oneforcing.models.wan_io import load_state_dict
 
 
 class PretrainedWeights:
@@ -72,18 +71,3 @@ def load_pretrained(module: nn.Module) -> int:
         owner.load_state_dict(sd, strict=True, assign=True)
         loaded += len(sd)
     return loaded
-
-
-def tensor_files(folder: str | Path) -> dict[str, Path]:
-    """{tensor name: safetensors file} for a diffusers folder (single file or sharded index),
-    for readers that open one tensor at a time."""
-    folder = resolve_folder(folder)
-    if (folder / WEIGHTS).is_file():
-        from safetensors import safe_open
-
-        with safe_open(str(folder / WEIGHTS), "pt") as f:
-            return {k: folder / WEIGHTS for k in f.keys()}
-    if (folder / INDEX).is_file():
-        weight_map = json.loads((folder / INDEX).read_text())["weight_map"]
-        return {k: folder / v for k, v in weight_map.items()}
-    raise UserError(f"{folder} has neither {WEIGHTS} nor {INDEX}")

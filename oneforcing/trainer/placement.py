@@ -1,31 +1,30 @@
-"""Placement: the one seam between single-device models and how the trainer runs them.
+"""Placement: the one seam between single-device models and how the trainer runs them; builds
+a model already partitioned (ZeRO-3) and streams its pretrained weights in, or builds and loads
+it on one device.
 
-Models (oneforcing/models, oneforcing/critics) are plain single-device modules that name their
-weights folder (`PretrainedWeights.weights_folder`) and never load, shard or cast themselves.
-`build_role_module` decides everything else for one role of a train recipe:
-
-- construction: under `deepspeed.zero.Init` (ZeRO-3: every parameter is partitioned as it is
-  created, so a 14B teacher never exists whole on one rank), on the meta device (the model is
-  entirely one checkpoint: nothing is randomly initialised), or on the CPU with the role's seed
-  (random parts, e.g. a critic's head: the same init on every rank);
-- weights: `load_state_dict(assign=True)` (oneforcing.models.weights.load_pretrained), or, for
-  partitioned parameters, streamed one tensor at a time: each parameter is gathered, filled on
-  rank 0 from a lazily opened safetensors file, and re-partitioned (peak extra memory: one
-  parameter);
-- LoRA adapters, gradient checkpointing, and the device and precision of unpartitioned roles.
+Models (oneforcing/models, oneforcing/critics) name their weights folder
+(`PretrainedWeights.weights_folder`) and never load, shard or cast themselves.
+Under `deepspeed.zero.Init` every parameter is sharded as it is created, so a 14B teacher never
+exists whole on one rank; we then copy the checkpoint in one
+tensor at a time: each parameter is gathered, filled on rank 0 from a lazily opened safetensors
+file, and re-partitioned. Peak extra memory is one parameter.
+Unpartitioned, a model that is entirely one checkpoint is built on the meta device and loaded
+with `load_state_dict(assign=True)` (no random init); one with random parts (a critic's head)
+is built on the CPU with the role's seed, the same on every rank. LoRA adapters, gradient
+checkpointing, device and precision are set here too.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 from pathlib import Path
 
 import torch
 
 from oneforcing.errors import UserError
-from oneforcing.models.weights import (PretrainedWeights, covers_everything, load_pretrained, tensor_files,
-                                       weight_owners)
+from oneforcing.models.weights import PretrainedWeights, covers_everything, load_pretrained, weight_owners
 from oneforcing.runtime import RunContext, derive_seed
 from oneforcing.trainer.config import DeepSpeedOptions, LoraOptions
 
@@ -90,6 +89,22 @@ def zero_init_context(ds_config: dict):
     return import_deepspeed().zero.Init(config_dict_or_path=ds_config)
 
 
+def _tensor_files(folder: Path) -> dict[str, Path]:
+    """{tensor name: safetensors file} for a diffusers folder (single file or sharded index)."""
+    from oneforcing.models.wan_io import INDEX, WEIGHTS, resolve_folder
+
+    folder = resolve_folder(folder)
+    if (folder / WEIGHTS).is_file():
+        from safetensors import safe_open
+
+        with safe_open(str(folder / WEIGHTS), "pt") as f:
+            return {k: folder / WEIGHTS for k in f.keys()}
+    if (folder / INDEX).is_file():
+        weight_map = json.loads((folder / INDEX).read_text())["weight_map"]
+        return {k: folder / v for k, v in weight_map.items()}
+    raise UserError(f"{folder} has neither {WEIGHTS} nor {INDEX}")
+
+
 @torch.no_grad()
 def stream_pretrained_weights(module: torch.nn.Module, rank: int) -> int:
     """Fill every weight owner of `module` from its folder, one tensor at a time; returns how
@@ -102,7 +117,7 @@ def stream_pretrained_weights(module: torch.nn.Module, rank: int) -> int:
     loaded = 0
     for _, sub in weight_owners(module):
         path = sub.weights_folder
-        files = tensor_files(Path(path))
+        files = _tensor_files(Path(path))
         own = dict(sub.named_parameters())
         missing = sorted(set(own) - set(files))
         if missing:
