@@ -47,7 +47,7 @@ def measure_p3(recipe: str, overrides: list[str], steps: int, warmup: int) -> li
     recipe_dict, meta, job = prepare(recipe, [*overrides, f"run_dir={run_dir}", f"steps={steps}",
                                               "export=null", "loggers=[]", f"checkpoint_every={10**9}"])
     ctx = init_distributed(meta.get("seed", 0), recipe_dict, recipe)
-    trainer = build_trainer(job, ctx)
+    trainer = build_trainer(job.config, ctx)
     model_time = [0.0]
     depth = [0]
 

@@ -15,7 +15,7 @@ from datetime import timedelta
 
 import torch
 
-from oneforcing.jobs.base import RunContext, derive_seed, env_int
+from oneforcing.runtime import RunContext, derive_seed, env_int
 
 log = logging.getLogger("oneforcing")
 

@@ -75,10 +75,14 @@ def test_save_pretrained_roundtrip_and_sharded(wan_dir, ref, tmp_path):
 
 
 def test_registered_build_and_user_errors(wan_dir, tmp_path):
+    from oneforcing.models.weights import load_pretrained
+
     m = build({"type": "causal_wan", "pretrained": str(wan_dir), "attention": "sdpa", "frames_per_block": 3},
               MODELS)
-    assert m.weights_loaded and m.frames_per_block == 3
+    assert m.weights_folder == str(wan_dir) and m.frames_per_block == 3
     ref_sd = CausalWan.from_pretrained(wan_dir).state_dict()
+    assert not all(torch.equal(v, ref_sd[k]) for k, v in m.state_dict().items())  # built, not loaded
+    assert load_pretrained(m) == len(ref_sd)
     assert all(torch.equal(v, ref_sd[k]) for k, v in m.state_dict().items())
     with pytest.raises(UserError, match="not found"):
         CausalWan(pretrained=str(tmp_path / "nope"))

@@ -162,7 +162,7 @@ def test_trainer_hands_the_gan_weight_to_the_discriminator_loss():
                                      "critic": {"type": "fake_score", "config": {}}},
                 data={"type": "latent_shards", "path": "d"}, steps=1, critic_losses=[{"type": "flow_denoise", "weight": 2.0},
                                         {"type": "gan_discriminator", "weight": 0.03, "r1_weight": 1.0}])
-    (_, flow, w_flow), (_, gan_d, w_gan) = job.built_losses["critic_losses"]
+    (_, flow, w_flow), (_, gan_d, w_gan) = [(w.name, w.fn, w.weight) for w in job.config.critic_losses]
     assert w_flow == 2.0 and w_gan == 1.0 and gan_d.weight == 0.03
 
 

@@ -150,3 +150,35 @@ def test_optional_list_of_dicts_stays_raw(reg):
                "objs": [{"type": "adder", "weight": 2}]}, reg)
     assert h.cfgs == [{"type": "adder", "weight": 1}]
     assert h.objs[0].weight == 2.0
+
+
+def test_validate_walks_nested_configs_as_build_does():
+    """A loss with a nested `sampler: {type: ...}` (a component of another kind): build finds it
+    in the registry that holds the name, and so must validate (`oneforcing show` used to look
+    the sampler up among the losses and reject a recipe that trains)."""
+    from oneforcing.registry import LOSSES, SAMPLERS, load_builtins, validate
+
+    load_builtins()
+    built = []
+
+    @LOSSES.register("_test_nested_sampler_loss")
+    class WithSampler:
+        def __init__(self, sampler: object, weight: float = 1.0):
+            built.append(sampler)
+
+        def __call__(self, s):
+            return s.latents.sum() * 0, {}
+
+    try:
+        cfg = {"type": "_test_nested_sampler_loss", "sampler": {"type": "causal_inference"}}
+        assert SAMPLERS.get("causal_inference") and "causal_inference" not in LOSSES
+        validate(cfg, LOSSES, path="generator_losses[0]")
+        assert built == []  # validate constructs nothing
+        build(cfg, LOSSES, path="generator_losses[0]")
+        assert len(built) == 1 and type(built[0]).__name__ == "CausalInference"
+        bad = {**cfg, "sampler": {"type": "causal_inference", "stpes": [1000]}}
+        for check in (validate, build):  # the same error, at the same dotted key, either way
+            with pytest.raises(RecipeError, match=r"generator_losses\[0\]\.sampler\.stpes"):
+                check(bad, LOSSES, path="generator_losses[0]")
+    finally:
+        LOSSES.unregister("_test_nested_sampler_loss")

@@ -11,9 +11,11 @@ component, `@CRITICS.register("name")`):
                                       (`gan_generator`, `gan_discriminator`).
 
 Nothing else is required; `forward` should equal `denoise`. In the generator phase the trainer
-freezes the critic's parameters, and gradients flow through `logit` to x_t only. Under ZeRO-3
-keep every parameter inside a submodule that is called (DeepSpeed gathers parameters in the
-called module's forward hook), as `fake_score` and `register_gan_critic` do.
+freezes the critic's parameters, and gradients flow through `logit` to x_t only. Keep every
+parameter inside a submodule that is *called* (a sharded placement gathers a module's parameters
+when it is called: see oneforcing/trainer/placement.py), as `fake_score` and
+`register_gan_critic` do. Pretrained weights: a submodule that is a `PretrainedWeights` with a
+`weights_folder` (the inner CausalWan); the critic itself never loads them.
 
 Built in:
     fake_score           bidirectional CausalWan under `model.`              (Self Forcing, DMD)

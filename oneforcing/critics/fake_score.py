@@ -5,9 +5,10 @@ Wan/diffusers names prefixed with "model." (e.g. `model.blocks.0.attn1.to_q.weig
 checkpoint of the inner network alone is `critic.model.state_dict()` / `critic.save_pretrained`.
 One-Forcing initialises it from the base Wan2.1-T2V-1.3B weights (not from the generator).
 
-ZeRO-3 note: every parameter lives in a submodule that is *called* (`self.model(...)`), so
-DeepSpeed's per-module gather hooks fire even though the losses call `denoise` / `logit` rather
-than the top-level forward.
+Every parameter lives in a submodule that is *called* (`self.model(...)`): the critic protocol
+(see oneforcing/critics/__init__.py) asks for that, whatever the placement does with it. The
+weights come from the inner Wan's `weights_folder` (the critic's head, if any, keeps its init);
+nothing is loaded here.
 """
 
 from __future__ import annotations
@@ -24,25 +25,16 @@ class FakeScore(nn.Module):
     """`{type: fake_score, pretrained: DIR}` or `{type: fake_score, config: {...}}` (diffusers keys)."""
 
     def __init__(self, pretrained: str | None = None, config: dict | None = None, attention: str = "auto",
-                 gradient_checkpointing: bool = False, load_weights: bool = True):
+                 gradient_checkpointing: bool = False):
         super().__init__()
         self.model = CausalWan(pretrained=pretrained, config=config, causal=False, attention=attention,
-                               gradient_checkpointing=gradient_checkpointing, load_weights=load_weights)
-        self.pretrained = pretrained
+                               gradient_checkpointing=gradient_checkpointing)
         self.dim = self.model.dim
         self.num_layers = len(self.model.blocks)
 
     check_recipe = staticmethod(CausalWan.check_recipe)  # the same `config:` as the inner Wan
 
-    # --- weights (delegated to the inner Wan) ----------------------------------------------------
-    @property
-    def weights_loaded(self) -> bool:
-        return self.model.weights_loaded
-
-    def load_weights_from(self, path) -> None:
-        """Load a diffusers transformer folder into the inner model (heads keep their init)."""
-        self.model.load_weights_from(path)
-
+    # --- weights (the inner Wan's) -----------------------------------------------------------------
     def save_pretrained(self, out_dir) -> None:
         self.model.save_pretrained(out_dir)
 

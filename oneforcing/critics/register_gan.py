@@ -108,10 +108,9 @@ class RegisterGANCritic(FakeScore):
     """`{type: register_gan_critic, pretrained: DIR, layers: [21, 29], heads: 12, ffn_dim: 2048}`."""
 
     def __init__(self, pretrained: str | None = None, config: dict | None = None, layers: list[int] | None = None,
-                 heads: int = 12, ffn_dim: int = 2048, attention: str = "auto", gradient_checkpointing: bool = False,
-                 load_weights: bool = True):
+                 heads: int = 12, ffn_dim: int = 2048, attention: str = "auto", gradient_checkpointing: bool = False):
         super().__init__(pretrained=pretrained, config=config, attention=attention,
-                         gradient_checkpointing=gradient_checkpointing, load_weights=load_weights)
+                         gradient_checkpointing=gradient_checkpointing)
         self.layers = selected_blocks(DEFAULT_LAYERS if layers is None else layers, self.num_layers, pretrained)
         check_heads(heads, self.dim)
         self.head = RegisterHead(self.dim, len(self.layers), heads, ffn_dim)

@@ -29,8 +29,11 @@ Modes (frames are grouped into autoregressive blocks of `frames_per_block`):
   states after block i (0-indexed; negative indices count from the end; in teacher forcing the
   noisy tokens only) — for critic/discriminator heads.
 
-Construction: `CausalWan(pretrained=DIR)` (registered as "causal_wan"), `CausalWan.from_pretrained
-(DIR)` (fast, meta-device load) or `CausalWan.from_config(dict)` (random init, diffusers' keys).
+Construction: `CausalWan(pretrained=DIR)` (registered as "causal_wan") reads DIR's config.json
+and names DIR as its `weights_folder`; it loads nothing (whoever places the model loads the
+weights: `oneforcing.models.weights.load_pretrained`, or the trainer's ZeRO-3 streaming).
+`CausalWan.from_pretrained(DIR)` is both: built on the meta device, then the checkpoint's
+tensors assigned. `CausalWan.from_config(dict)`: random init from diffusers' keys.
 """
 
 from __future__ import annotations
@@ -46,17 +49,17 @@ from oneforcing.attention import FrameMask, resolve_attention
 from oneforcing.errors import UserError
 from oneforcing.models.wan_blocks import ConditionEmbedder, FP32LayerNorm, WanBlock
 from oneforcing.models.wan_cache import WanKVCache
-from oneforcing.models.wan_io import WAN_DEFAULTS, check_wan_config, load_config, load_state_dict, save_folder
+from oneforcing.models.wan_io import WAN_DEFAULTS, check_wan_config, load_config, save_folder
 from oneforcing.models.wan_rolling_cache import RollingKVCache
 from oneforcing.models.wan_rope import rope_cos_sin
+from oneforcing.models.weights import PretrainedWeights, load_pretrained
 from oneforcing.registry import MODELS
 
 
 @MODELS.register("causal_wan")
-class CausalWan(nn.Module):
+class CausalWan(PretrainedWeights, nn.Module):
     def __init__(self, pretrained: str | None = None, config: dict | None = None, frames_per_block: int = 1,
-                 causal: bool = True, attention: str = "auto", gradient_checkpointing: bool = False,
-                 load_weights: bool = True):
+                 causal: bool = True, attention: str = "auto", gradient_checkpointing: bool = False):
         super().__init__()
         if pretrained is None and config is None:
             raise UserError("causal_wan needs `pretrained` (a diffusers transformer folder) or `config`")
@@ -72,7 +75,7 @@ class CausalWan(nn.Module):
         if cfg["attention_head_dim"] % 2 or cfg["attention_head_dim"] < 6:
             raise UserError(f"attention_head_dim must be even and >= 6, got {cfg['attention_head_dim']}")
         self.config = cfg
-        self.pretrained = pretrained
+        self.weights_folder = str(pretrained) if pretrained is not None else None
         self.frames_per_block = int(frames_per_block)
         self.causal = bool(causal)
         self.gradient_checkpointing = bool(gradient_checkpointing)
@@ -95,11 +98,6 @@ class CausalWan(nn.Module):
         # The backend is an attribute of this instance only (no global state).
         self.attention = attention
         self.attn = resolve_attention(attention, owner=f"causal_wan({cfg['num_layers']} layers)")
-        # Parameters partitioned at construction (ZeRO-3 init) have no data here: the trainer then
-        # loads the weights itself with `load_weights_from(pretrained)` inside a gathered context.
-        self.weights_loaded = False
-        if pretrained is not None and load_weights and all(p.numel() > 0 for p in self.parameters()):
-            self.load_weights_from(pretrained)
 
     # --- construction / IO ---------------------------------------------------------------------
     @staticmethod
@@ -119,31 +117,9 @@ class CausalWan(nn.Module):
         """Load a diffusers `transformer/` folder (config.json + single or sharded safetensors).
         Built on the meta device then filled with the checkpoint's tensors (no random init)."""
         with torch.device("meta"):
-            model = cls(pretrained=str(path), load_weights=False, **kwargs)
-        sd = load_state_dict(path)
-        model.load_state_dict(model._check_keys(sd, path), strict=True, assign=True)
-        model.weights_loaded = True
+            model = cls(pretrained=str(path), **kwargs)
+        load_pretrained(model)
         return model.to(device=device, dtype=dtype) if (device or dtype) else model
-
-    def _check_keys(self, sd: dict, path) -> dict:
-        sd = {k: v for k, v in sd.items() if "norm_added_q" not in k}  # diffusers ignores these too
-        own = set(self.state_dict())
-        missing, unexpected = sorted(own - set(sd)), sorted(set(sd) - own)
-        if missing or unexpected:
-            raise UserError(f"{path}: checkpoint does not match the Wan config: missing "
-                            f"{missing[:3]}{'...' if len(missing) > 3 else ''}, unexpected "
-                            f"{unexpected[:3]}{'...' if len(unexpected) > 3 else ''}")
-        shapes = {k: tuple(v.shape) for k, v in self.state_dict().items()}
-        for k, v in sd.items():
-            if tuple(v.shape) != shapes[k] and not (0 in shapes[k]):  # 0: a ZeRO-3 partitioned placeholder
-                raise UserError(f"{path}: tensor {k!r} has shape {tuple(v.shape)}, the config.json's model "
-                                f"needs {shapes[k]} (weights and config.json disagree)")
-        return sd
-
-    def load_weights_from(self, path: str | Path) -> None:
-        sd = self._check_keys(load_state_dict(path), path)
-        self.load_state_dict(sd, strict=True)
-        self.weights_loaded = True
 
     def save_pretrained(self, out_dir: str | Path) -> None:
         """diffusers format: config.json (WanTransformer3DModel keys) + diffusion_pytorch_model.safetensors."""

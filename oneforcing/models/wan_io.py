@@ -100,6 +100,13 @@ def _load_file(file: Path) -> dict[str, torch.Tensor]:
 
 
 def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """The folder's tensors, minus the image-to-video `norm_added_q` ones (diffusers ignores
+    them for text-to-video too)."""
+    sd = _read_state_dict(path)
+    return {k: v for k, v in sd.items() if "norm_added_q" not in k}
+
+
+def _read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     p = resolve_folder(path)
     if (p / WEIGHTS).is_file():
         return _load_file(p / WEIGHTS)

@@ -4,7 +4,9 @@
 checking every kwarg against the component's signature: unknown keys, missing required keys
 and values of the wrong type (by the signature's annotations) are errors that name the recipe
 file and the dotted key path. Nested configs (a dict with `type`) are built recursively when
-the parameter's annotation asks for an object rather than a dict.
+the parameter's annotation asks for an object rather than a dict; values that only a `**kwargs`
+takes stay raw (the callee checks them: the train job hands its keys to trainer/config.py).
+`validate` is the same walk with construction switched off.
 """
 
 from __future__ import annotations
@@ -152,26 +154,52 @@ def _list_element(ann: Any) -> Any:
     return _EMPTY
 
 
-def _resolve_nested(value: Any, ann: Any, path: str, file: str | None, default_registry) -> Any:
-    """Build nested `{type: ...}` dicts (and lists of them) that an annotation asks for as objects."""
+class Unbuilt:
+    """What `validate` puts where `build` would put a built nested component: the class or
+    factory that would be called (so the parameter's annotation can still be checked)."""
+
+    def __init__(self, obj: Any):
+        self.obj = obj
+
+    def matches(self, ann: Any) -> bool:
+        if ann is _EMPTY or ann is Any or isinstance(ann, (str, typing.TypeVar)):
+            return True
+        if get_origin(ann) in (Union, types.UnionType):
+            return any(self.matches(a) for a in get_args(ann))
+        if ann is type(None) or ann is None or get_origin(ann) is not None:
+            return False  # a built component is neither None nor a container
+        if isinstance(ann, type) and inspect.isclass(self.obj):
+            try:
+                return issubclass(self.obj, ann)
+            except TypeError:  # a Protocol that is not runtime-checkable: as build would not tell
+                return True
+        return True  # a factory function: its result's type is known only once called
+
+
+def _resolve_nested(value: Any, ann: Any, path: str, file: str | None, default_registry, construct: bool) -> Any:
+    """Build nested `{type: ...}` dicts (and lists of them) that an annotation asks for as objects
+    (with construct=False: check them the same way and leave `Unbuilt` placeholders)."""
     if _wants_config_dict(ann):
         return value
     if _is_component_cfg(value):
-        return build_from_any(value, path=path, file=file, prefer=default_registry, annotation=ann)
+        return _walk_any(value, path=path, file=file, prefer=default_registry, annotation=ann, provided={},
+                         construct=construct)
     if isinstance(value, list) and value and all(_is_component_cfg(v) for v in value):
         elem = _list_element(ann)
         if _wants_config_dict(elem):
             return value
         return [
-            build_from_any(v, path=_join(path, i), file=file, prefer=default_registry, annotation=elem)
+            _walk_any(v, path=_join(path, i), file=file, prefer=default_registry, annotation=elem, provided={},
+                      construct=construct)
             for i, v in enumerate(value)
         ]
     return value
 
 
 def check_kwargs(obj, kwargs: dict, *, what: str, path: str = "", file: str | None = None,
-                 provided: tuple[str, ...] = (), registry=None) -> dict:
-    """Validate `kwargs` against `obj`'s signature; return them with nested configs built.
+                 provided: tuple[str, ...] = (), registry=None, construct: bool = True) -> dict:
+    """Validate `kwargs` against `obj`'s signature; return them with nested configs built
+    (construct=False: checked only, as `Unbuilt` placeholders).
 
     `provided` names parameters the caller passes at call time (not from the recipe)."""
     params, hints, var_kw = _signature(obj)
@@ -186,10 +214,13 @@ def check_kwargs(obj, kwargs: dict, *, what: str, path: str = "", file: str | No
                 f"{what} takes no key '{key}'.{hint} Accepted keys: {', '.join(accepted) or '(none)'}",
                 file=file, key=key_path,
             )
-        ann = hints.get(key, params[key].annotation if key in params else _EMPTY)
-        value = _resolve_nested(value, ann, key_path, file, registry)
+        if key not in params:  # taken by **kwargs: the callee reads the raw recipe value itself
+            out[key] = value
+            continue
+        ann = hints.get(key, params[key].annotation)
+        value = _resolve_nested(value, ann, key_path, file, registry, construct)
         value = _coerce(value, ann)
-        if not _matches(value, ann):
+        if not (value.matches(ann) if isinstance(value, Unbuilt) else _matches(value, ann)):
             shown = repr(value) if len(repr(value)) < 60 else repr(value)[:57] + "..."
             raise RecipeError(
                 f"{what}: expected {_type_name(ann)}, got {type(value).__name__} {shown}",
@@ -219,6 +250,28 @@ def check_kwargs(obj, kwargs: dict, *, what: str, path: str = "", file: str | No
 def build(cfg: Any, registry, *, path: str = "", file: str | None = None, **provided) -> Any:
     """Build `cfg = {type: NAME, ...}` from `registry`, strictly. `provided` are call-time
     kwargs that do not come from the recipe (models, schedulers handed in by the trainer)."""
+    return _walk(cfg, registry, path=path, file=file, provided=provided, construct=True)
+
+
+def validate(cfg: Any, registry, *, path: str = "", file: str | None = None,
+             provided: tuple[str, ...] = ()) -> None:
+    """Check a config exactly as `build` would (the same walk: type, keys, value types, nested
+    configs looked up the same way) without constructing anything: jobs call it at construction
+    so that `oneforcing show` and the first seconds of a run catch every recipe mistake before
+    any weights are loaded. `provided` names the kwargs the caller will pass at build time."""
+    _walk(cfg, registry, path=path, file=file, provided=dict.fromkeys(provided), construct=False)
+
+
+def build_from_any(cfg: dict, *, path: str = "", file: str | None = None, prefer=None,
+                   annotation: Any = _EMPTY, **provided) -> Any:
+    """Build a nested config whose registry is not fixed: `kind:name` says it explicitly;
+    otherwise the unique registry holding the name (the preferred one on a tie)."""
+    return _walk_any(cfg, path=path, file=file, prefer=prefer, annotation=annotation, provided=provided,
+                     construct=True)
+
+
+def _walk(cfg: Any, registry, *, path: str, file: str | None, provided: dict, construct: bool) -> Any:
+    """The one walk behind `build` and `validate`; construct=False stops before every call."""
     if not isinstance(cfg, dict):
         raise RecipeError(
             f"expected a mapping with a 'type' key naming one of the {registry.kind}, "
@@ -231,14 +284,17 @@ def build(cfg: Any, registry, *, path: str = "", file: str | None = None, **prov
     if not isinstance(name, str):
         raise RecipeError(f"'type' must be a string, got {name!r}", file=file, key=_join(path, "type"))
     if ":" in name:  # explicit "kind:name"
-        return build_from_any(cfg, path=path, file=file, **provided)
+        return _walk_any(cfg, path=path, file=file, prefer=None, annotation=_EMPTY, provided=provided,
+                         construct=construct)
     try:
         obj = registry.get(name)
     except UserError as err:
         raise err.at(file=file, key=_join(path, "type")) from None
     kwargs = {k: v for k, v in cfg.items() if k != "type"}
     kwargs = check_kwargs(obj, kwargs, what=f"{registry.singular} '{name}'", path=path, file=file,
-                          provided=tuple(provided), registry=registry)
+                          provided=tuple(provided), registry=registry, construct=construct)
+    if not construct:
+        return Unbuilt(obj)
     try:
         return obj(**kwargs, **provided)
     except UserError as err:
@@ -251,10 +307,9 @@ def build(cfg: Any, registry, *, path: str = "", file: str | None = None, **prov
                              "(set ONEFORCING_DEBUG=1 for the traceback)", file=file, key=path or None) from exc
 
 
-def build_from_any(cfg: dict, *, path: str = "", file: str | None = None, prefer=None,
-                   annotation: Any = _EMPTY, **provided) -> Any:
-    """Build a nested config whose registry is not fixed: `kind:name` says it explicitly;
-    otherwise the unique registry holding the name (the preferred one on a tie)."""
+def _walk_any(cfg: dict, *, path: str, file: str | None, prefer, annotation: Any, provided: dict,
+              construct: bool) -> Any:
+    """`_walk` for a nested config whose registry is not fixed (see `build_from_any`)."""
     from oneforcing.registry import REGISTRIES, load_plugins
 
     load_plugins()
@@ -266,7 +321,8 @@ def build_from_any(cfg: dict, *, path: str = "", file: str | None = None, prefer
             hint = f" did you mean '{close[0]}'?" if close else ""
             raise RecipeError(f"unknown registry kind '{kind}'.{hint} Kinds: {', '.join(REGISTRIES)}",
                               file=file, key=_join(path, "type"))
-        return build({**cfg, "type": short}, REGISTRIES[kind], path=path, file=file, **provided)
+        return _walk({**cfg, "type": short}, REGISTRIES[kind], path=path, file=file, provided=provided,
+                     construct=construct)
     holders = [r for r in REGISTRIES.values() if name in r]
     if prefer is not None and name in prefer and prefer not in holders:
         holders.append(prefer)  # a registry outside REGISTRIES (e.g. a plugin's own)
@@ -285,44 +341,4 @@ def build_from_any(cfg: dict, *, path: str = "", file: str | None = None, prefer
         hint = f" did you mean {', '.join(repr(c) for c in close)}?" if close else ""
         raise RecipeError(f"unknown component '{name}'.{hint} (see `oneforcing list`)",
                           file=file, key=_join(path, "type"))
-    return build(cfg, holders[0], path=path, file=file, **provided)
-
-
-def validate(cfg: Any, registry, *, path: str = "", file: str | None = None,
-             provided: tuple[str, ...] = ()) -> None:
-    """Check a config as `build` would (type, keys, value types, nested configs) without
-    constructing anything: jobs call it at construction so that `oneforcing show` and the first
-    seconds of a run catch every recipe mistake before any weights are loaded."""
-    if not isinstance(cfg, dict) or not isinstance(cfg.get("type"), str):
-        build(cfg, registry, path=path, file=file)  # raises the same error build would
-    name = cfg["type"]
-    if ":" in name:
-        from oneforcing.registry import REGISTRIES
-
-        kind, _, name = name.partition(":")
-        if kind not in REGISTRIES:
-            build_from_any(cfg, path=path, file=file)  # raises
-        registry = REGISTRIES[kind]
-    try:
-        obj = registry.get(name)
-    except UserError as err:
-        raise err.at(file=file, key=_join(path, "type")) from None
-    params, hints, var_kw = _signature(obj)
-    shallow = {k: v for k, v in cfg.items() if k != "type"}
-    for key, value in cfg.items():
-        if key == "type" or key not in params:
-            continue
-        ann = hints.get(key, params[key].annotation)
-        if _is_component_cfg(value) and not _wants_config_dict(ann):
-            validate(value, registry, path=_join(path, key), file=file)
-            shallow.pop(key)
-        elif isinstance(value, list) and value and all(_is_component_cfg(v) for v in value):
-            elem = _list_element(ann)
-            if not _wants_config_dict(elem):
-                for i, v in enumerate(value):
-                    validate(v, registry, path=_join(_join(path, key), i), file=file)
-                shallow.pop(key)
-    # Keys, required keys and plain value types (nested objects were checked above).
-    nested_ok = {k for k in cfg if k != "type" and k not in shallow}
-    check_kwargs(obj, shallow, what=f"{registry.singular} '{name}'", path=path, file=file,
-                 provided=tuple(provided) + tuple(nested_ok), registry=registry)
+    return _walk(cfg, holders[0], path=path, file=file, provided=provided, construct=construct)

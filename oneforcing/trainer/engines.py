@@ -15,11 +15,10 @@ import logging
 import math
 import os
 import sys
-from dataclasses import dataclass, field
-
 import torch
 
 from oneforcing.errors import UserError
+from oneforcing.trainer.config import DeepSpeedOptions, OptimizerConfig  # noqa: F401 - re-exported
 
 log = logging.getLogger("oneforcing")
 
@@ -51,86 +50,6 @@ def import_deepspeed():
     return deepspeed
 
 
-@dataclass
-class OptimizerConfig:
-    """AdamW and its schedule for one trained role (recipe: `optim.generator`, `optim.critic`)."""
-
-    lr: float = 1e-5
-    betas: tuple[float, float] = (0.0, 0.999)
-    weight_decay: float = 0.01
-    eps: float = 1e-8
-    warmup_steps: int = 0
-    grad_clip: float = 10.0
-
-    def lr_at(self, update: int) -> float:
-        """Linear warm-up over `warmup_steps` optimizer updates, then constant."""
-        if self.warmup_steps > 0 and update < self.warmup_steps:
-            return self.lr * (update + 1) / self.warmup_steps
-        return self.lr
-
-
-@dataclass
-class DeepSpeedOptions:
-    """Recipe key `deepspeed:`; mapped onto a DeepSpeed config dict by `to_config`."""
-
-    zero_stage: int | str = 3          # 3, 0 (no sharding), or "auto": 3 on >= 2 ranks, else 0
-    precision: str = "fp32"            # fp32 | bf16
-    offload_optimizer: bool = False
-    offload_params: bool = False
-    micro_batch_size: int = 1
-    gradient_accumulation: int = 1
-    gradient_checkpointing: bool = False
-    frozen_engine: bool = True         # real_score as a ZeRO-3 inference engine (else a plain module)
-    zero_init: bool = True             # build ZeRO-3 roles already partitioned (deepspeed.zero.Init)
-    extra: dict = field(default_factory=dict)  # raw DeepSpeed keys merged last
-
-    def __post_init__(self):
-        if self.zero_stage == "auto":
-            # One process has nothing to shard, and ZeRO-3's per-module gather hooks cost more than
-            # a tiny model's forward (toy iterations run ~4x faster unsharded on one CPU process).
-            world = int(os.environ.get("WORLD_SIZE", "1"))
-            self.zero_stage = 3 if world > 1 else 0
-        if self.zero_stage not in (0, 3):
-            raise UserError(f"deepspeed.zero_stage: {self.zero_stage!r} is not supported "
-                            "(use 3, 0 for no sharding, or auto)")
-        if self.precision not in ("fp32", "bf16"):
-            raise UserError(f"deepspeed.precision: '{self.precision}' is not one of fp32, bf16")
-        for key in ("micro_batch_size", "gradient_accumulation"):
-            value = getattr(self, key)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise UserError(f"deepspeed.{key}: must be an integer >= 1, got {value!r}")
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return torch.bfloat16 if self.precision == "bf16" else torch.float32
-
-    def to_config(self, grad_clip: float | None = None, *, trained: bool = True,
-                  model: torch.nn.Module | None = None) -> dict:
-        """`model` sizes ZeRO-3's gather limits (see `zero3_limits`); without it (the config that
-        `deepspeed.zero.Init` reads to partition at construction) nothing is gathered yet."""
-        zero: dict = {"stage": self.zero_stage}
-        if self.zero_stage == 3:
-            zero["stage3_param_persistence_threshold"] = 0
-            if model is not None:
-                zero.update(zero3_limits(model))
-            if self.offload_params:
-                zero["offload_param"] = {"device": "cpu", "pin_memory": torch.cuda.is_available()}
-            if self.offload_optimizer and trained:
-                zero["offload_optimizer"] = {"device": "cpu", "pin_memory": torch.cuda.is_available()}
-        cfg = {
-            "train_micro_batch_size_per_gpu": self.micro_batch_size,
-            "gradient_accumulation_steps": self.gradient_accumulation,
-            "zero_optimization": zero,
-            "bf16": {"enabled": self.precision == "bf16"},
-            "steps_per_print": 10**12,
-            "wall_clock_breakdown": False,
-            "zero_allow_untested_optimizer": True,
-        }
-        if grad_clip:
-            cfg["gradient_clipping"] = grad_clip
-        return _deep_update(cfg, self.extra)
-
-
 def zero3_limits(model: torch.nn.Module, blocks_live: int = 2) -> dict:
     """ZeRO-3 gather limits from the model's size, so a rank holds about `blocks_live` whole
     transformer blocks at a time (the one running and the one prefetched) instead of the model.
@@ -152,13 +71,6 @@ def zero3_limits(model: torch.nn.Module, blocks_live: int = 2) -> dict:
             "stage3_max_reuse_distance": block,      # keep a parameter only if it is reused this soon
             "stage3_prefetch_bucket_size": block,    # gather ahead: the next block
             "reduce_bucket_size": block}             # gradients reduce-scattered a block at a time
-
-
-def _deep_update(base: dict, top: dict) -> dict:
-    out = dict(base)
-    for k, v in top.items():
-        out[k] = _deep_update(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
 
 
 def is_partitioned(param: torch.nn.Parameter) -> bool:

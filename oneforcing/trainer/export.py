@@ -54,7 +54,7 @@ def _export_one(trainer, out_dir: Path, *, use_ema: bool, merge_lora: bool) -> P
 
     module = trainer.roles["generator"].module
     sd = full_state_dict(trainer, use_ema=use_ema)
-    lora = getattr(trainer, "lora", {}).get("generator") if hasattr(trainer, "lora") else None
+    lora = trainer.lora.get("generator")
     ctx = trainer.ctx
     if not ctx.is_main:
         ctx.barrier()

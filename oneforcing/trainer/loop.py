@@ -28,14 +28,14 @@ import math
 import random
 import signal
 import time
-from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
 from oneforcing.errors import UserError
-from oneforcing.jobs.base import RunContext
+from oneforcing.runtime import RunContext
 from oneforcing.trainer.checkpoint import CheckpointManager
+from oneforcing.trainer.config import TrainConfig
 from oneforcing.trainer.ema import EMA
 from oneforcing.trainer.engines import FrozenRole, TrainedRole
 from oneforcing.trainer.step import StepContext
@@ -43,41 +43,33 @@ from oneforcing.trainer.step import StepContext
 log = logging.getLogger("oneforcing")
 
 
-@dataclass
-class WeightedLoss:
-    name: str          # label in logs, e.g. "dmd"
-    fn: Callable       # the registered loss object
-    weight: float = 1.0
-
-
 class TooManyBadSteps(UserError):
     pass
 
 
 class Trainer:
-    def __init__(self, *, ctx: RunContext, generator: TrainedRole, critic: TrainedRole | None,
-                 real_score: FrozenRole | None, generator_losses: list[WeightedLoss],
-                 critic_losses: list[WeightedLoss], data, sampler, scheduler, timesteps,
-                 uncond_text: torch.Tensor | None, ema: EMA | None, checkpoints: CheckpointManager,
-                 loggers, steps: int, generator_every: int = 5, checkpoint_every: int = 50,
-                 max_bad_steps: int = 3, log_every: int = 1, config: dict | None = None,
-                 run_dir: str | None = None, batch_size: int = 1, ode_data=None,
-                 dtype: torch.dtype = torch.float32):
-        self.ctx = ctx
+    def __init__(self, cfg: TrainConfig, ctx: RunContext, *, generator: TrainedRole, critic: TrainedRole | None,
+                 real_score: FrozenRole | None, data, ode_data, sampler, scheduler, timesteps,
+                 uncond_text: torch.Tensor | None, ema: EMA | None, checkpoints: CheckpointManager, loggers):
+        """`cfg` holds every setting; the rest are the objects `build_trainer` built from it."""
+        self.cfg, self.ctx = cfg, ctx
         self.roles = {"generator": generator, "critic": critic}
         self.real_score = real_score
-        self.losses = {"generator": generator_losses, "critic": critic_losses}
-        if critic_losses and critic is None:
+        self.losses = cfg.phase_losses()
+        if cfg.critic_losses and critic is None:
             raise UserError("critic_losses are set but models.critic is not")
         self.data, self.sampler = data, sampler
         self.scheduler, self.timesteps, self.uncond_text = scheduler, timesteps, uncond_text
         self.ema, self.checkpoints, self.loggers = ema, checkpoints, loggers
-        self.steps, self.generator_every = steps, max(1, generator_every)
-        self.checkpoint_every, self.max_bad_steps, self.log_every = checkpoint_every, max_bad_steps, log_every
-        self.config, self.run_dir = config or {}, run_dir
-        self.batch_size = batch_size
+        sched = cfg.schedule
+        self.steps, self.generator_every = sched.steps, sched.generator_every
+        self.checkpoint_every, self.max_bad_steps, self.log_every = (sched.checkpoint_every, sched.max_bad_steps,
+                                                                     sched.log_every)
+        self.recipe, self.run_dir = ctx.recipe, cfg.run_dir   # the resolved recipe, saved with checkpoints
+        self.batch_size = cfg.deepspeed.micro_batch_size
         self.ode_data = ode_data
-        self.dtype = dtype
+        self.dtype = cfg.deepspeed.dtype
+        self.lora = cfg.lora  # adapters per role (export merges or writes them)
         self._ode_iter = None
         self.step = 0
         self.bad_in_a_row = 0
@@ -90,7 +82,7 @@ class Trainer:
     def fit(self, resume: str | None = "auto") -> int:
         self.checkpoints.clean_partial()
         self._resume(resume)
-        self.loggers.start(self.run_dir, self.config, self.steps, self.step)
+        self.loggers.start(self.run_dir, self.recipe, self.steps, self.step)
         previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
         try:
             while self.step < self.steps:
@@ -239,7 +231,7 @@ class Trainer:
         return states
 
     def save(self) -> None:
-        path = self.checkpoints.save(self.step, self._rank_state(), {"recipe": self.config})
+        path = self.checkpoints.save(self.step, self._rank_state(), {"recipe": self.recipe})
         log.info("checkpoint: %s", path)
 
     def _resume(self, resume: str | None) -> None:
@@ -247,7 +239,7 @@ class Trainer:
         if path is None:
             return
         names = list(self._rank_state())
-        meta = self.checkpoints.check(path, names, self.config)
+        meta = self.checkpoints.check(path, names, self.recipe)
         states, meta = self.checkpoints.load(path, names, meta)
         try:
             self._load_states(states)

@@ -2,21 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import torch
 
 from oneforcing.errors import UserError
-
-
-@dataclass
-class LoraOptions:
-    """Recipe key `lora.generator` / `lora.critic`."""
-
-    rank: int = 16
-    alpha: float = 16.0
-    target_modules: list[str] = field(default_factory=lambda: ["to_q", "to_k", "to_v", "to_out.0"])
-    dropout: float = 0.0
+from oneforcing.trainer.config import LoraOptions
 
 
 def apply_lora(module: torch.nn.Module, opts: LoraOptions, role: str) -> torch.nn.Module:

@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from oneforcing.jobs.base import RunContext
+from oneforcing.runtime import RunContext
 
 
 class StepContext:

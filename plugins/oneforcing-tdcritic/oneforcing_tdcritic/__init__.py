@@ -27,10 +27,9 @@ class TemporalDifferenceCritic(FakeScore):
     """Fake score + a discriminator on per-frame features and their frame-to-frame differences."""
 
     def __init__(self, pretrained: str | None = None, config: dict | None = None, layer: int = -1,
-                 hidden: int = 256, attention: str = "auto", gradient_checkpointing: bool = False,
-                 load_weights: bool = True):
+                 hidden: int = 256, attention: str = "auto", gradient_checkpointing: bool = False):
         super().__init__(pretrained=pretrained, config=config, attention=attention,
-                         gradient_checkpointing=gradient_checkpointing, load_weights=load_weights)
+                         gradient_checkpointing=gradient_checkpointing)
         if not -self.num_layers <= layer < self.num_layers:
             raise ValueError(f"layer {layer} out of range for a {self.num_layers}-block model")
         self.layer = layer % self.num_layers

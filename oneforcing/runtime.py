@@ -1,0 +1,65 @@
+"""The bottom layer every other layer may import: the run context (rank, device, seeds, the
+resolved recipe) and seed derivation. Imports nothing from oneforcing but `distributed` (lazily).
+
+    jobs/ and trainer/ -> runtime        (never trainer -> jobs)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+
+def derive_seed(seed: int, *parts: Any) -> int:
+    """A 63-bit seed derived from the recipe seed and any labels (rank, purpose, step ...)."""
+    text = ":".join(str(p) for p in (seed, *parts))
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little") >> 1
+
+
+@dataclass
+class RunContext:
+    recipe: dict = field(default_factory=dict)   # the resolved recipe, for saving beside outputs
+    recipe_file: str | None = None
+    seed: int = 0
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    launcher: str = "python"                     # python | torchrun | deepspeed
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    def generator(self, *purpose: Any, per_rank: bool = True, device: str | torch.device = "cpu") -> torch.Generator:
+        """A torch.Generator seeded from the recipe seed and `purpose` (and the rank, unless
+        per_rank=False: then every rank draws the same numbers)."""
+        parts = (*purpose, f"rank{self.rank}") if per_rank else purpose
+        g = torch.Generator(device=device)
+        g.manual_seed(derive_seed(self.seed, *parts))
+        return g
+
+    def barrier(self) -> None:
+        if self.distributed and torch.distributed.is_initialized():
+            torch.distributed.barrier()
+
+    def broadcast_numbers(self, values: list, src: int = 0, dtype: torch.dtype = torch.int64) -> list:
+        """Rank `src`'s list of numbers on every rank, as tensors (nothing is pickled)."""
+        from oneforcing.distributed import broadcast_numbers
+
+        if not (self.distributed and torch.distributed.is_initialized()):
+            return list(values)
+        return broadcast_numbers(values if self.rank == src else None, src=src, dtype=dtype)
+
+
+def env_int(name: str, default: int) -> int:
+    value = os.environ.get(name)
+    return int(value) if value not in (None, "") else default
