@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from oneforcing.errors import UserError
+from oneforcing.errors import UserError, did_you_mean
 from oneforcing.jobs.base import Job, RunContext, missing_path
 from oneforcing.registry import (CRITICS, DATASETS, JOBS, LOGGERS, LOSSES, MODELS, SAMPLERS, SCHEDULERS,
                                  TEXT_ENCODERS, TIMESTEP_SAMPLERS, build, validate)
@@ -78,7 +78,7 @@ class Train(Job):
         self.sampler = sampler
         if sampler is not None:
             validate(sampler, SAMPLERS, path="sampler")
-        self.scheduler = scheduler or {"type": "flow_match", "shift": 5.0}
+        self.scheduler = scheduler or {"type": "flow_match"}  # the flow-matching convention (shift 5 by default)
         validate(self.scheduler, SCHEDULERS, path="scheduler")
         self.timesteps = timesteps or {"type": "shifted_uniform"}
         validate(self.timesteps, TIMESTEP_SAMPLERS, path="timesteps")
@@ -143,10 +143,7 @@ def _dataclass_from(cls, cfg: dict, path: str):
     names = [f.name for f in dataclasses.fields(cls)]
     for k in cfg:
         if k not in names:
-            import difflib
-
-            close = difflib.get_close_matches(k, names, n=1)
-            hint = f" did you mean '{close[0]}'?" if close else ""
+            hint = did_you_mean(k, names)
             raise UserError(f"unknown key '{k}'.{hint} Keys: {', '.join(names)}", key=f"{path}.{k}")
     from oneforcing.registry import check_kwargs
 

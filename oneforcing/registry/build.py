@@ -10,7 +10,6 @@ the parameter's annotation asks for an object rather than a dict.
 from __future__ import annotations
 
 import collections.abc
-import difflib
 import inspect
 import os
 import types
@@ -18,7 +17,7 @@ import typing
 from pathlib import Path
 from typing import Any, Literal, Union, get_args, get_origin
 
-from oneforcing.errors import ComponentError, RecipeError, UserError
+from oneforcing.errors import ComponentError, RecipeError, UserError, did_you_mean
 
 _EMPTY = inspect.Parameter.empty
 
@@ -179,9 +178,11 @@ def check_kwargs(obj, kwargs: dict, *, what: str, path: str = "", file: str | No
     for key, value in kwargs.items():
         key_path = _join(path, key)
         if key not in params and not var_kw:
+            renamed = getattr(obj, "renamed_keys", {}).get(key)  # a key that moved: say where to
+            if renamed:
+                raise RecipeError(f"{what} takes no key '{key}': {renamed}", file=file, key=key_path)
             accepted = [p for p in params if p not in provided]
-            close = difflib.get_close_matches(key, accepted, n=1, cutoff=0.6)
-            hint = f" did you mean '{close[0]}'?" if close else ""
+            hint = did_you_mean(key, accepted)
             raise RecipeError(
                 f"{what} takes no key '{key}'.{hint} Accepted keys: {', '.join(accepted) or '(none)'}",
                 file=file, key=key_path,
@@ -262,8 +263,7 @@ def build_from_any(cfg: dict, *, path: str = "", file: str | None = None, prefer
     if ":" in name:
         kind, _, short = name.partition(":")
         if kind not in REGISTRIES:
-            close = difflib.get_close_matches(kind, list(REGISTRIES), n=1)
-            hint = f" did you mean '{close[0]}'?" if close else ""
+            hint = did_you_mean(kind, REGISTRIES)
             raise RecipeError(f"unknown registry kind '{kind}'.{hint} Kinds: {', '.join(REGISTRIES)}",
                               file=file, key=_join(path, "type"))
         return build({**cfg, "type": short}, REGISTRIES[kind], path=path, file=file, **provided)
@@ -281,8 +281,7 @@ def build_from_any(cfg: dict, *, path: str = "", file: str | None = None, prefer
                           file=file, key=_join(path, "type"))
     if not holders:
         everything = sorted({n for r in REGISTRIES.values() for n in r.names()})
-        close = difflib.get_close_matches(name, everything, n=3, cutoff=0.5)
-        hint = f" did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+        hint = did_you_mean(name, everything, n=3, cutoff=0.5)
         raise RecipeError(f"unknown component '{name}'.{hint} (see `oneforcing list`)",
                           file=file, key=_join(path, "type"))
     return build(cfg, holders[0], path=path, file=file, **provided)

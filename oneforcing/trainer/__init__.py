@@ -84,9 +84,11 @@ def build_trainer(job, ctx: RunContext) -> Trainer:
     critic = TrainedRole("critic", modules["critic"], job.optim["critic"], ds) if "critic" in modules else None
     real_score = FrozenRole("real_score", modules["real_score"], ds) if "real_score" in modules else None
 
-    sampler = build(job.sampler, SAMPLERS, path="sampler") if job.sampler else None
+    # The recipe's flow-matching convention, built once and handed to the sampler, the timesteps
+    # and (StepContext.scheduler) every loss.
     scheduler = build(job.scheduler, SCHEDULERS, path="scheduler")
-    timesteps = build(job.timesteps, TIMESTEP_SAMPLERS, path="timesteps")
+    sampler = build(job.sampler, SAMPLERS, path="sampler", scheduler=scheduler) if job.sampler else None
+    timesteps = build(job.timesteps, TIMESTEP_SAMPLERS, path="timesteps", scheduler=scheduler)
 
     uncond = None
     if job.text_encoder is not None:
