@@ -36,7 +36,8 @@ class Batch:
     ode_context: torch.Tensor | None = None
     ode_text: torch.Tensor | None = None
     prompts: list[str] = field(default_factory=list)
-    source: str = "data"  # where it came from, for errors: the recipe key and the dataset
+    dataset: str = "dataset"  # for errors: the dataset type that made it ...
+    key: str = "data"         # ... and the recipe key it was configured at (set by the trainer)
 
     def __post_init__(self):
         if not torch.is_tensor(self.text):
@@ -46,17 +47,17 @@ class Batch:
     def size(self) -> int:
         return self.text.shape[0]
 
-    def require(self, name: str, why: str) -> torch.Tensor:
-        """The field `name`, or a UserError naming the recipe key / dataset that did not provide it."""
+    def require(self, name: str, who: str, hint: str = "") -> torch.Tensor:
+        """The field `name`, or a UserError naming the recipe key and dataset that did not fill it."""
         value = getattr(self, name)
         if value is None:
-            raise UserError(f"{why} needs batches with '{name}', but the dataset at {self.source} gives none "
-                            f"(it fills: {', '.join(self.filled()) or 'text only'})")
+            raise UserError(f"{who} needs '{name}' in every batch, but the dataset '{self.dataset}' gives none "
+                            f"(it gives {', '.join(self.filled())}){'; ' + hint if hint else ''}", key=self.key)
         return value
 
     def filled(self) -> list[str]:
         return [f.name for f in dataclasses.fields(self)
-                if f.name not in ("text", "prompts", "source") and getattr(self, f.name) is not None]
+                if f.name not in ("prompts", "dataset", "key") and getattr(self, f.name) is not None]
 
     def cast(self, dtype: torch.dtype | None) -> "Batch":
         """Floating tensors in the compute dtype (shards keep latents in fp16 to halve the disk)."""
@@ -68,7 +69,7 @@ class Batch:
 
     def at(self, key: str) -> "Batch":
         """The same batch, its errors naming recipe key `key` (the trainer's `data` / `ode_data`)."""
-        return dataclasses.replace(self, source=f"'{key}' ({self.source})" if self.source != key else key)
+        return dataclasses.replace(self, key=key)
 
     def with_ode(self, ode: "Batch") -> "Batch":
         """This batch plus a second stream's ODE pairs (the fKL ablation): ode_* and its prompts."""

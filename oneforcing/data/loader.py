@@ -244,7 +244,7 @@ class LatentShards:
     def to_batch(self, fields: dict) -> Batch:
         """Collated stored fields -> the training Batch (shard field names -> what losses read)."""
         return Batch(text=fields["prompt_embed"], latents=fields["latent"], prompts=fields["prompt"],
-                     source="latent_shards")
+                     dataset="latent_shards")
 
 
 @DATASETS.register("ode_pairs")
@@ -259,4 +259,4 @@ class OdePairShards(LatentShards):
         return Batch(text=fields["prompt_embed"], ode_states=fields["states"],
                      ode_t=t[0] if t.dim() == 2 else t,  # the same kept timesteps for every example
                      ode_x0=fields["clean"], ode_context=fields.get("context"), prompts=fields["prompt"],
-                     source="ode_pairs")
+                     dataset="ode_pairs")

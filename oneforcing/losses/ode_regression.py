@@ -33,10 +33,10 @@ from oneforcing.registry import LOSSES
 
 def ode_batch(s) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(states [B, K, F, C, H, W], t [B, K], x0 [B, F, C, H, W]) from the batch, on the device."""
-    why = "ODE regression (use an ode_pairs dataset)"
-    states = s.batch.require("ode_states", why).to(s.device)
-    t = torch.as_tensor(s.batch.require("ode_t", why)).to(s.device).float()
-    x0 = s.batch.require("ode_x0", why).to(s.device)
+    who, hint = "ODE regression", "use an ode_pairs dataset"
+    states = s.batch.require("ode_states", who, hint).to(s.device)
+    t = torch.as_tensor(s.batch.require("ode_t", who, hint)).to(s.device).float()
+    x0 = s.batch.require("ode_x0", who, hint).to(s.device)
     B, K = states.shape[:2]
     if t.dim() == 1:
         t = t.expand(B, K)
@@ -74,9 +74,8 @@ class ODERegressionLoss:
         states, t, x0 = ode_batch(s)
         context = None
         if self.teacher_forcing:
-            context = s.batch.require("ode_context", "ode_regression with teacher_forcing (causal ODE pairs "
-                                      "that store the real clean context: an ode_pairs sampler with "
-                                      "teacher_forcing: true)")
+            context = s.batch.require("ode_context", "ode_regression with teacher_forcing",
+                                      "write causal ODE pairs with an ode_pairs sampler that has teacher_forcing: true")
         B, K = states.shape[:2]
         idx = torch.randint(0, K, (B,), generator=s.rng)
         return regress(s, states, t, x0, idx, self.per_frame_t, context)

@@ -31,7 +31,7 @@ class RandomLatents:
             latents = torch.randn(self.batch_size, *self.shape, generator=g) * 0.5
             latents = latents + torch.randn(self.batch_size, 1, 1, 1, 1, generator=g)
             yield Batch(latents=latents, text=torch.randn(self.batch_size, *self.text_shape, generator=g),
-                        prompts=["random"] * self.batch_size, source="random_latents")
+                        prompts=["random"] * self.batch_size, dataset="random_latents")
 
     def state_dict(self) -> dict:
         return {"position": self.position}
@@ -80,7 +80,7 @@ class IndexedLatents:
             items = [self.example(self.position + i) for i in range(batch_size)]
             self.position += batch_size
             yield Batch(latents=torch.stack([x for x, _ in items]), text=torch.stack([t for _, t in items]),
-                        source="indexed_latents")
+                        dataset="indexed_latents")
 
     def state_dict(self) -> dict:
         return {"position": self.position}

@@ -212,7 +212,7 @@ class Trainer:
         if self.ode_data is not None:  # ODE pairs alongside real data (the fKL surrogate ablation)
             if self._ode_iter is None:
                 self._ode_iter = _batches(self.ode_data, self.batch_size)
-            batch = batch.with_ode(as_batch(self._draw(self._ode_iter), "ode_data").cast(self.dtype))
+            batch = batch.with_ode(as_batch(self._draw(self._ode_iter), "ode_data").at("ode_data").cast(self.dtype))
         return batch
 
     @staticmethod

@@ -38,7 +38,7 @@ class StepContext:
     @property
     def latents(self) -> torch.Tensor:
         """Clean real latents of this phase's minibatch [B, F, C, H, W]."""
-        return self.batch.require("latents", "this recipe's losses (real latents)").to(self.device)
+        return self.batch.require("latents", "a loss reading the real latents (s.latents)").to(self.device)
 
     @property
     def text(self) -> torch.Tensor:
@@ -80,7 +80,7 @@ class StepContext:
             sampler = sampler or self.sampler
             if sampler is None:
                 raise RuntimeError("this recipe has no `sampler:` but a loss asked for a generator rollout")
-            shape = self.batch.require("latents", "the generator rollout (its noise takes the latents' shape)").shape
+            shape = self.batch.require("latents", "the generator rollout (its noise has the latents' shape)").shape
             noise = self.cache.setdefault("rollout_noise", self.randn(shape))
             exits = self.ctx.generator("exits", self.step, self.phase, key, per_rank=False)
             with torch.set_grad_enabled(self.phase == "generator"):
