@@ -34,7 +34,7 @@ from oneforcing.eval.curvature import (
     bootstrap_mean_ci, curvature_profile, normalised_profile, temporal_difference, trajectory_summaries,
 )
 from oneforcing.jobs.base import Job, RunContext, derive_seed
-from oneforcing.jobs.shared import (DEFAULT_ODE_TEXT_ENCODER, ShardPrompts, ToyPrompts, build_flow, build_sampler,
+from oneforcing.jobs.shared import (DEFAULT_ODE_TEXT_ENCODER, ShardPrompts, ToyPrompts, build_sampler,
                                     load_generator_model, model_config, resolve_model_dir)
 from oneforcing.models.text_encoder import parse_dtype
 from oneforcing.registry import JOBS, TEXT_ENCODERS, build, validate
@@ -93,7 +93,7 @@ class CurvatureJob(Job):
                             f"got high_t={high_t}, mid_band={list(mid_band)}")
         self.model_cfg = model_config({"causal": False, **(model or {})})
         self.sampler_cfg = {**(sampler or {"type": "teacher_ode", "num_steps": 50}), "keep_indices": []}
-        self.sampler = build_sampler(self.sampler_cfg, build_flow(scheduler))
+        self.sampler = build_sampler(self.sampler_cfg, scheduler)
         if not isinstance(self.sampler, TeacherODE):
             raise UserError(f"curvature: sampler must be {{type: teacher_ode, ...}} (the teacher's ODE), "
                             f"got '{self.sampler_cfg.get('type')}'")

@@ -7,6 +7,7 @@
     prompts_file: prompts.txt
     out_dir: videos/framewise
     ema: false                                      # the default: the raw generator (generator/)
+    # scheduler: {type: flow_match, shift: 5.0}     # the default: the shift that warps the step lists
 
 Weights: the raw generator unless `ema: true` (the official inference script's default is
 USE_EMA=0); the job logs which it used and records it in generate_manifest.json.
@@ -33,7 +34,7 @@ import torch
 from oneforcing.data.pipeline import is_plain_name
 from oneforcing.errors import UserError
 from oneforcing.jobs.base import Job, RunContext, derive_seed
-from oneforcing.jobs.shared import build_flow, build_sampler, load_generator_model, resolve_model_dir, rollout
+from oneforcing.jobs.shared import build_sampler, load_generator_model, resolve_model_dir, rollout
 from oneforcing.registry import JOBS, TEXT_ENCODERS, VAES, build
 from oneforcing.speed import Timing, sync
 
@@ -142,7 +143,8 @@ class Generate(Job):
         self.text_encoder_cfg, self.vae_cfg = text_encoder, vae
         self.model_cfg = model or {"type": "causal_wan"}
         self.sampler_cfg = sampler or {"type": "causal_inference"}
-        self.flow = build_flow(scheduler)  # the flow-matching convention (shift) the sampler uses
+        # Built now (cheap), with the recipe's flow-matching convention (`scheduler:`, its shift).
+        self.sampler = build_sampler(self.sampler_cfg, scheduler)
         self.samples_per_prompt, self.seeds = samples_per_prompt, seeds
         self.num_frames, self.height, self.width, self.fps = num_frames, height, width, fps
         self.filename, self.out_dir = filename, Path(out_dir).expanduser()
@@ -194,7 +196,7 @@ class Generate(Job):
             latent_shape = _latent_shape(vae, self.num_frames, self.height, self.width)
             model = load_generator_model(self.model_cfg, self.weights_dir, ctx.recipe_file)
             _check_model_fits(model, latent_shape, self.height, self.width, ctx.recipe_file)
-            sampler = build_sampler(self.sampler_cfg, self.flow, file=ctx.recipe_file)
+            sampler = self.sampler
             text = self._encode_prompts(ctx, sorted({it.prompt for it in mine}))  # before the model moves
             model = model.to(device, dtype)
             model.eval().requires_grad_(False)

@@ -41,7 +41,7 @@ from oneforcing.data.pipeline import all_shard_names, encode_text, plan_shards, 
 from oneforcing.data.shards import ShardWriter, dtype_from_name, write_index
 from oneforcing.errors import UserError
 from oneforcing.jobs.base import Job, RunContext, derive_seed, missing_path
-from oneforcing.jobs.shared import (DEFAULT_ODE_TEXT_ENCODER, ShardPrompts, ToyPrompts, build_flow, build_sampler,
+from oneforcing.jobs.shared import (DEFAULT_ODE_TEXT_ENCODER, ShardPrompts, ToyPrompts, build_sampler,
                                     load_generator_model, model_config, resolve_model_dir)
 from oneforcing.models.text_encoder import parse_dtype
 from oneforcing.registry import JOBS, TEXT_ENCODERS, build, validate
@@ -72,7 +72,7 @@ class OdePairsJob(Job):
             ToyPrompts(split, num_examples, 0, frames, size)  # validate now
         self.model_cfg = model_config({"causal": False, **(model or {})})
         self.sampler_cfg = sampler or {"type": "teacher_ode"}
-        self.sampler = build_sampler(self.sampler_cfg, build_flow(scheduler))
+        self.sampler = build_sampler(self.sampler_cfg, scheduler)
         if not isinstance(self.sampler, TeacherODE) or not self.sampler.keep_indices:
             raise UserError(f"ode_pairs: sampler '{self.sampler_cfg.get('type')}' keeps no ODE states; "
                             "use {type: teacher_ode, ...} with non-empty keep_indices")

@@ -15,25 +15,20 @@ from oneforcing.data.toy_codec import ToyCodec
 from oneforcing.data.toy_text_encoder import TOY_MAX_LENGTH, TOY_TEXT_ENCODER_PATH
 from oneforcing.data.toy_world import ToyWorld
 from oneforcing.errors import UserError
-from oneforcing.registry import MODELS, SAMPLERS, SCHEDULERS, build, check_kwargs, validate
+from oneforcing.registry import MODELS, build, check_kwargs, validate
+from oneforcing.schedulers.build import build_flow
 from oneforcing.speed import sync
 
 DEFAULT_TEXT_ENCODER = {"type": "umt5", "path": TOY_TEXT_ENCODER_PATH, "max_length": TOY_MAX_LENGTH}
 DEFAULT_ODE_TEXT_ENCODER = {**DEFAULT_TEXT_ENCODER, "negative_prompt": ""}  # the toy teacher's uncond text
-DEFAULT_SCHEDULER = {"type": "flow_match"}  # FlowMatchScheduler's defaults: shift 5
 
 
 # --- the flow-matching convention and samplers ------------------------------------------------
-def build_flow(cfg: dict | None, *, key: str = "scheduler", file: str | None = None):
-    """The recipe's `scheduler:` (the one flow-matching convention, schedulers/flow_match.py)."""
-    return build(cfg or DEFAULT_SCHEDULER, SCHEDULERS, path=key, file=file)
-
-
-def build_sampler(cfg: dict, flow, *, key: str = "sampler", file: str | None = None):
-    """Build a sampler now (they are cheap) with the recipe's flow-matching convention `flow`;
-    its own checks (ValueError) become a UserError."""
+def build_sampler(cfg: dict, scheduler: dict | None, *, key: str = "sampler", file: str | None = None):
+    """Build a sampler now (they are cheap) with the recipe's flow-matching convention (its
+    `scheduler:`, schedulers/build.py); its own checks (ValueError) become a UserError."""
     try:
-        return build(cfg, SAMPLERS, path=key, file=file, scheduler=flow)
+        return build_flow(scheduler, cfg, file=file, sampler_key=key).sampler
     except ValueError as exc:
         raise UserError(f"{key}: {exc}") from None
 

@@ -35,7 +35,7 @@ from oneforcing.data.toy_world import ToyWorld
 from oneforcing.errors import UserError
 from oneforcing.eval.toybench import ToyBench, markdown_header, markdown_row
 from oneforcing.jobs.base import Job, RunContext, derive_seed
-from oneforcing.jobs.shared import (DEFAULT_TEXT_ENCODER, build_flow, build_sampler, load_generator_model,
+from oneforcing.jobs.shared import (DEFAULT_TEXT_ENCODER, build_sampler, load_generator_model,
                                     model_config, resolve_model_dir, rollout)
 from oneforcing.registry import JOBS, TEXT_ENCODERS, VAES, build, validate
 
@@ -75,7 +75,7 @@ class ToyEvalJob(Job):
         if self.sampler_cfg.get("type") == "teacher_ode":
             self.sampler_cfg.setdefault("keep_indices", [])  # only the endpoint is scored
         self.scheduler_cfg = scheduler
-        self.sampler = build_sampler(self.sampler_cfg, build_flow(scheduler))
+        self.sampler = build_sampler(self.sampler_cfg, scheduler)
         if self.sampler.needs_context:
             raise UserError("toy_eval: sampler.teacher_forcing needs real latents as context (ODE pairs "
                             "only); evaluate with teacher_forcing off")

@@ -34,7 +34,9 @@ class Contract:
             if not hasattr(obj, name) and name not in getattr(obj, "__annotations__", {}):
                 out.append(f"declares no '{name}'")
         if self.init_keywords and is_class:
-            out += [f"its constructor takes no keyword '{k}'" for k in self.init_keywords if not _accepts(obj.__init__, k)]
+            init = None if obj.__init__ is object.__init__ else obj.__init__  # no __init__: no keywords
+            out += [f"its constructor takes no keyword '{k}'" for k in self.init_keywords
+                    if init is None or not _accepts(init, k)]
         if self.forward_keywords and callable(getattr(obj, "forward", None)):
             out += [f"forward() takes no keyword '{k}'" for k in self.forward_keywords
                     if not _accepts(obj.forward, k)]

@@ -55,7 +55,8 @@ def build_trainer(job, ctx: RunContext) -> Trainer:
     from oneforcing.config import dump_recipe
     from oneforcing.loggers import build_loggers
     from oneforcing.jobs.train import ROLES
-    from oneforcing.registry import DATASETS, SAMPLERS, SCHEDULERS, TEXT_ENCODERS, TIMESTEP_SAMPLERS, build
+    from oneforcing.registry import DATASETS, TEXT_ENCODERS, build
+    from oneforcing.schedulers.build import build_flow
 
     run_dir = Path(job.run_dir)
     checkpoints = CheckpointManager(run_dir / "checkpoints", rank=ctx.rank, world_size=ctx.world_size,
@@ -86,9 +87,8 @@ def build_trainer(job, ctx: RunContext) -> Trainer:
 
     # The recipe's flow-matching convention, built once and handed to the sampler, the timesteps
     # and (StepContext.scheduler) every loss.
-    scheduler = build(job.scheduler, SCHEDULERS, path="scheduler")
-    sampler = build(job.sampler, SAMPLERS, path="sampler", scheduler=scheduler) if job.sampler else None
-    timesteps = build(job.timesteps, TIMESTEP_SAMPLERS, path="timesteps", scheduler=scheduler)
+    flow = build_flow(job.scheduler, job.sampler, job.timesteps)
+    scheduler, sampler, timesteps = flow.scheduler, flow.sampler, flow.timesteps
 
     uncond = None
     if job.text_encoder is not None:
