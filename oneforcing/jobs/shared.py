@@ -93,9 +93,9 @@ def resolve_model_dir(checkpoint: str, use_ema: bool) -> Path:
 
 
 def load_generator_model(cfg: dict, weights_dir: Path, file: str | None):
-    """The recipe's `model:` config with the weights folder as its `pretrained`. A class with a
-    `from_pretrained` (CausalWan) is loaded through it: built on the meta device and filled from
-    the file, instead of a random init of every parameter that the weights then overwrite."""
+    """The recipe's `model:` config loaded from the weights folder through the model's
+    `from_pretrained` (the models contract; CausalWan builds on the meta device and fills the
+    parameters from the file, instead of a random init that the weights then overwrite)."""
     for key in ("pretrained", "load_weights"):
         if key in cfg:
             raise UserError(f"generate: set the weights with 'checkpoint', not 'model.{key}'", file=file)
@@ -103,11 +103,12 @@ def load_generator_model(cfg: dict, weights_dir: Path, file: str | None):
     name = cfg.pop("type", None)
     if not isinstance(name, str):
         return build(cfg, MODELS, path="model", file=file)  # build's own error for a missing type
-    obj = MODELS.get(name)
-    if hasattr(obj, "from_pretrained"):
-        kwargs = check_kwargs(obj, cfg, what=f"models '{name}'", path="model", file=file, provided=("pretrained",))
-        return obj.from_pretrained(str(weights_dir), **kwargs)
-    return build({"type": name, **cfg}, MODELS, path="model", file=file, pretrained=str(weights_dir))
+    try:
+        obj = MODELS.get(name)
+    except UserError as err:
+        raise err.at(file=file, key="model.type") from None
+    kwargs = check_kwargs(obj, cfg, what=f"models '{name}'", path="model", file=file, provided=("pretrained",))
+    return obj.from_pretrained(str(weights_dir), **kwargs)
 
 
 # --- prompt sources of the teacher jobs (ode_pairs, curvature) ----------------------------------
