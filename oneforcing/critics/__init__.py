@@ -7,10 +7,11 @@ component, `@CRITICS.register("name")`):
                                       x_t [B, F, C, H, W], t [B] model timesteps (sigma = t / 1000),
                                       text [B, L, D]. Used by `dmd` (fake score, no grad) and
                                       `flow_denoise` (its training loss).
-    logit(x_t, t, text) -> [B]        optional: a real/fake logit, for the GAN losses
-                                      (`gan_generator`, `gan_discriminator`).
+    logit(x_t, t, text) -> [B]        a real/fake logit, for the GAN losses (`gan_generator`,
+                                      `gan_discriminator`); a critic without a head raises
+                                      TypeError in it (FakeScore does).
 
-Nothing else is required; `forward` should equal `denoise`. In the generator phase the trainer
+Both are checked when the critic registers (registry/contracts.py); `forward` should equal `denoise`. In the generator phase the trainer
 freezes the critic's parameters, and gradients flow through `logit` to x_t only. Under ZeRO-3
 keep every parameter inside a submodule that is called (DeepSpeed gathers parameters in the
 called module's forward hook), as `fake_score` and `register_gan_critic` do.
