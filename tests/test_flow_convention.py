@@ -102,3 +102,9 @@ def test_dmd_cfg_scale_keeps_the_official_effective_scales():
 
         losses = load_recipe(RECIPES / recipe)["generator_losses"]
         assert [loss.get("cfg_scale") for loss in losses if loss["type"] == "dmd"] == [cfg_scale], recipe
+
+
+def test_a_sampler_cannot_bring_its_own_scheduler():
+    with pytest.raises(RecipeError, match="^r.yaml: sampler.scheduler: sampler 'self_forcing' gets 'scheduler' from the job"):
+        build_flow({"type": "flow_match", "shift": 5.0},
+                   {"type": "self_forcing", "scheduler": {"type": "flow_match", "shift": 3.0}}, file="r.yaml")

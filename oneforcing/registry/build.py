@@ -238,6 +238,9 @@ def build(cfg: Any, registry, *, path: str = "", file: str | None = None, **prov
     except UserError as err:
         raise err.at(file=file, key=_join(path, "type")) from None
     kwargs = {k: v for k, v in cfg.items() if k != "type"}
+    for key in sorted(set(kwargs) & set(provided)):  # e.g. a sampler's `scheduler`: set once, by the job
+        raise RecipeError(f"{registry.singular} '{name}' gets '{key}' from the job, not from this config",
+                          file=file, key=_join(path, key))
     kwargs = check_kwargs(obj, kwargs, what=f"{registry.singular} '{name}'", path=path, file=file,
                           provided=tuple(provided), registry=registry)
     try:
