@@ -63,7 +63,7 @@ class TeacherODE:
         self.cfg_scale = check_cfg_scale(cfg_scale)
         self.keep_indices = keep
         # `causal` is passed to the model's forward (False: a CausalWan teacher runs bidirectionally;
-        # None: the model's own setting / a model without that argument).
+        # None: not passed, the model's own setting).
         self.causal = causal
         self.teacher_forcing = bool(teacher_forcing)
         self.timesteps = self.scheduler.uniform_grid(num_steps) + [0.0]
