@@ -20,7 +20,8 @@ class ShiftedUniformTimesteps:
     on the integer grid k / 1000, k uniform in {0, ..., 999}, as the official DMD / critic / GAN
     code (model/dmd.py, model/one_forcing.py: `torch.randint(0, 1000)` -> shift -> clamp)."""
 
-    renamed_keys = {"shift": SHIFT_MOVED, "num_train_timesteps": SHIFT_MOVED}
+    renamed_keys = {"shift": SHIFT_MOVED,
+                    "num_train_timesteps": "it is the scheduler's (`scheduler: {type: flow_match, num_train_timesteps: ...}`)"}
 
     def __init__(self, min_t: float = 20.0, max_t: float = 980.0, integer: bool = False,
                  scheduler: FlowMatchScheduler | None = None):
