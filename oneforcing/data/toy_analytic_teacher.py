@@ -79,6 +79,8 @@ def grid(lo: float, hi: float, step: float) -> list[float]:
 class ToyAnalyticTeacher(nn.Module):
     """Exact flow velocity of the toy world: forward(x [B, F, C, H, W], t [B] or [B, F], text [B, L, D])."""
 
+    config: dict = {}  # no network architecture: nothing for a job to check shapes against (models contract)
+
     def __init__(self, grid_step: float | None = None, refine: int | None = None, frames: int = REF_FRAMES,
                  size: int = REF_SIZE, unconditional_prompts: int | None = None, cache_prompts: int = 48,
                  text_encoder_path: str | None = None, pretrained: str | None = None, causal: bool | None = None):

@@ -285,12 +285,11 @@ def _check_model_fits(model, latent_shape: tuple[int, int, int, int], height: in
                       file: str | None) -> None:
     """The VAE's latents must be what the model reads: same channels, whole patches."""
     _, channels, h, w = latent_shape
-    cfg = getattr(model, "config", None)
-    wanted = cfg.get("in_channels") if isinstance(cfg, dict) else None
+    wanted = model.config.get("in_channels")  # the models contract: `config` (maybe empty)
     if wanted is not None and wanted != channels:
         raise UserError(f"generate: the VAE gives {channels}-channel latents, the model reads {wanted} "
                         "(a VAE from another model family?)", file=file, key="vae")
-    patch = getattr(model, "patch_size", None)
+    patch = model.config.get("patch_size")
     if patch is not None and (h % patch[1] or w % patch[2]):
         step_h, step_w = height // h * patch[1], width // w * patch[2]
         raise UserError(f"generate: height x width {height}x{width} gives {h}x{w} latents, not whole "

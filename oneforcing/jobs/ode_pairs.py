@@ -215,7 +215,7 @@ class OdePairsJob(Job):
                 **({"context": real} if self.teacher_forcing else {})}
 
     def _check_shapes(self, model, shape: tuple, embed: torch.Tensor, negative: torch.Tensor) -> None:
-        cfg = getattr(model, "config", {})
+        cfg = model.config  # the models contract (empty for a model without an architecture)
         if cfg.get("in_channels") not in (None, shape[1]):
             raise UserError(f"ode_pairs: teacher has in_channels={cfg['in_channels']} but the latents have "
                             f"{shape[1]} channels ({self.prompts_from or 'toy codec'})")

@@ -91,8 +91,10 @@ CONTRACTS: dict[str, Contract] = {
                                   init_keywords=("scheduler",)),
     "critics": Contract("critic.denoise(x_t, t, text) -> v; critic.logit(x_t, t, text) -> [B] (may raise TypeError)",
                         methods=("denoise", "logit")),
-    "models": Contract("model(x, t, text, *, causal=None, clean_x=None, ...) -> v; Model.from_pretrained(dir, **kw)",
-                       methods=("forward", "from_pretrained"), forward_keywords=("causal", "clean_x")),
+    "models": Contract("model(x, t, text, *, causal=None, clean_x=None, ...) -> v; Model.from_pretrained(dir, **kw); "
+                       "declares `config: dict` (architecture keys such as in_channels, patch_size; may be empty)",
+                       methods=("forward", "from_pretrained"), forward_keywords=("causal", "clean_x"),
+                       attributes=("config",)),
     "vaes": Contract("vae.encode / decode / latent_shape(frames, h, w) / stream_decoder() (None: cannot stream)",
                      methods=("encode", "decode", "latent_shape", "stream_decoder")),
     "schedulers": Contract("the flow-matching convention (schedulers/flow_match.py)",
