@@ -203,7 +203,7 @@ def main(argv=None) -> None:
         print(f"    with first-frame enhancement (4 steps on block 0): {ffe * 1e3:.1f} ms")
 
         # P2: one-step causal vs bidirectional 50-step CFG (batched cond/uncond).
-        teacher = TeacherODE(num_steps=50, guidance=6.0, keep_indices=[])
+        teacher = TeacherODE(num_steps=50, cfg_scale=6.0, keep_indices=[])
         steps_run = min(teacher_steps, 50)
 
         def run_teacher():

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import sys
 
-from oneforcing.errors import UserError, report
+from oneforcing.errors import UserError, did_you_mean, report
 
 USAGE = __doc__.split("\n", 2)[2]
 
@@ -50,10 +50,7 @@ def cmd_list(args: list[str]) -> int:
     if args:
         kind = args[0].replace("-", "_")
         if kind not in REGISTRIES:
-            import difflib
-
-            close = difflib.get_close_matches(kind, kinds, n=1)
-            hint = f" did you mean '{close[0]}'?" if close else ""
+            hint = did_you_mean(kind, kinds)
             print(f"error: unknown kind '{args[0]}'.{hint} Kinds: {', '.join(kinds)}", file=sys.stderr)
             return 2
         kinds = [kind]
@@ -124,11 +121,8 @@ def main(argv: list[str] | None = None) -> int:
     load_plugins()
     job = command.replace("-", "_")
     if job not in JOBS:
-        import difflib
-
         names = ["list", "show", "run", *[n.replace("_", "-") for n in JOBS.names()]]
-        close = difflib.get_close_matches(command, names, n=1)
-        hint = f" did you mean '{close[0]}'?" if close else ""
+        hint = did_you_mean(command, names)
         print(f"error: unknown command '{command}'.{hint} Commands: {', '.join(names)}", file=sys.stderr)
         return 2
     recipe, overrides = split_recipe_args(rest)

@@ -65,3 +65,12 @@ def report(err: UserError) -> int:
         traceback.print_exception(err.__cause__, file=sys.stderr)
     print(f"error: {err}", file=sys.stderr)
     return err.exit_code
+
+
+def did_you_mean(name: str, choices, *, n: int = 1, cutoff: float = 0.6) -> str:
+    """' did you mean 'x'?' (or 'x', 'y'?) for the closest of `choices`, or '' when none is close:
+    the hint every 'unknown ...' message of the library appends."""
+    import difflib
+
+    close = difflib.get_close_matches(str(name), [str(c) for c in choices], n=n, cutoff=cutoff)
+    return f" did you mean {', '.join(repr(c) for c in close)}?" if close else ""

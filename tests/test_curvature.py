@@ -15,6 +15,7 @@ from oneforcing.jobs.base import RunContext
 from oneforcing.jobs.curvature import integrate
 from oneforcing.registry import JOBS, build
 from oneforcing.samplers.teacher_ode import TeacherODE
+from oneforcing.schedulers import FlowMatchScheduler
 from oneforcing.testing.tiny_wan import save_toy_shaped_wan
 
 SHAPE = (2, 3, 5, 4, 4)  # [B, F, C, H, W]
@@ -52,7 +53,7 @@ def _run(model, sampler, dtype=torch.float32):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_straight_flow_has_zero_curvature(dtype):
     x0 = torch.randn(SHAPE, generator=torch.Generator().manual_seed(1))
-    states, sigmas = _run(PointMassFlow(x0), TeacherODE(num_steps=50, shift=8.0, guidance=1.0, keep_indices=[]), dtype)
+    states, sigmas = _run(PointMassFlow(x0), TeacherODE(num_steps=50, cfg_scale=1.0, keep_indices=[], scheduler=FlowMatchScheduler(shift=8.0)), dtype)
     assert states.shape == (SHAPE[0], 51, *SHAPE[1:]) and sigmas[0] == 1 and sigmas[-1] == 0
     C = curvature_profile(states, sigmas)
     chord = ((states[:, 0] - states[:, -1]).double() ** 2).mean()
@@ -68,8 +69,8 @@ def test_bent_flow_gives_the_expected_profile():
     C = 81 on the 5 segments starting above 0.9 and 1 on the other 45: mass 405 / 450 = 0.9, ratio 81
     (the band is set just above the segment that starts at 0.9, which is in the low part)."""
     ones = torch.ones(1, *SHAPE[1:])
-    states, sigmas = _run(PiecewiseFlow(9 * ones, -ones), TeacherODE(num_steps=50, shift=1.0, guidance=1.0,
-                                                                      keep_indices=[]))
+    ode = TeacherODE(num_steps=50, cfg_scale=1.0, keep_indices=[], scheduler=FlowMatchScheduler(shift=1.0))
+    states, sigmas = _run(PiecewiseFlow(9 * ones, -ones), ode)
     C = curvature_profile(states, sigmas)
     expected = torch.tensor([81.0] * 5 + [1.0] * 45, dtype=torch.float64)
     assert torch.allclose(C, expected.expand_as(C), rtol=1e-4)
@@ -85,7 +86,7 @@ def test_temporal_difference_removes_static_content():
     # a velocity that is the same in every frame (static appearance): the frame differences never move
     c_high = torch.randn(1, 1, *SHAPE[2:], generator=torch.Generator().manual_seed(2)).expand(1, *SHAPE[1:])
     noise = torch.randn(SHAPE[0], 1, *SHAPE[2:], generator=torch.Generator().manual_seed(3)).expand(SHAPE)
-    sampler = TeacherODE(num_steps=20, shift=1.0, guidance=1.0, keep_indices=[])
+    sampler = TeacherODE(num_steps=20, scheduler=FlowMatchScheduler(shift=1.0), cfg_scale=1.0, keep_indices=[])
     states, sigmas = integrate(sampler, PiecewiseFlow(c_high, -c_high), noise.contiguous(), torch.zeros(2, 4, 8), None)
     assert float(curvature_profile(states, sigmas).max()) > 0.1
     assert float(curvature_profile(temporal_difference(states), sigmas).abs().max()) < 1e-10
@@ -109,7 +110,8 @@ def teacher(tmp_path_factory):
 def _job(teacher, out, **kw):
     cfg = {"type": "curvature", "teacher": str(teacher), "out": str(out), "split": "test", "num_prompts": 3,
            "batch_size": 2, "frames": 3, "size": 16, "bootstrap": 100,
-           "sampler": {"type": "teacher_ode", "num_steps": 20, "shift": 5.0, "guidance": 3.0}, **kw}
+           "scheduler": {"type": "flow_match", "shift": 5.0},
+           "sampler": {"type": "teacher_ode", "num_steps": 20, "cfg_scale": 3.0}, **kw}
     return build(cfg, JOBS)
 
 
@@ -136,6 +138,7 @@ def test_job_user_errors(teacher, tmp_path):
     with pytest.raises(UserError, match="exactly one of"):
         _job(teacher, tmp_path, split=None)
     with pytest.raises(UserError, match="no step in the high"):
-        _job(teacher, tmp_path, sampler={"type": "teacher_ode", "num_steps": 1, "shift": 1.0})
+        _job(teacher, tmp_path, sampler={"type": "teacher_ode", "num_steps": 1},
+             scheduler={"type": "flow_match", "shift": 1.0})
     with pytest.raises(UserError, match="high_t"):
         _job(teacher, tmp_path, high_t=0.5, mid_band=[0.3, 0.7])

@@ -9,7 +9,8 @@ from oneforcing.errors import UserError
 import oneforcing.models.text_encoder  # noqa: F401  (registers umt5 even before models/__init__ does)
 import oneforcing.models.wan_vae  # noqa: F401
 from oneforcing.jobs.base import RunContext
-from oneforcing.jobs.generate import Generate, load_prompts, resolve_model_dir, slugify
+from oneforcing.jobs.generate import Generate, load_prompts, slugify
+from oneforcing.jobs.shared import resolve_model_dir
 from oneforcing.registry import JOBS, build
 from oneforcing.testing.tiny_encoders import save_tiny_encoders
 from oneforcing.video import read_mp4

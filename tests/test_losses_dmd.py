@@ -5,6 +5,7 @@ import pytest
 import torch
 import torch.nn as nn
 
+from oneforcing.data import Batch
 from oneforcing.jobs.base import RunContext
 from oneforcing.losses.dmd import DMDLoss, dmd_gradient, dmd_surrogate
 from oneforcing.registry import LOSSES, build
@@ -57,7 +58,7 @@ class HalfCritic(nn.Module):
 def make_ctx(phase, x, mask, *, critic=None, real=None, seed=0, timesteps=fixed_t, uncond=None):
     text = torch.randn(SHAPE[0], 3, 5, generator=torch.Generator().manual_seed(9)) + 1
     batch = {"latents": torch.zeros(SHAPE), "text": text}
-    return StepContext(step=0, phase=phase, batch=batch, generator=nn.Identity(), critic=critic,
+    return StepContext(step=0, phase=phase, batch=Batch(**batch), generator=nn.Identity(), critic=critic,
                        real_score=real, scheduler=FlowMatchScheduler(), timesteps=timesteps,
                        sampler=FixedRollout(x, mask), uncond_text=uncond,
                        rng=torch.Generator().manual_seed(seed), ctx=RunContext())
@@ -75,7 +76,7 @@ def test_dmd_matches_closed_form_and_gradient():
     mask = torch.tensor([False, True, True, True])
     real, critic = TextScore(0.3), HalfCritic()
     s = make_ctx("generator", x, mask, critic=critic, real=real, seed=3)
-    loss, figs = build({"type": "dmd", "guidance": 5.0}, LOSSES)(s)
+    loss, figs = build({"type": "dmd", "cfg_scale": 6.0}, LOSSES)(s)
     loss.backward()
 
     # closed form (defaults.md "DMD"): sigma = t / 1000 for sampled model timesteps
@@ -86,7 +87,7 @@ def test_dmd_matches_closed_form_and_gradient():
     text = s.text
     cond = 0.3 * x_t + text.mean(dim=(1, 2)).view(-1, 1, 1, 1, 1)
     unc = 0.3 * x_t  # no negative prompt given -> zeros
-    real_x0 = x_t - sig * (cond + 5.0 * (cond - unc))
+    real_x0 = x_t - sig * (cond + 5.0 * (cond - unc))  # cfg_scale 6 = the papers' "guidance 5" form
     fake_x0 = x_t - sig * 0.5 * x_t
     norm = (xd - real_x0).abs().mean(dim=(1, 2, 3, 4), keepdim=True) + 1e-6
     grad = (fake_x0 - real_x0) / norm
@@ -97,22 +98,22 @@ def test_dmd_matches_closed_form_and_gradient():
     assert torch.all(x.grad[:, ~mask] == 0)
     # both scores without grad; CFG as one batched forward of 2B
     assert critic.grad_enabled == [False]
-    assert real.calls == [(2 * SHAPE[0], False, {})]
+    assert real.calls == [(2 * SHAPE[0], False, {"causal": False})]  # the teacher runs bidirectionally
     assert figs["t_mean"] == pytest.approx(500.0)
     assert figs["grad_norm"] > 0
 
 
-def test_dmd_batched_and_separate_cfg_agree_and_guidance_zero_skips_uncond():
+def test_dmd_batched_and_separate_cfg_agree_and_cfg_scale_one_skips_uncond():
     x = torch.randn(SHAPE, requires_grad=True)
     mask = torch.ones(4, dtype=torch.bool)
     uncond = torch.randn(1, 3, 5)
     values = []
     for batch_cfg in (True, False):
         s = make_ctx("generator", x, mask, critic=HalfCritic(), real=TextScore(0.2), seed=1, uncond=uncond)
-        values.append(DMDLoss(guidance=3.0, batch_cfg=batch_cfg)(s)[0])
+        values.append(DMDLoss(cfg_scale=4.0, batch_cfg=batch_cfg)(s)[0])
     torch.testing.assert_close(values[0], values[1])
     real = TextScore(0.2)
-    DMDLoss(guidance=0.0)(make_ctx("generator", x, mask, critic=HalfCritic(), real=real))
+    DMDLoss(cfg_scale=1.0)(make_ctx("generator", x, mask, critic=HalfCritic(), real=real))
     assert [c[0] for c in real.calls] == [SHAPE[0]]  # conditional only
 
 
@@ -164,7 +165,7 @@ def test_dmd_through_self_forcing_rollout_on_tiny_models():
     teacher = CausalWan.from_config(TINY_WAN_CONFIG, attention="sdpa").requires_grad_(False)
     critic = FakeScore(config=TINY_WAN_CONFIG, attention="sdpa").requires_grad_(False)
     batch = {"latents": torch.randn(1, 3, 4, 4, 4), "text": torch.randn(1, 5, 24)}
-    s = StepContext(step=0, phase="generator", batch=batch, generator=gen, critic=critic, real_score=teacher,
+    s = StepContext(step=0, phase="generator", batch=Batch(**batch), generator=gen, critic=critic, real_score=teacher,
                     scheduler=FlowMatchScheduler(), timesteps=ShiftedUniformTimesteps(),
                     sampler=SelfForcingRollout(steps=[1000], grad_frames=2), uncond_text=None,
                     rng=torch.Generator().manual_seed(0), ctx=RunContext())

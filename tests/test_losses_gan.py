@@ -6,6 +6,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from oneforcing.errors import UserError
+from oneforcing.data import Batch
 from oneforcing.jobs.base import RunContext
 from oneforcing.losses.gan import GANDiscriminatorLoss, GANGeneratorLoss, fd_penalty
 from oneforcing.losses.real_sources import StudentRolloutReal
@@ -50,7 +51,7 @@ class LinearD(nn.Module):
 
 def make_ctx(phase, fake, real, critic, seed=0):
     batch = {"latents": real, "text": torch.randn(SHAPE[0], 3, 4)}
-    return StepContext(step=0, phase=phase, batch=batch, generator=nn.Identity(), critic=critic, real_score=None,
+    return StepContext(step=0, phase=phase, batch=Batch(**batch), generator=nn.Identity(), critic=critic, real_score=None,
                        scheduler=FlowMatchScheduler(), timesteps=fixed_t, sampler=FixedRollout(fake),
                        uncond_text=None, rng=torch.Generator().manual_seed(seed), ctx=RunContext())
 
@@ -197,7 +198,7 @@ def test_student_rollout_source_uses_n_plus_one_steps_same_noise_no_grad():
 
     gen = Recording()
     batch = {"latents": torch.randn(1, 2, 4, 4, 4), "text": torch.randn(1, 5, 24)}
-    s = StepContext(step=0, phase="generator", batch=batch, generator=gen, critic=None, real_score=None,
+    s = StepContext(step=0, phase="generator", batch=Batch(**batch), generator=gen, critic=None, real_score=None,
                     scheduler=FlowMatchScheduler(), timesteps=fixed_t, sampler=SelfForcingRollout(steps=[1000]),
                     uncond_text=None, rng=torch.Generator().manual_seed(0), ctx=RunContext())
     source = StudentRolloutReal()
@@ -244,7 +245,7 @@ def test_one_forcing_phases_on_tiny_models():
     batch = {"latents": torch.randn(1, 3, 4, 4, 4), "text": torch.randn(1, 5, 24)}
 
     def ctx(phase):
-        return StepContext(step=0, phase=phase, batch=batch, generator=gen, critic=critic, real_score=teacher,
+        return StepContext(step=0, phase=phase, batch=Batch(**batch), generator=gen, critic=critic, real_score=teacher,
                            scheduler=FlowMatchScheduler(), timesteps=ShiftedUniformTimesteps(),
                            sampler=SelfForcingRollout(steps=[1000], grad_frames=2), uncond_text=torch.zeros(1, 5, 24),
                            rng=torch.Generator().manual_seed(1), ctx=RunContext())

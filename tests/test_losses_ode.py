@@ -4,6 +4,8 @@ import pytest
 import torch
 import torch.nn as nn
 
+from oneforcing.data import Batch
+from oneforcing.errors import UserError
 from oneforcing.jobs.base import RunContext
 from oneforcing.registry import LOSSES, build
 from oneforcing.schedulers import FlowMatchScheduler, ShiftedUniformTimesteps
@@ -28,7 +30,7 @@ class LinGen(nn.Module):
 
 
 def make_ctx(batch, gen, seed=0, timesteps=None, uncond=None):
-    return StepContext(step=0, phase="generator", batch=batch, generator=gen, critic=None, real_score=None,
+    return StepContext(step=0, phase="generator", batch=Batch(**batch), generator=gen, critic=None, real_score=None,
                        scheduler=FlowMatchScheduler(), timesteps=timesteps or ShiftedUniformTimesteps(),
                        sampler=None, uncond_text=torch.zeros(1, 2, 3) if uncond is None else uncond,
                        rng=torch.Generator().manual_seed(seed), ctx=RunContext())
@@ -86,7 +88,7 @@ def test_fkl_surrogate_fixed_state_per_frame_t_and_gradient():
 
 
 def test_ode_losses_name_missing_batch_keys():
-    with pytest.raises(KeyError, match="ode_states"):
+    with pytest.raises(UserError, match="^data: ODE regression needs 'ode_states' in every batch.*use an ode_pairs"):
         build({"type": "ode_regression"}, LOSSES)(make_ctx({"text": torch.zeros(B, 2, 3)}, LinGen()))
 
 
@@ -151,7 +153,7 @@ def test_ode_regression_teacher_forcing_passes_the_real_clean_context():
     idx = torch.randint(0, K, (B,), generator=torch.Generator().manual_seed(7))
     assert loss.item() == pytest.approx(expected(batch, idx)[0].item(), rel=1e-6)
     del batch["ode_context"]
-    with pytest.raises(KeyError, match="context"):
+    with pytest.raises(UserError, match="needs .ode_context. in every batch.*teacher_forcing: true"):
         build({"type": "ode_regression", "teacher_forcing": True}, LOSSES)(make_ctx(batch, LinGen()))
 
 

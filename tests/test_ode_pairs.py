@@ -64,7 +64,7 @@ def test_toy_split_pairs_and_resume(teacher, tmp_path):
     # The endpoint is the CFG ODE against the empty negative prompt (the toy teacher's uncond text).
     enc = build({"type": "umt5", "path": TOY_TEXT_ENCODER_PATH, "max_length": TOY_MAX_LENGTH}, TEXT_ENCODERS)
     model = CausalWan.from_pretrained(teacher, causal=False).eval()
-    ref = TeacherODE()(model, items[0]["states"][0][None], enc.encode([prompts[0]]), enc.encode([""]))
+    ref = TeacherODE()(model, items[0]["states"][0][None], enc.encode([prompts[0]]), negative_text=enc.encode([""]))
     assert torch.allclose(ref.x0[0], items[0]["clean"], atol=1e-5)
 
     # Resume: a lost shard is rewritten identically, complete ones are left alone.
@@ -176,17 +176,17 @@ def test_teacher_forced_causal_pairs_see_the_real_frames_not_their_own_noise(tea
     enc = build({"type": "umt5", "path": TOY_TEXT_ENCODER_PATH, "max_length": TOY_MAX_LENGTH}, TEXT_ENCODERS)
     neg = enc.encode([""])
     noise = items[0]["states"][0][None]
-    ref = ode(model, noise, embed[:1], neg, context=real[:1])
+    ref = ode(model, noise, embed[:1], negative_text=neg, context=real[:1])
     assert torch.allclose(ref.x0[0], items[0]["clean"], atol=1e-5)
     # Frame 2 ignores the noise of frames 0-1 (the old block-causal rollout over its own noisy
     # frames depended on it) but follows the real frames 0-1.
     other_noise = noise.clone()
     other_noise[:, :2] = torch.randn(1, 2, *SHAPE[1:], generator=g)
-    assert torch.allclose(ode(model, other_noise, embed[:1], neg, context=real[:1]).x0[:, 2], ref.x0[:, 2], atol=1e-5)
+    assert torch.allclose(ode(model, other_noise, embed[:1], negative_text=neg, context=real[:1]).x0[:, 2], ref.x0[:, 2], atol=1e-5)
     other_real = real[:1].clone()
     other_real[:, :2] += 1.0
-    assert not torch.allclose(ode(model, noise, embed[:1], neg, context=other_real).x0[:, 2], ref.x0[:, 2], atol=1e-3)
+    assert not torch.allclose(ode(model, noise, embed[:1], negative_text=neg, context=other_real).x0[:, 2], ref.x0[:, 2], atol=1e-3)
     with pytest.raises(ValueError, match="context"):
-        ode(model, noise, embed[:1], neg)
+        ode(model, noise, embed[:1], negative_text=neg)
     with pytest.raises(UserError, match="prompts_from"):
         _job(causal, tmp_path / "y", sampler=sampler)

@@ -22,6 +22,12 @@ def make_plugin(root, *, broken=False):
 
             def __init__(self, layers: list[int] = (0,), width: int = 8):
                 self.layers, self.width = list(layers), width
+
+            def denoise(self, x_t, t, text):
+                return 0 * x_t
+
+            def logit(self, x_t, t, text):
+                return x_t.flatten(1).mean(1)
     '''))
     eps = "[oneforcing.plugins]\nacme = acme_critics\n"
     if broken:
@@ -35,7 +41,8 @@ def make_plugin(root, *, broken=False):
 
 
 def run_cli(args, path, cwd):
-    env = {**os.environ, "PYTHONPATH": str(path)}
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # this checkout's oneforcing
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(path), repo])}
     return subprocess.run([sys.executable, "-m", "oneforcing.cli", *args], capture_output=True, text=True,
                           env=env, cwd=cwd, timeout=120)
 
@@ -98,3 +105,50 @@ def test_recipe_imports_register_components(tmp_path, capsys):
         sys.path.remove(str(tmp_path))
         JOBS.unregister("my_echo")
         sys.modules.pop("my_jobs", None)
+
+
+BAD_PLUGINS = [
+    # (kind, class body, what the one-line error names)
+    ("LOSSES", "def __call__(self, s, extra):\n        return s", "is called with 1 positional argument(s), its __call__ takes (s, extra)"),
+    ("SAMPLERS", "needs_context = False\n    def __init__(self, scheduler=None): pass\n"
+                 "    def __call__(self, model, noise, text, *, generator=None):\n        return None",
+     "its __call__ takes no keyword 'exit_generator'"),
+    ("SAMPLERS", "needs_context = False\n    def __call__(self, model, noise, text, **kw):\n        return None",
+     "its constructor takes no keyword 'scheduler'"),
+    ("CRITICS", "def forward(self, x, t, text):\n        return x", "has no method 'denoise'"),
+    ("TIMESTEP_SAMPLERS", "def __init__(self, scheduler=None): pass\n    def __call__(self, n):\n        return n",
+     "its __call__ takes no keyword 'generator'"),
+]
+
+
+@pytest.mark.parametrize("kind,body,message", BAD_PLUGINS, ids=[f"{k}-{i}" for i, (k, _, _) in enumerate(BAD_PLUGINS)])
+def test_a_plugin_breaking_its_kinds_contract_fails_at_registration(kind, body, message):
+    import oneforcing.registry as registry
+    from oneforcing.errors import RegistryError
+
+    namespace: dict = {}
+    exec(f"class BadPlugin:\n    {body}\n", namespace)
+    reg = getattr(registry, kind)
+    try:
+        with pytest.raises(RegistryError, match="breaks the .* contract") as err:
+            reg.register("bad_plugin")(namespace["BadPlugin"])
+    finally:
+        reg.unregister("bad_plugin") if "bad_plugin" in reg and reg.find("bad_plugin").obj is namespace["BadPlugin"] else None
+    assert message in str(err.value) and "docs/architecture.md" in str(err.value) and "\n" not in str(err.value)
+    assert "bad_plugin" not in reg
+
+
+def test_a_contract_breaking_entry_point_plugin_is_reported_on_one_line(tmp_path):
+    root = make_plugin(tmp_path)
+    (root / "acme_critics" / "__init__.py").write_text(textwrap.dedent('''
+        from oneforcing.registry import CRITICS
+
+        @CRITICS.register("acme_probe")
+        class AcmeProbe:
+            def forward(self, x_t, t, text):
+                return x_t
+    '''))
+    proc = run_cli(["list", "critics"], tmp_path, tmp_path)
+    assert proc.returncode == 0 and "acme_probe" not in proc.stdout
+    lines = [ln for ln in proc.stderr.splitlines() if "acme" in ln]
+    assert lines and "breaks the critics contract: has no method 'denoise'" in lines[0]

@@ -1,14 +1,16 @@
 """Samplers on tiny CausalWan models: causal inference, self-forcing rollout, teacher ODE."""
 
-import os
-
 import pytest
 import torch
 
 from oneforcing.models.causal_wan import CausalWan
 from oneforcing.registry import SAMPLERS, build
-from oneforcing.samplers import ON_GRID, CausalInference, SelfForcingRollout, TeacherODE, draw_exit_indices
+from oneforcing.samplers import CausalInference, SelfForcingRollout, TeacherODE, draw_exit_indices
+from oneforcing.schedulers import FlowMatchScheduler
 from oneforcing.testing.tiny_wan import TINY_WAN_CONFIG, tiny_inputs
+
+
+FLOW = FlowMatchScheduler()  # sigma = t / 1000 (the conversions never apply the shift)
 
 
 def tiny_model(fpb=1, causal=True, seed=0):
@@ -38,12 +40,12 @@ def test_causal_inference_one_step_equals_manual_blocks():
     model = tiny_model(fpb=1).eval()
     noise, text = tiny_inputs(2, 4, 4, 4, seed=1)
     sampler = build({"type": "causal_inference", "steps": [1000], "first_frame_enhancement": False}, SAMPLERS)
-    out = sampler(model, noise, text)
+    out = sampler(model, noise, text).x0
     with torch.no_grad():
         cache = model.new_kv_cache(2, 4)
         t1, t0 = torch.full((2,), 1000.0), torch.zeros(2)
         for f in range(4):
-            x0 = ON_GRID.x0_from_v(noise[:, f:f + 1], model(noise[:, f:f + 1], t1, text, kv_cache=cache,
+            x0 = FLOW.x0_from_v(noise[:, f:f + 1], model(noise[:, f:f + 1], t1, text, kv_cache=cache,
                                                               frame_offset=f), t1)
             assert (x0 - out[:, f:f + 1]).abs().max() <= 1e-5
             model(x0, t0, text, kv_cache=cache, frame_offset=f, write_cache=True)
@@ -57,13 +59,13 @@ def test_causal_inference_ffe_schedule_stream_and_determinism(fpb):
     assert sampler.first_block_steps == pytest.approx([1000.0, 937.5, 833.333, 625.0], abs=1e-3)
     seen = []
     out = sampler(model, noise, text, generator=torch.Generator().manual_seed(0),
-                  on_block=lambda a, b, x0: seen.append((a, b, x0.shape[1])))
+                  on_block=lambda a, b, x0: seen.append((a, b, x0.shape[1]))).x0
     nb = 6 // fpb
     assert seen == [(a, a + fpb, fpb) for a in range(0, 6, fpb)]
     assert len(model.calls) == sampler.num_forwards(nb) == 4 + (nb - 1) * 2
     assert [c[2] for c in model.calls[:4]] == pytest.approx([1000.0, 937.5, 833.333, 625.0], abs=1e-3)
     assert all(c[2] == 0.0 for c in model.calls if c[1])  # cache writes at t = 0
-    again = sampler(model, noise, text, generator=torch.Generator().manual_seed(0))
+    again = sampler(model, noise, text, generator=torch.Generator().manual_seed(0)).x0
     streamed = torch.cat([x0 for _, _, x0 in sampler.stream(model, noise, text,
                                                             generator=torch.Generator().manual_seed(0))], 1)
     assert torch.equal(out, again) and torch.equal(out, streamed) and out.shape == noise.shape
@@ -103,7 +105,7 @@ def test_self_forcing_chunkwise_all_frames_and_one_step_exit():
     assert out.exit_indices == [0, 0] and out.frame_mask.all() and out.num_forwards == 3
     assert out.x0.requires_grad
     with torch.no_grad():
-        ref = CausalInference(steps=[1000], first_frame_enhancement=False)(model, noise, text)
+        ref = CausalInference(steps=[1000], first_frame_enhancement=False)(model, noise, text).x0
     assert (out.x0.detach() - ref).abs().max() <= 1e-5
     with torch.no_grad():  # critic-side rollout: no graph at all
         assert not SelfForcingRollout(steps=[1000])(model, noise, text).x0.requires_grad
@@ -116,32 +118,25 @@ def test_exit_draws_are_seeded():
     assert len(set(same)) == 1 and len(same) == 7
 
 
-def _dist_worker(rank, port, out_dir):
-    import torch.distributed as dist
+def test_exit_draws_agree_across_ranks_through_the_run_context():
+    """No broadcast in the sampler: the trainer's exits generator (`per_rank=False`) is the same
+    on every rank, so every rank draws the same exits and runs the same forwards under ZeRO-3,
+    while the re-noising generator differs per rank."""
+    from oneforcing.jobs.base import RunContext
 
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
-    try:
-        model = tiny_model(fpb=1)
+    model = tiny_model(fpb=1)
+    outs = []
+    for rank in (0, 1):
+        ctx = RunContext(seed=3, rank=rank, world_size=2)
         noise, text = tiny_inputs(1, 3, 2, 2, seed=rank)
-        out = SelfForcingRollout(steps=[1000, 750, 500, 250], same_step_across_blocks=False)(
-            model, noise, text, exit_generator=torch.Generator().manual_seed(100 + rank))
-        torch.save((out.exit_indices, out.num_forwards), os.path.join(out_dir, f"r{rank}.pt"))
-    finally:
-        dist.destroy_process_group()
-
-
-def test_exit_steps_broadcast_from_rank0(tmp_path):
-    import socket
-
-    import torch.multiprocessing as mp
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    mp.spawn(_dist_worker, args=(port, str(tmp_path)), nprocs=2, join=True)
-    r0, r1 = torch.load(tmp_path / "r0.pt"), torch.load(tmp_path / "r1.pt")
-    assert r0 == r1
-    assert r0[0] == draw_exit_indices(3, 4, torch.Generator().manual_seed(100))  # rank 0's own draw
+        with torch.no_grad():
+            out = SelfForcingRollout(steps=[1000, 750, 500, 250], same_step_across_blocks=False)(
+                model, noise, text, generator=ctx.generator("train", 0), exit_generator=ctx.generator(
+                    "exits", 0, "generator", "rollout", per_rank=False))
+        outs.append((out.exit_indices, out.num_forwards))
+    assert outs[0] == outs[1]
+    assert outs[0][0] == draw_exit_indices(3, 4, RunContext(seed=3, rank=1, world_size=2).generator(
+        "exits", 0, "generator", "rollout", per_rank=False))
 
 
 def test_teacher_ode_grid_states_and_exact_straight_flow():
@@ -152,8 +147,8 @@ def test_teacher_ode_grid_states_and_exact_straight_flow():
         return (x - target) / s  # = eps - target, constant along the path
 
     noise = torch.randn_like(target)
-    sampler = build({"type": "teacher_ode", "num_steps": 48, "guidance": 6.0}, SAMPLERS)
-    out = sampler(straight, noise, torch.zeros(1, 3, 24), torch.zeros(1, 3, 24))
+    sampler = build({"type": "teacher_ode", "num_steps": 48, "cfg_scale": 6.0}, SAMPLERS)
+    out = sampler(straight, noise, torch.zeros(1, 3, 24), negative_text=torch.zeros(1, 3, 24))
     assert out.timesteps.tolist() == pytest.approx([1000.0, 937.5, 833.333, 625.0], abs=1e-3)
     assert out.states.shape == (1, 4, 2, 4, 4, 4) and torch.equal(out.states[:, 0], noise)
     assert (out.x0 - target).abs().max() < 1e-4
@@ -166,16 +161,16 @@ def test_teacher_ode_cfg_on_tiny_teacher():
     teacher = tiny_model(causal=False).eval()
     noise, text = tiny_inputs(1, 2, 4, 4, seed=6)
     neg = torch.randn_like(text)
-    ode = TeacherODE(num_steps=4, keep_indices=[0, 2], guidance=6.0)
-    out = ode(teacher, noise, text, neg)
+    ode = TeacherODE(num_steps=4, keep_indices=[0, 2], cfg_scale=6.0)
+    out = ode(teacher, noise, text, negative_text=neg)
     # batched cond/uncond == two separate calls
     t = torch.full((1,), ode.timesteps[0])
     cond, unc = teacher(noise, t, text), teacher(noise, t, neg)
-    x1 = ON_GRID.euler_step(noise, unc + 6.0 * (cond - unc), t, torch.full((1,), ode.timesteps[1]))
-    ode1 = TeacherODE(num_steps=4, keep_indices=[1], guidance=6.0)
-    assert (ode1(teacher, noise, text, neg).states[:, 0] - x1).abs().max() < 1e-5
+    x1 = FLOW.euler_step(noise, unc + 6.0 * (cond - unc), t, torch.full((1,), ode.timesteps[1]))
+    ode1 = TeacherODE(num_steps=4, keep_indices=[1], cfg_scale=6.0)
+    assert (ode1(teacher, noise, text, negative_text=neg).states[:, 0] - x1).abs().max() < 1e-5
     assert out.x0.shape == noise.shape and out.states.shape[1] == 2
-    assert torch.equal(out.x0, ode(teacher, noise, text, neg).x0)  # deterministic
+    assert torch.equal(out.x0, ode(teacher, noise, text, negative_text=neg).x0)  # deterministic
 
 
 def test_samplers_follow_a_bf16_models_dtype():
@@ -189,8 +184,9 @@ def test_samplers_follow_a_bf16_models_dtype():
     rollout.x0.float().square().mean().backward()
     assert model.proj_out.weight.grad is not None and model.proj_out.weight.grad.dtype == torch.bfloat16
     with torch.no_grad():
-        assert CausalInference()(model.eval(), noise, text).dtype == torch.bfloat16
-        ode = TeacherODE(num_steps=2, keep_indices=[0])(tiny_model(causal=False).to(torch.bfloat16), noise, text, text)
+        assert CausalInference()(model.eval(), noise, text).x0.dtype == torch.bfloat16
+        ode = TeacherODE(num_steps=2, keep_indices=[0])(tiny_model(causal=False).to(torch.bfloat16), noise, text,
+                                                        negative_text=text)
     assert ode.x0.dtype == ode.states.dtype == torch.float32 and torch.isfinite(ode.x0).all()  # the ODE state
 
 
@@ -211,6 +207,7 @@ def test_teacher_ode_state_stays_fp32_under_a_bf16_model():
             assert x.dtype == torch.bfloat16  # the model sees its own dtype
             return velocity
 
-    out = TeacherODE(num_steps=48, shift=8.0, guidance=1.0)(Bf16ConstantFlow(), noise, torch.zeros(2, 3, 8))
+    out = TeacherODE(num_steps=48, cfg_scale=1.0, scheduler=FlowMatchScheduler(shift=8.0))(
+        Bf16ConstantFlow(), noise, torch.zeros(2, 3, 8))
     assert out.x0.dtype == torch.float32
     assert (out.x0 - target).abs().max() < 1e-4

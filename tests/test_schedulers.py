@@ -2,6 +2,7 @@ import pytest
 import torch
 
 from oneforcing.schedulers import FlowMatchScheduler, ShiftedUniformTimesteps
+from oneforcing.schedulers.flow_match import drop_text, guided_velocity
 
 
 def test_step_list_warp_matches_paper():
@@ -45,7 +46,7 @@ def test_sigma_endpoints_and_shift_only_warps():
 
 
 def test_shifted_uniform_sampler_range_and_shift():
-    sampler = ShiftedUniformTimesteps(shift=5.0, min_t=20, max_t=980)
+    sampler = ShiftedUniformTimesteps(min_t=20, max_t=980, scheduler=FlowMatchScheduler(shift=5.0))
     t = sampler(20000, generator=torch.Generator().manual_seed(0))
     assert t.shape == (20000,) and t.min() >= 20 and t.max() <= 980
     # Shift 5 pushes mass to high t: P(t > 500) = P(u > 1/6) = 5/6.
@@ -68,3 +69,39 @@ def test_shifted_uniform_integer_grid_as_the_official_dmd():
     assert torch.isin(t, grid).all() and t.unique().numel() > 500
     cont = ShiftedUniformTimesteps()(4096, generator=torch.Generator().manual_seed(0))
     assert not torch.isin(cont, grid).all()
+
+
+def test_shifted_uniform_takes_the_shift_of_its_scheduler():
+    g = lambda: torch.Generator().manual_seed(1)  # noqa: E731
+    t3 = ShiftedUniformTimesteps(min_t=0, max_t=1000, scheduler=FlowMatchScheduler(shift=3.0))(64, generator=g())
+    u = torch.rand(64, generator=g())
+    assert torch.allclose(t3, 3 * u / (1 + 2 * u) * 1000)
+
+
+def test_one_cfg_convention_batched_or_not_and_the_papers_form():
+    calls = []
+
+    def model(x, t, text, clean_x=None):
+        calls.append(x.shape[0])
+        return x * text.mean(dim=(1, 2)).view(-1, 1) + (0 if clean_x is None else clean_x)
+
+    x, t = torch.randn(2, 3), torch.zeros(2)
+    text, uncond, ctx = torch.randn(2, 4, 5), torch.randn(2, 4, 5), torch.randn(2, 3)
+    batched = guided_velocity(model, x, t, text, uncond, 6.0, clean_x=ctx)
+    separate = guided_velocity(model, x, t, text, uncond, 6.0, batch=False, clean_x=ctx)
+    assert calls == [4, 2, 2] and torch.allclose(batched, separate)
+    cond, unc = model(x, t, text, ctx), model(x, t, uncond, ctx)
+    assert torch.allclose(batched, unc + 6.0 * (cond - unc))
+    assert torch.allclose(batched, cond + 5.0 * (cond - unc), atol=1e-5)  # DMD papers' "guidance 5"
+    calls.clear()
+    assert torch.equal(guided_velocity(model, x, t, text, uncond, 1.0), model(x, t, text))
+    assert calls == [2, 2]  # cfg_scale 1: the conditional pass alone (then the reference call)
+
+
+def test_text_dropout_replaces_whole_prompts_with_probability_p():
+    text, uncond = torch.ones(4000, 2, 3), torch.zeros(4000, 2, 3)
+    out = drop_text(text, uncond, 0.25, torch.Generator().manual_seed(0))
+    dropped = (out.sum(dim=(1, 2)) == 0).float()
+    assert set(out.sum(dim=(1, 2)).unique().tolist()) == {0.0, 6.0}
+    assert dropped.mean().item() == pytest.approx(0.25, abs=0.03)
+    assert drop_text(text, uncond, 0.0, None) is text

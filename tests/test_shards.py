@@ -64,8 +64,10 @@ def test_toy_data_reads_back_bit_exactly(toy_shards):
         assert torch.equal(it["prompt_embed"], embeds[i].half())
         assert torch.equal(it["prompt_mask"], embeds[i].ne(0).any(-1))
         assert it["metadata"]["objects"] == world.scene(i)["objects"]
-    batch = next(ds.batches(8))
-    assert batch["latent"].shape == (8, 21, 16, 8, 8) and len(batch["prompt"]) == 8
+    batch = next(ds.batches(8))  # the training Batch: stored field names -> what losses read
+    assert batch.latents.shape == (8, 21, 16, 8, 8) and len(batch.prompts) == 8
+    assert torch.equal(batch.text, torch.stack([it["prompt_embed"] for it in items[:8]]))
+    assert batch.ode_states is None and batch.dataset == "latent_shards"
 
 
 def test_ranks_read_disjoint_parts(toy_shards):

@@ -47,7 +47,8 @@ def test_streaming_decode_refuses_tiling_and_batch_change(wan_root):
 
 def test_render_streams_blocks_and_equals_decode_at_the_end(wan_root):
     """generate's render(): blocks decoded as they come = the clip decoded after generation."""
-    from oneforcing.jobs.generate import render, rollout
+    from oneforcing.jobs.generate import render
+    from oneforcing.jobs.shared import rollout
     from oneforcing.models.causal_wan import CausalWan
     from oneforcing.samplers import CausalInference
     from oneforcing.testing.tiny_wan import tiny_inputs, tiny_wan_config

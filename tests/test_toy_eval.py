@@ -60,7 +60,7 @@ def test_scores_files_and_rank_invariance(tiny_model, tmp_path):
 
 def test_teacher_ode_sampler_with_cfg(tiny_model, tmp_path):
     res = _job(tiny_model / "ema", tmp_path, num_videos=2, gif=False, save_mp4=0,
-               sampler={"type": "teacher_ode", "num_steps": 3, "guidance": 6.0},
+               sampler={"type": "teacher_ode", "num_steps": 3, "cfg_scale": 6.0},
                model={"frames_per_block": 1, "causal": False}).run(RunContext())
     assert res["num_videos"] == 2 and res["config"]["sampler"]["type"] == "teacher_ode"
 

@@ -19,7 +19,6 @@ Every user error raises `RecipeError` with one line naming the file and key.
 from __future__ import annotations
 
 import copy
-import difflib
 import os
 import re
 from pathlib import Path
@@ -27,7 +26,7 @@ from typing import Any
 
 import yaml
 
-from oneforcing.errors import RecipeError
+from oneforcing.errors import RecipeError, did_you_mean
 
 _OVERRIDE_KEY = re.compile(r"^[A-Za-z_][\w\-]*(\[\d+\])*(\.[A-Za-z_][\w\-]*(\[\d+\])*)*$")
 _TOKEN = re.compile(r"([A-Za-z_][\w\-]*)|\[(\d+)\]")
@@ -174,8 +173,7 @@ def set_path(data: dict, parts: list[str | int], value: Any, *, file: str | None
             if not isinstance(node, dict):
                 raise RecipeError(f"'{format_path(parts[:depth]) or '(root)'}' is not a mapping", file=file, key=shown)
             if part not in node and not last:
-                close = difflib.get_close_matches(part, [str(k) for k in node], n=1)
-                hint = f" did you mean '{close[0]}'?" if close else ""
+                hint = did_you_mean(part, node)
                 raise RecipeError(f"no key '{here}' to override.{hint}", file=file, key=shown)
         if last:
             node[part] = value

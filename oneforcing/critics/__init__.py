@@ -7,15 +7,16 @@ component, `@CRITICS.register("name")`):
                                       x_t [B, F, C, H, W], t [B] model timesteps (sigma = t / 1000),
                                       text [B, L, D]. Used by `dmd` (fake score, no grad) and
                                       `flow_denoise` (its training loss).
-    logit(x_t, t, text) -> [B]        optional: a real/fake logit, for the GAN losses
-                                      (`gan_generator`, `gan_discriminator`).
+    logit(x_t, t, text) -> [B]        a real/fake logit, for the GAN losses (`gan_generator`,
+                                      `gan_discriminator`); a critic without a head raises
+                                      TypeError in it (FakeScore does).
 
-Nothing else is required; `forward` should equal `denoise`. In the generator phase the trainer
-freezes the critic's parameters, and gradients flow through `logit` to x_t only. Keep every
-parameter inside a submodule that is *called* (a sharded placement gathers a module's parameters
-when it is called: see oneforcing/trainer/placement.py), as `fake_score` and
-`register_gan_critic` do. Pretrained weights: a submodule that is a `PretrainedWeights` with a
-`weights_folder` (the inner CausalWan); the critic itself never loads them.
+Both are checked when the critic registers (registry/contracts.py); `forward` should equal
+`denoise`. In the generator phase the trainer freezes the critic's parameters, and gradients flow
+through `logit` to x_t only. Keep every parameter inside a submodule that is *called* (a sharded
+placement gathers a module's parameters when it is called: see oneforcing/trainer/placement.py),
+as `fake_score` and `register_gan_critic` do. Pretrained weights: a submodule that is a
+`PretrainedWeights` with a `weights_folder` (the inner CausalWan); the critic itself never loads them.
 
 Built in:
     fake_score           bidirectional CausalWan under `model.`              (Self Forcing, DMD)

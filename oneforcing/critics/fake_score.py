@@ -43,5 +43,10 @@ class FakeScore(nn.Module):
         """Velocity v = eps - x0 at (x_t, t), conditional, bidirectional. x_t [B, F, C, H, W]."""
         return self.model(x_t, t, text, causal=False)
 
+    def logit(self, x_t: torch.Tensor, t: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        """The discriminator's logit [B]: a plain fake score has no discriminator head."""
+        raise TypeError(f"the critic {type(self).__name__} has no discriminator head (`logit`); "
+                        "use a critic such as `register_gan_critic` for the GAN losses")
+
     def forward(self, x_t: torch.Tensor, t: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
         return self.denoise(x_t, t, text)

@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
+from oneforcing.data.batch import Batch
 from oneforcing.data.shards import KINDS, TRIMMED, dtype_from_name, read_index, read_shard_header
 from oneforcing.errors import UserError
 from oneforcing.registry import DATASETS
@@ -60,7 +61,7 @@ class LatentShards:
     """Item = {"latent" [F, C, H, W], "prompt_embed" [L, D], "prompt_mask" [L] bool, "prompt" str,
     "metadata" dict ({} if none), "index" int (position in the whole folder)}; extra fields too.
 
-    Iterate items (`for item in ds`), or `ds.batches(batch_size)` for collated dicts.
+    Iterate items (`for item in ds`), or `ds.batches(batch_size)` for training `Batch`es.
     `infinite=True` runs epoch after epoch; `dtype` casts float fields on read."""
 
     kind = "latents"
@@ -230,15 +231,20 @@ class LatentShards:
                 return
 
     def batches(self, batch_size: int):
-        """Collated batches of this rank's items; a last partial batch is kept (same on every rank)."""
+        """`Batch`es of this rank's items; a last partial batch is kept (same on every rank)."""
         buf = []
         for item in self:
             buf.append(item)
             if len(buf) == batch_size:
-                yield collate(buf)
+                yield self.to_batch(collate(buf))
                 buf = []
         if buf:
-            yield collate(buf)
+            yield self.to_batch(collate(buf))
+
+    def to_batch(self, fields: dict) -> Batch:
+        """Collated stored fields -> the training Batch (shard field names -> what losses read)."""
+        return Batch(text=fields["prompt_embed"], latents=fields["latent"], prompts=fields["prompt"],
+                     dataset="latent_shards")
 
 
 @DATASETS.register("ode_pairs")
@@ -247,3 +253,10 @@ class OdePairShards(LatentShards):
     "clean" [F, C, H, W] (the endpoint), "prompt_embed", "prompt_mask", "prompt", "metadata", "index"}."""
 
     kind = "ode_pairs"
+
+    def to_batch(self, fields: dict) -> Batch:
+        t = fields["timesteps"]
+        return Batch(text=fields["prompt_embed"], ode_states=fields["states"],
+                     ode_t=t[0] if t.dim() == 2 else t,  # the same kept timesteps for every example
+                     ode_x0=fields["clean"], ode_context=fields.get("context"), prompts=fields["prompt"],
+                     dataset="ode_pairs")

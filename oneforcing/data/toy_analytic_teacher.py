@@ -21,8 +21,8 @@ the quantity the learned teacher predicts, so a recipe swaps them with one line:
 
 The unconditional text (the empty prompt) gets the posterior under a mixture of
 `unconditional_prompts` train-split prompts (an approximation of the prompt prior: the grammar
-has ~10^5 prompts); the conditional score is already exact, so sample it with guidance 1 and use
-DMD guidance 0. Candidate latents are rendered on first use and kept for `cache_prompts` prompts.
+has ~10^5 prompts); the conditional score is already exact, so sample it with cfg_scale 1 and use
+DMD cfg_scale 1. Candidate latents are rendered on first use and kept for `cache_prompts` prompts.
 """
 
 from __future__ import annotations
@@ -78,6 +78,8 @@ def grid(lo: float, hi: float, step: float) -> list[float]:
 @MODELS.register("toy_analytic_teacher")
 class ToyAnalyticTeacher(nn.Module):
     """Exact flow velocity of the toy world: forward(x [B, F, C, H, W], t [B] or [B, F], text [B, L, D])."""
+
+    config: dict = {}  # no network architecture: nothing for a job to check shapes against (models contract)
 
     def __init__(self, grid_step: float | None = None, refine: int | None = None, frames: int = REF_FRAMES,
                  size: int = REF_SIZE, unconditional_prompts: int | None = None, cache_prompts: int = 48,
@@ -176,7 +178,7 @@ class ToyAnalyticTeacher(nn.Module):
             return self._hypotheses(prompt)
         if self.unconditional_prompts == 0:
             raise UserError("toy_analytic_teacher: called with the unconditional (empty) prompt but "
-                            "unconditional_prompts is 0; sample with guidance 1 / DMD guidance 0")
+                            "unconditional_prompts is 0; sample with cfg_scale 1 (teacher_ode and dmd)")
         prompts = ToyWorld("train", self.unconditional_prompts, seed=0, frames=self.frames, size=self.size).prompts()
         prior = -math.log(len(prompts))
         return [(prior + lp, parts) for p in prompts for lp, parts in self._hypotheses(p)]

@@ -3,7 +3,8 @@
     job: curvature
     teacher: "${assets:toy_teacher}"          # diffusers folder, or a checkpoint with ema/ | generator/
     model: {causal: false}                     # or {type: toy_analytic_teacher}
-    sampler: {type: teacher_ode, num_steps: 50, shift: 5.0, guidance: 6.0}
+    scheduler: {type: flow_match, shift: 5.0}  # the flow-matching convention: the ODE's step spacing
+    sampler: {type: teacher_ode, num_steps: 50, cfg_scale: 6.0}
     split: test                                # toy-world prompts ... or prompts_from: a latent_shards folder
     num_prompts: 32
     out: runs/toy/curvature                    # curvature.json, curvature.png
@@ -33,9 +34,8 @@ from oneforcing.eval.curvature import (
     bootstrap_mean_ci, curvature_profile, normalised_profile, temporal_difference, trajectory_summaries,
 )
 from oneforcing.jobs.base import Job, RunContext, derive_seed
-from oneforcing.jobs.generate import load_generator_model, resolve_model_dir
-from oneforcing.jobs.ode_pairs import DEFAULT_ODE_TEXT_ENCODER, _ShardSource, _ToySource
-from oneforcing.jobs.toy_eval import build_sampler, model_config
+from oneforcing.jobs.shared import (DEFAULT_ODE_TEXT_ENCODER, ShardPrompts, ToyPrompts, build_sampler,
+                                    load_generator_model, model_config, resolve_model_dir)
 from oneforcing.models.text_encoder import parse_dtype
 from oneforcing.registry import JOBS, TEXT_ENCODERS, build, validate
 from oneforcing.samplers.teacher_ode import TeacherODE
@@ -64,7 +64,8 @@ def integrate(sampler: TeacherODE, model, noise: torch.Tensor, text: torch.Tenso
     (default: the text's dtype): ([B, N+1, ...] on the CPU, noise first; sigmas [N+1])."""
     states: list[torch.Tensor] = []
     wrapped = _FP32State(model, compute_dtype or text.dtype)
-    out = sampler(wrapped, noise.float(), text, negative, callback=lambda i, t, x: states.append(x.float().cpu()))
+    out = sampler(wrapped, noise.float(), text, negative_text=negative,
+                  callback=lambda i, t, x: states.append(x.float().cpu()))
     states.append(out.x0.float().cpu())
     sigmas = torch.tensor(sampler.timesteps, dtype=torch.float64) / 1000.0
     return torch.stack(states, dim=1), sigmas
@@ -76,7 +77,8 @@ class CurvatureJob(Job):
 
     def __init__(self, teacher: str, out: str, prompts_from: str | None = None, split: str | None = None,
                  num_prompts: int = 32, batch_size: int = 8, model: dict | None = None,
-                 sampler: dict | None = None, text_encoder: dict | None = None, negative_prompt: str | None = None,
+                 sampler: dict | None = None, scheduler: dict | None = None, text_encoder: dict | None = None,
+                 negative_prompt: str | None = None,
                  use_ema: bool = True, frames: int = 21, size: int = 32, dtype: str = "auto",
                  high_t: float = 0.9, mid_band: tuple[float, float] = (0.3, 0.7), bootstrap: int = 2000,
                  plot: bool = True):
@@ -91,7 +93,7 @@ class CurvatureJob(Job):
                             f"got high_t={high_t}, mid_band={list(mid_band)}")
         self.model_cfg = model_config({"causal": False, **(model or {})})
         self.sampler_cfg = {**(sampler or {"type": "teacher_ode", "num_steps": 50}), "keep_indices": []}
-        self.sampler = build_sampler(self.sampler_cfg)
+        self.sampler = build_sampler(self.sampler_cfg, scheduler)
         if not isinstance(self.sampler, TeacherODE):
             raise UserError(f"curvature: sampler must be {{type: teacher_ode, ...}} (the teacher's ODE), "
                             f"got '{self.sampler_cfg.get('type')}'")
@@ -103,7 +105,7 @@ class CurvatureJob(Job):
         self.text_cfg = text_encoder or dict(DEFAULT_ODE_TEXT_ENCODER)
         validate(self.text_cfg, TEXT_ENCODERS, path="text_encoder")
         if split is not None:
-            _ToySource(split, num_prompts, 0, frames, size)  # validate now
+            ToyPrompts(split, num_prompts, 0, frames, size)  # validate now
         if dtype != "auto":
             parse_dtype(dtype, key="curvature.dtype")
         self.teacher, self.use_ema, self.prompts_from, self.split = teacher, use_ema, prompts_from, split
@@ -130,15 +132,15 @@ class CurvatureJob(Job):
         device = ctx.device
         dtype = (torch.bfloat16 if device.type == "cuda" else torch.float32) if self.dtype == "auto" \
             else parse_dtype(self.dtype)
-        source = (_ShardSource(self.prompts_from, self.num_prompts) if self.prompts_from is not None
-                  else _ToySource(self.split, self.num_prompts, ctx.seed, self.frames, self.size))
+        source = (ShardPrompts(self.prompts_from, self.num_prompts) if self.prompts_from is not None
+                  else ToyPrompts(self.split, self.num_prompts, ctx.seed, self.frames, self.size))
         encoder = build(self.text_cfg, TEXT_ENCODERS, path="text_encoder", file=ctx.recipe_file)
         negative_text = encoder.negative_prompt if self.negative_prompt is None else self.negative_prompt
         negative = encode_text(encoder, [negative_text])[0]
         model = load_generator_model(self.model_cfg, self.weights_dir, ctx.recipe_file).to(device, dtype)
         model.eval().requires_grad_(False)
-        log.info("curvature: %d prompts, %d-step teacher ODE (shift %s, guidance %s) from %s", self.num_prompts,
-                 self.sampler.num_steps, self.sampler_cfg.get("shift", 5.0), self.sampler.guidance, self.weights_dir)
+        log.info("curvature: %d prompts, %d-step teacher ODE (shift %s, cfg_scale %s) from %s", self.num_prompts,
+                 self.sampler.num_steps, self.sampler.scheduler.shift, self.sampler.cfg_scale, self.weights_dir)
         profiles: dict[str, list[torch.Tensor]] = {v: [] for v in VARIANTS}
         prompts: list[str] = []
         sigmas = None
@@ -182,6 +184,7 @@ class CurvatureJob(Job):
                 "per_prompt": {"profile": C.tolist(), **{k: v.tolist() for k, v in per.items()}},
             }
         return {"teacher": str(self.weights_dir), "model": self.model_cfg, "sampler": self.sampler_cfg,
+                "shift": self.sampler.scheduler.shift,
                 "source": self.prompts_from or f"toy_world:{self.split}", "num_prompts": len(prompts),
                 "prompts": prompts, "high_t": self.high_t, "mid_band": list(self.mid_band),
                 "t": sigmas[:-1].tolist(), "variants": variants}

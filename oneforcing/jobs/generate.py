@@ -7,6 +7,7 @@
     prompts_file: prompts.txt
     out_dir: videos/framewise
     ema: false                                      # the default: the raw generator (generator/)
+    # scheduler: {type: flow_match, shift: 5.0}     # the default: the shift that warps the step lists
 
 Weights: the raw generator unless `ema: true` (the official inference script's default is
 USE_EMA=0); the job logs which it used and records it in generate_manifest.json.
@@ -20,7 +21,6 @@ noise of video n is drawn on the CPU from a generator seeded by (recipe seed, n)
 
 from __future__ import annotations
 
-import inspect
 import json
 import logging
 import os
@@ -34,7 +34,8 @@ import torch
 from oneforcing.data.pipeline import is_plain_name
 from oneforcing.errors import UserError
 from oneforcing.jobs.base import Job, RunContext, derive_seed
-from oneforcing.registry import JOBS, MODELS, SAMPLERS, TEXT_ENCODERS, VAES, build, check_kwargs
+from oneforcing.jobs.shared import build_sampler, load_generator_model, resolve_model_dir, rollout
+from oneforcing.registry import JOBS, TEXT_ENCODERS, VAES, build
 from oneforcing.speed import Timing, sync
 
 log = logging.getLogger("oneforcing")
@@ -98,6 +99,7 @@ class Generate(Job):
         out_dir: str,
         model: dict | None = None,
         sampler: dict | None = None,
+        scheduler: dict | None = None,
         prompt: str | None = None,
         prompts: list[str] | None = None,
         prompts_file: str | None = None,
@@ -141,6 +143,8 @@ class Generate(Job):
         self.text_encoder_cfg, self.vae_cfg = text_encoder, vae
         self.model_cfg = model or {"type": "causal_wan"}
         self.sampler_cfg = sampler or {"type": "causal_inference"}
+        # Built now (cheap), with the recipe's flow-matching convention (`scheduler:`, its shift).
+        self.sampler = build_sampler(self.sampler_cfg, scheduler)
         self.samples_per_prompt, self.seeds = samples_per_prompt, seeds
         self.num_frames, self.height, self.width, self.fps = num_frames, height, width, fps
         self.filename, self.out_dir = filename, Path(out_dir).expanduser()
@@ -192,7 +196,7 @@ class Generate(Job):
             latent_shape = _latent_shape(vae, self.num_frames, self.height, self.width)
             model = load_generator_model(self.model_cfg, self.weights_dir, ctx.recipe_file)
             _check_model_fits(model, latent_shape, self.height, self.width, ctx.recipe_file)
-            sampler = build(self.sampler_cfg, SAMPLERS, path="sampler", file=ctx.recipe_file)
+            sampler = self.sampler
             text = self._encode_prompts(ctx, sorted({it.prompt for it in mine}))  # before the model moves
             model = model.to(device, dtype)
             model.eval().requires_grad_(False)
@@ -272,9 +276,7 @@ def _latent_shape(vae, frames: int, height: int, width: int) -> tuple[int, int, 
         s = vae.spatial_factor
         if height % s or width % s:  # checked here: a codec may floor the size silently
             raise ValueError(f"height x width {height}x{width} is not a multiple of the VAE's spatial factor {s}")
-        if hasattr(vae, "latent_shape"):
-            return tuple(vae.latent_shape(frames, height, width))
-        return (vae.num_latent_frames(frames), vae.latent_channels, height // s, width // s)
+        return tuple(vae.latent_shape(frames, height, width))
     except ValueError as exc:  # a bad num_frames / size is the recipe's fault
         raise UserError(f"generate: {exc}") from None
 
@@ -283,12 +285,11 @@ def _check_model_fits(model, latent_shape: tuple[int, int, int, int], height: in
                       file: str | None) -> None:
     """The VAE's latents must be what the model reads: same channels, whole patches."""
     _, channels, h, w = latent_shape
-    cfg = getattr(model, "config", None)
-    wanted = cfg.get("in_channels") if isinstance(cfg, dict) else None
+    wanted = model.config.get("in_channels")  # the models contract: `config` (maybe empty)
     if wanted is not None and wanted != channels:
         raise UserError(f"generate: the VAE gives {channels}-channel latents, the model reads {wanted} "
                         "(a VAE from another model family?)", file=file, key="vae")
-    patch = getattr(model, "patch_size", None)
+    patch = model.config.get("patch_size")
     if patch is not None and (h % patch[1] or w % patch[2]):
         step_h, step_w = height // h * patch[1], width // w * patch[2]
         raise UserError(f"generate: height x width {height}x{width} gives {h}x{w} latents, not whole "
@@ -296,102 +297,17 @@ def _check_model_fits(model, latent_shape: tuple[int, int, int, int], height: in
                         file=file, key="height")
 
 
-# --- model loading ---------------------------------------------------------------------------
-def _diffusers_dir(d: Path) -> Path | None:
-    if (d / "config.json").is_file():
-        return d
-    if (d / "transformer" / "config.json").is_file():  # a whole Wan pipeline folder
-        return d / "transformer"
-    return None
-
-
-def resolve_model_dir(checkpoint: str, use_ema: bool) -> Path:
-    """The diffusers transformer folder to load: `checkpoint` itself (or its transformer/), or a
-    training checkpoint's ema/ (use_ema) or generator/ sub-folder. A checkpoint saved before the
-    EMA started has no ema/: then the generator is used, with a warning."""
-    root = Path(checkpoint).expanduser()
-    if not root.is_dir():
-        raise UserError(f"generate: checkpoint directory not found: {root}")
-    subs = ("ema", "generator") if use_ema else ("generator",)
-    for sub in subs:
-        found = _diffusers_dir(root / sub) if (root / sub).is_dir() else None
-        if found is not None:
-            if use_ema and sub == "generator":
-                log.warning("generate: %s has no ema/ weights; using generator/", root)
-            return found
-    found = _diffusers_dir(root)
-    if found is None:
-        raise UserError(f"generate: {root} is neither a diffusers transformer folder (config.json) "
-                        f"nor a checkpoint with {' or '.join(s + '/' for s in subs)}")
-    return found
-
-
-def load_generator_model(cfg: dict, weights_dir: Path, file: str | None):
-    """The recipe's `model:` config with the weights folder as its `pretrained`. A class with a
-    `from_pretrained` (CausalWan) is loaded through it: built on the meta device and filled from
-    the file, instead of a random init of every parameter that the weights then overwrite."""
-    for key in ("pretrained", "load_weights"):
-        if key in cfg:
-            raise UserError(f"generate: set the weights with 'checkpoint', not 'model.{key}'", file=file)
-    cfg = dict(cfg)
-    name = cfg.pop("type", None)
-    if not isinstance(name, str):
-        return build(cfg, MODELS, path="model", file=file)  # build's own error for a missing type
-    obj = MODELS.get(name)
-    if hasattr(obj, "from_pretrained"):
-        kwargs = check_kwargs(obj, cfg, what=f"models '{name}'", path="model", file=file, provided=("pretrained",))
-        return obj.from_pretrained(str(weights_dir), **kwargs)
-    return build({"type": name, **cfg}, MODELS, path="model", file=file, pretrained=str(weights_dir))
-
-
 # --- rollout and timing ----------------------------------------------------------------------
-def _takes(fn, name: str) -> bool:
-    try:
-        params = inspect.signature(fn).parameters
-    except (TypeError, ValueError):
-        return False
-    return name in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
-
-
-def rollout(sampler, model, noise: torch.Tensor, text: torch.Tensor, device: torch.device,
-            generator: torch.Generator | None = None, on_block=None):
-    """Run the sampler; returns (latents [B, F, C, h, w], perf_counter when the first block was
-    ready, or NaN if the sampler cannot say). A sampler with `stream(model, noise, text)`
-    (causal_inference) yields (first frame, end frame, x0 block); any other is called as
-    `sampler(model, noise, text)` and is told of blocks through `on_block` if it takes one.
-    `generator` (the re-noising between steps of multi-step blocks) is passed if accepted.
-    `on_block(a, b, x0)`, if given, is called with each block as soon as it is ready."""
-    first = [float("nan")]
-
-    def block_ready(a, b, x0) -> None:
-        if first[0] != first[0]:
-            first[0] = sync(device)
-        if on_block is not None:
-            on_block(a, b, x0)
-
-    if hasattr(sampler, "stream"):
-        kwargs = {"generator": generator} if _takes(sampler.stream, "generator") else {}
-        out = torch.empty_like(noise)
-        for a, b, x0 in sampler.stream(model, noise, text, **kwargs):
-            out[:, a:b] = x0
-            block_ready(a, b, x0)
-        return out, first[0]
-    kwargs = {"generator": generator} if _takes(sampler, "generator") else {}
-    if _takes(sampler, "on_block"):
-        kwargs["on_block"] = block_ready
-    return sampler(model, noise, text, **kwargs), first[0]
-
-
 def render(sampler, model, vae, noise: torch.Tensor, text: torch.Tensor, device: torch.device,
            generator: torch.Generator | None = None,
            clock=time.perf_counter) -> tuple[torch.Tensor, float, float, float]:
     """Generate and decode one batch: (video [B, T, 3, H, W], first, dit, total) with seconds to
     the first decoded frames, in the generator alone, and in all (`clock`: wall time unless a
-    benchmark asks for another). With a VAE that streams (`stream_decoder()`) each block is
+    benchmark asks for another). With a VAE that streams (`stream_decoder()` not None) each block is
     decoded as soon as the sampler yields it, so frame 0 is ready before the last block is
     generated; otherwise (or with a sampler that reports no blocks) the clip is decoded at the end
     and frame 0 arrives with the rest."""
-    decoder = vae.stream_decoder() if hasattr(vae, "stream_decoder") else None
+    decoder = vae.stream_decoder()  # None: this VAE decodes whole clips only
     chunks, spent = [], {"decode": 0.0, "first": float("nan")}
     t0 = sync(device, clock)
 

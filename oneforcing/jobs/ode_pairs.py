@@ -10,7 +10,7 @@
     # model: {causal: true, frames_per_block: 1}
     # sampler: {type: teacher_ode, teacher_forcing: true}
 
-Per prompt: noise -> `num_steps` (48) Euler steps, shift 5, CFG 6 in the usual form
+Per prompt: noise -> `num_steps` (48) Euler steps, the recipe scheduler's shift 5, cfg_scale 6
 (v_u + 6 (v_c - v_u)), keeping the states at step indices [0, 12, 24, 36] (t = 1000, 937.5,
 833.3, 625) and the clean endpoint: fields states [K, F, C, H, W], timesteps [K], clean, prompt_embed,
 prompt_mask. Without `prompts_from`, the prompts are a toy-world `split` (world seed = recipe seed),
@@ -33,69 +33,21 @@ import functools
 import json
 import logging
 from pathlib import Path
-from typing import NamedTuple
 
 import safetensors.torch
 import torch
 
-from oneforcing.data.loader import LatentShards
 from oneforcing.data.pipeline import all_shard_names, encode_text, plan_shards, prepare_output, shard_name
 from oneforcing.data.shards import ShardWriter, dtype_from_name, write_index
-from oneforcing.data.toy_codec import ToyCodec
-from oneforcing.data.toy_world import ToyWorld
 from oneforcing.errors import UserError
 from oneforcing.jobs.base import Job, RunContext, derive_seed, missing_path
-from oneforcing.jobs.generate import load_generator_model, resolve_model_dir
-from oneforcing.jobs.toy_eval import DEFAULT_TEXT_ENCODER, build_sampler, model_config
+from oneforcing.jobs.shared import (DEFAULT_ODE_TEXT_ENCODER, ShardPrompts, ToyPrompts, build_sampler,
+                                    load_generator_model, model_config, resolve_model_dir)
 from oneforcing.models.text_encoder import parse_dtype
 from oneforcing.registry import JOBS, TEXT_ENCODERS, build, validate
+from oneforcing.samplers.teacher_ode import TeacherODE
 
 log = logging.getLogger("oneforcing")
-
-DEFAULT_ODE_TEXT_ENCODER = {**DEFAULT_TEXT_ENCODER, "negative_prompt": ""}  # the toy teacher's uncond text
-
-
-class PromptBatch(NamedTuple):
-    """What a prompt source gives for a range of examples."""
-    prompts: list[str]
-    embed: torch.Tensor             # [B, L, D]
-    mask: torch.Tensor              # [B, L] bool
-    metadata: list[dict]
-    real: torch.Tensor | None       # [B, F, C, H, W] clean real latents (shard sources only)
-
-
-class _ShardSource:
-    """Prompts, embeddings and metadata of a latent_shards folder (latents are not needed)."""
-
-    def __init__(self, path: str, num_examples: int | None):
-        self.ds = LatentShards(path, shuffle=False, rank=0, world_size=1, check_finite=False)
-        self.num = self.ds.num_examples if num_examples is None else num_examples
-        if self.num > self.ds.num_examples:
-            raise UserError(f"ode_pairs: num_examples={self.num} but prompts_from '{path}' holds "
-                            f"{self.ds.num_examples}")
-        self.shape = tuple(self.ds.fields["latent"]["shape"])
-
-    def batch(self, indices: range, encoder) -> PromptBatch:
-        items = [self.ds.read(g) for g in indices]
-        return PromptBatch([it["prompt"] for it in items], torch.stack([it["prompt_embed"].float() for it in items]),
-                           torch.stack([it["prompt_mask"].bool() for it in items]), [it["metadata"] for it in items],
-                           torch.stack([it["latent"].float() for it in items]))
-
-
-class _ToySource:
-    def __init__(self, split: str, num_examples: int | None, seed: int, frames: int, size: int):
-        if num_examples is None:
-            raise UserError("ode_pairs: set 'num_examples' for a toy-world split")
-        self.world = ToyWorld(split, num_examples=num_examples, seed=seed, frames=frames, size=size)
-        self.num = num_examples
-        self.shape = tuple(ToyCodec().latent_shape(frames, size, size))
-
-    def batch(self, indices: range, encoder) -> PromptBatch:
-        scenes = self.world.scenes(indices)
-        prompts = [s["prompt"] for s in scenes]
-        embed, mask = encode_text(encoder, prompts)
-        return PromptBatch(prompts, embed, mask, scenes, None)  # no real latents: prompts only
-
 
 @JOBS.register("ode_pairs")
 class OdePairsJob(Job):
@@ -103,7 +55,8 @@ class OdePairsJob(Job):
 
     def __init__(self, teacher: str, out: str, prompts_from: str | None = None, split: str | None = None,
                  num_examples: int | None = None, examples_per_shard: int = 64, batch_size: int = 4,
-                 model: dict | None = None, sampler: dict | None = None, text_encoder: dict | None = None,
+                 model: dict | None = None, sampler: dict | None = None, scheduler: dict | None = None,
+                 text_encoder: dict | None = None,
                  negative_prompt: str | None = None, use_ema: bool = True, frames: int = 21, size: int = 32,
                  latent_dtype: str = "float16", dtype: str = "auto", overwrite: bool = False,
                  progress: bool = True):
@@ -116,14 +69,14 @@ class OdePairsJob(Job):
                 raise UserError(f"ode_pairs: '{key}' must be >= 1, got {value}")
         dtype_from_name(latent_dtype, what="ode_pairs.latent_dtype")
         if split is not None:
-            _ToySource(split, num_examples, 0, frames, size)  # validate now
+            ToyPrompts(split, num_examples, 0, frames, size)  # validate now
         self.model_cfg = model_config({"causal": False, **(model or {})})
         self.sampler_cfg = sampler or {"type": "teacher_ode"}
-        self.sampler = build_sampler(self.sampler_cfg)
-        if not getattr(self.sampler, "keep_indices", None):
+        self.sampler = build_sampler(self.sampler_cfg, scheduler)
+        if not isinstance(self.sampler, TeacherODE) or not self.sampler.keep_indices:
             raise UserError(f"ode_pairs: sampler '{self.sampler_cfg.get('type')}' keeps no ODE states; "
                             "use {type: teacher_ode, ...} with non-empty keep_indices")
-        self.teacher_forcing = bool(getattr(self.sampler, "teacher_forcing", False))
+        self.teacher_forcing = self.sampler.needs_context
         if self.teacher_forcing and prompts_from is None:
             raise UserError("ode_pairs: sampler.teacher_forcing needs the real latents: set 'prompts_from' "
                             "(a latent_shards folder), not a toy-world 'split'")
@@ -145,7 +98,8 @@ class OdePairsJob(Job):
     def settings(self, seed: int) -> dict:
         """What shapes the output: a restart with other values is refused (unless overwrite)."""
         return {"job": "ode_pairs", "seed": seed, "teacher": str(self.weights_dir), "model": self.model_cfg,
-                "sampler": self.sampler_cfg, "prompts_from": self.prompts_from, "split": self.split,
+                "sampler": self.sampler_cfg, "shift": self.sampler.scheduler.shift,
+                "prompts_from": self.prompts_from, "split": self.split,
                 "num_examples": self.num_examples, "frames": self.frames, "size": self.size,
                 "examples_per_shard": self.per_shard, "text_encoder": self.text_cfg,
                 "negative_prompt": self.negative_prompt, "latent_dtype": self.latent_dtype}
@@ -158,8 +112,8 @@ class OdePairsJob(Job):
 
     def _source(self, seed: int):
         if self.prompts_from is not None:
-            return _ShardSource(self.prompts_from, self.num_examples)
-        return _ToySource(self.split, self.num_examples, seed, self.frames, self.size)
+            return ShardPrompts(self.prompts_from, self.num_examples)
+        return ToyPrompts(self.split, self.num_examples, seed, self.frames, self.size)
 
     def check_paths(self, recipe_file: str | None) -> None:
         """Fail before writing anything if the teacher or the prompts are missing (one line naming
@@ -252,7 +206,8 @@ class OdePairsJob(Job):
         device = ctx.device
         # Teacher forcing: the real latents are every step's clean context, and are stored.
         context = {"context": real.to(device, dtype)} if self.teacher_forcing else {}
-        res = self.sampler(model, noise.to(device, dtype), embed.to(device, dtype), neg.to(device, dtype), **context)
+        res = self.sampler(model, noise.to(device, dtype), embed.to(device, dtype), negative_text=neg.to(device, dtype),
+                           **context)
         return {"prompts": prompts,
                 "metadata": [{**m, "source_index": g, "noise_seed": s} for m, g, s in zip(metadata, idx, seeds)],
                 "states": res.states.float().cpu(), "clean": res.x0.float().cpu(),
@@ -260,7 +215,7 @@ class OdePairsJob(Job):
                 **({"context": real} if self.teacher_forcing else {})}
 
     def _check_shapes(self, model, shape: tuple, embed: torch.Tensor, negative: torch.Tensor) -> None:
-        cfg = getattr(model, "config", {})
+        cfg = model.config  # the models contract (empty for a model without an architecture)
         if cfg.get("in_channels") not in (None, shape[1]):
             raise UserError(f"ode_pairs: teacher has in_channels={cfg['in_channels']} but the latents have "
                             f"{shape[1]} channels ({self.prompts_from or 'toy codec'})")

@@ -4,7 +4,8 @@
     checkpoint: runs/toy/one_forcing/export        # diffusers folder, or a checkpoint with ema/ | generator/
     out: runs/toy/eval/one_forcing                 # toybench.json, toybench.md, videos/*.mp4, samples.gif
     name: one_forcing_framewise                    # the markdown row's label
-    # sampler: {type: teacher_ode, num_steps: 50, guidance: 6.0}   # the bidirectional teacher, with CFG
+    # sampler: {type: teacher_ode, num_steps: 50, cfg_scale: 6.0}  # the bidirectional teacher, with CFG
+    # scheduler: {type: flow_match, shift: 5.0}                     # the flow-matching convention (default)
 
 Latents are decoded with the toy codec and scored as tensors: no lossy mp4 between the model and
 ToyBench (the mp4s and the GIF are for eyeballing only). The prompts are ToyWorld(split,
@@ -30,52 +31,27 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from oneforcing.data.shards import atomic_write_text
-from oneforcing.data.toy_text_encoder import TOY_MAX_LENGTH, TOY_TEXT_ENCODER_PATH
 from oneforcing.data.toy_world import ToyWorld
 from oneforcing.errors import UserError
 from oneforcing.eval.toybench import ToyBench, markdown_header, markdown_row
 from oneforcing.jobs.base import Job, RunContext, derive_seed
-from oneforcing.jobs.generate import _takes, load_generator_model, resolve_model_dir, rollout
-from oneforcing.registry import JOBS, MODELS, SAMPLERS, TEXT_ENCODERS, VAES, build, validate
+from oneforcing.jobs.shared import (DEFAULT_TEXT_ENCODER, build_sampler, load_generator_model,
+                                    model_config, resolve_model_dir, rollout)
+from oneforcing.registry import JOBS, TEXT_ENCODERS, VAES, build, validate
 
 log = logging.getLogger("oneforcing")
 
 EVAL_SEED = 1234  # the toy world's seed for eval prompts: the same for every model and recipe
-DEFAULT_TEXT_ENCODER = {"type": "umt5", "path": TOY_TEXT_ENCODER_PATH, "max_length": TOY_MAX_LENGTH}
 GIF_VIDEOS = 4
-
-
-def model_config(model: dict | None, *, key: str = "model") -> dict:
-    """`model:` as extra CausalWan kwargs ({frames_per_block: 3, causal: false}) or a full config
-    with its own `type`; validated now. The weights come from the checkpoint, never from here."""
-    cfg = {"type": "causal_wan", **(model or {})}
-    validate(cfg, MODELS, path=key, provided=("pretrained",))
-    return cfg
-
-
-def build_sampler(cfg: dict, *, key: str = "sampler"):
-    """Build a sampler now (they are cheap): its own checks (ValueError) become a UserError."""
-    try:
-        return build(cfg, SAMPLERS, path=key)
-    except ValueError as exc:
-        raise UserError(f"{key}: {exc}") from None
-
-
-def takes_negative(sampler) -> bool:
-    """True for samplers called as (model, noise, text, negative_text) -> ODEResult (teacher_ode)."""
-    return _takes(sampler, "negative_text")
 
 
 def sample(sampler, model, noise: torch.Tensor, text: torch.Tensor, negative: torch.Tensor | None,
            device: torch.device, generator: torch.Generator | None) -> torch.Tensor:
-    """Clean latents from either calling convention: the teacher ODE (with CFG against `negative`)
-    or a causal sampler (`generate.rollout`: stream/__call__ with a re-noising generator)."""
+    """Clean latents from any sampler: the teacher ODE guides against `negative` (CFG), a causal
+    sampler re-noises between steps from `generator`."""
+    neg = None if negative is None else negative.expand(noise.shape[0], *negative.shape[1:])
     with torch.no_grad():
-        if takes_negative(sampler):
-            neg = None if negative is None else negative.expand(noise.shape[0], *negative.shape[1:])
-            out = sampler(model, noise, text, neg)
-            return out.x0 if hasattr(out, "x0") else out
-        return rollout(sampler, model, noise, text, device, generator)[0]
+        return rollout(sampler, model, noise, text, device, generator, negative_text=neg)[0]
 
 
 @JOBS.register("toy_eval")
@@ -83,7 +59,8 @@ class ToyEvalJob(Job):
     """Sample a model on toy-world prompts and score it with ToyBench in latent space (json + md row)."""
 
     def __init__(self, checkpoint: str, out: str, name: str | None = None, use_ema: bool = True,
-                 model: dict | None = None, sampler: dict | None = None, text_encoder: dict | None = None,
+                 model: dict | None = None, sampler: dict | None = None, scheduler: dict | None = None,
+                 text_encoder: dict | None = None,
                  negative_prompt: str = "", codec: dict | None = None, split: str = "test",
                  num_videos: int = 64, batch_size: int = 8, frames: int = 21, size: int = 32,
                  fd: bool = True, save_mp4: int = 8, gif: bool = True, markdown: str | None = None,
@@ -97,8 +74,9 @@ class ToyEvalJob(Job):
         self.sampler_cfg = dict(sampler or {"type": "causal_inference"})
         if self.sampler_cfg.get("type") == "teacher_ode":
             self.sampler_cfg.setdefault("keep_indices", [])  # only the endpoint is scored
-        self.sampler = build_sampler(self.sampler_cfg)
-        if getattr(self.sampler, "teacher_forcing", False):
+        self.scheduler_cfg = scheduler
+        self.sampler = build_sampler(self.sampler_cfg, scheduler)
+        if self.sampler.needs_context:
             raise UserError("toy_eval: sampler.teacher_forcing needs real latents as context (ODE pairs "
                             "only); evaluate with teacher_forcing off")
         self.text_cfg = text_encoder or dict(DEFAULT_TEXT_ENCODER)
@@ -119,7 +97,8 @@ class ToyEvalJob(Job):
 
     def settings(self, seed: int) -> dict:
         return {"checkpoint": str(self.checkpoint), "weights": str(self.weights_dir), "use_ema": self.use_ema,
-                "model": self.model_cfg, "sampler": self.sampler_cfg, "text_encoder": self.text_cfg,
+                "model": self.model_cfg, "sampler": self.sampler_cfg, "shift": self.sampler.scheduler.shift,
+                "text_encoder": self.text_cfg,
                 "negative_prompt": self.negative_prompt, "codec": self.codec_cfg, "split": self.world.split,
                 "eval_seed": EVAL_SEED, "seed": seed, "num_videos": self.num_videos, "frames": self.world.frames,
                 "size": self.world.size, "batch_size": self.batch_size, "fd": self.fd}

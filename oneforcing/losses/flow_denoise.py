@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from oneforcing.losses.common import GRID, critic_denoise, figure, frame_select
+from oneforcing.losses.common import critic_denoise, figure, frame_select
 from oneforcing.registry import LOSSES
 
 
@@ -28,8 +28,8 @@ class FlowDenoiseLoss:
         x = rollout.x0.detach().float()
         t = s.sample_t(x.shape[0])
         eps = s.randn_like(x)
-        x_t = GRID.add_noise(x, eps, t)
+        x_t = s.scheduler.add_noise(x, eps, t)
         v_hat = critic_denoise(s.critic, x_t, t, s.text)
-        mask = getattr(rollout, "frame_mask", None) if self.masked else None
-        err = frame_select(v_hat - GRID.velocity(x, eps), mask)
+        mask = rollout.frame_mask if self.masked else None
+        err = frame_select(v_hat - s.scheduler.velocity(x, eps), mask)
         return torch.mean(err ** 2), {"t_mean": figure(t)}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from oneforcing.registry import LOSSES
+from oneforcing.schedulers.flow_match import check_text_dropout, drop_text
 
 
 @LOSSES.register("flow_matching")
@@ -15,19 +16,14 @@ class FlowMatchingLoss:
     empty prompt's, so the model also learns the unconditional score that CFG needs."""
 
     def __init__(self, text_dropout: float = 0.1):
-        if not 0.0 <= text_dropout <= 1.0:
-            raise ValueError(f"text_dropout must be in [0, 1], got {text_dropout}")
-        self.text_dropout = text_dropout
+        self.text_dropout = check_text_dropout(text_dropout)
 
     def __call__(self, s):
         x0 = s.latents
         eps = s.randn_like(x0)
         t = s.sample_t(x0.shape[0])
         x_t = s.scheduler.add_noise(x0, eps, t)
-        text = s.text
-        if self.text_dropout > 0:
-            drop = torch.rand(x0.shape[0], generator=s.rng) < self.text_dropout
-            text = torch.where(drop.to(text.device)[:, None, None], s.uncond_text(), text)
+        text = drop_text(s.text, s.uncond_text(), self.text_dropout, s.rng) if self.text_dropout > 0 else s.text
         v = s.generator(x_t, t, text)
         loss = torch.mean((v.float() - s.scheduler.velocity(x0, eps).float()) ** 2)
         return loss, {"t_mean": float(t.float().mean())}

@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from oneforcing.errors import UserError
-from oneforcing.losses.common import GRID, critic_logit, figure
+from oneforcing.losses.common import critic_logit, figure
 from oneforcing.losses.real_sources import DatasetReal  # noqa: F401 - registers the real sources
 from oneforcing.registry import LOSSES, REAL_SOURCES, build
 
@@ -61,13 +61,13 @@ class _GANBase:
         B = fake.shape[0]
         t = s.sample_t(B)
         eps = s.randn_like(fake).float()
-        fake_t = GRID.add_noise(fake.float(), eps, t)
+        fake_t = s.scheduler.add_noise(fake.float(), eps, t)
         if not with_real:
             return fake_t, None, t, eps
         real = self.real_source(s).float()
         if real.shape != fake.shape:
             raise ValueError(f"real samples {tuple(real.shape)} and generated {tuple(fake.shape)} differ in shape")
-        real_t = GRID.add_noise(real, eps, t)
+        real_t = s.scheduler.add_noise(real, eps, t)
         return fake_t, real_t, t, eps
 
     @staticmethod

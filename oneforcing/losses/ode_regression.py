@@ -1,6 +1,6 @@
 """Regression onto stored teacher ODE trajectories: ODE initialisation and the forward-KL surrogate.
 
-Batch keys (written by the ODE-pairs dataset; the teacher's states at the kept step indices):
+Batch fields (oneforcing.data.Batch, from the ODE-pairs dataset; the teacher's states at the kept steps):
     ode_states  [B, K, F, C, H, W]   x at the kept steps (TeacherODE `states`)
     ode_t       [K] or [B, K]        their model timesteps (sigma = t / 1000; e.g. 1000, 937.5,
                                      833.3, 625 for indices 0, 12, 24, 36 of 48 steps at shift 5)
@@ -28,21 +28,15 @@ from __future__ import annotations
 
 import torch
 
-from oneforcing.losses.common import GRID, call_model, figure
+from oneforcing.losses.common import call_model, figure
 from oneforcing.registry import LOSSES
-
-BATCH_KEYS = ("ode_states", "ode_t", "ode_x0")
-
 
 def ode_batch(s) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(states [B, K, F, C, H, W], t [B, K], x0 [B, F, C, H, W]) from the batch, on the device."""
-    missing = [k for k in BATCH_KEYS if k not in s.batch]
-    if missing:
-        raise KeyError(f"this loss needs ODE-pair batches with keys {', '.join(BATCH_KEYS)}; missing "
-                       f"{', '.join(missing)} (use an ODE-pairs dataset)")
-    states = s.batch["ode_states"].to(s.device)
-    t = torch.as_tensor(s.batch["ode_t"]).to(s.device).float()
-    x0 = s.batch["ode_x0"].to(s.device)
+    who, hint = "ODE regression", "use an ode_pairs dataset"
+    states = s.batch.require("ode_states", who, hint).to(s.device)
+    t = torch.as_tensor(s.batch.require("ode_t", who, hint)).to(s.device).float()
+    x0 = s.batch.require("ode_x0", who, hint).to(s.device)
     B, K = states.shape[:2]
     if t.dim() == 1:
         t = t.expand(B, K)
@@ -60,10 +54,10 @@ def regress(s, states: torch.Tensor, t_all: torch.Tensor, x0: torch.Tensor, idx:
     x_t = states[rows, idx].float()                       # [B, F, C, H, W]
     t = t_all[rows, idx]                                  # [B]
     t_model = t[:, None].expand(-1, x_t.shape[1]) if per_frame_t else t
-    text = s.batch["ode_text"].to(s.device) if "ode_text" in s.batch else s.text  # its own prompts
+    text = s.text if s.batch.ode_text is None else s.batch.ode_text.to(s.device)  # the pairs' own prompts
     kw = {} if context is None else {"clean_x": context.to(s.device).float()}
     v = call_model(s.generator, x_t, t_model, text, causal=True, **kw)
-    x0_hat = GRID.x0_from_v(x_t, v, t)
+    x0_hat = s.scheduler.x0_from_v(x_t, v, t)
     loss = torch.mean((x0_hat - x0.float()) ** 2)
     return loss, {"t_mean": figure(t)}
 
@@ -80,11 +74,8 @@ class ODERegressionLoss:
         states, t, x0 = ode_batch(s)
         context = None
         if self.teacher_forcing:
-            if "ode_context" not in s.batch:
-                raise KeyError("ode_regression with teacher_forcing needs causal ODE pairs that store the real "
-                               "clean context ('context'): write them with an ode_pairs sampler that has "
-                               "teacher_forcing: true")
-            context = s.batch["ode_context"]
+            context = s.batch.require("ode_context", "ode_regression with teacher_forcing",
+                                      "write causal ODE pairs with an ode_pairs sampler that has teacher_forcing: true")
         B, K = states.shape[:2]
         idx = torch.randint(0, K, (B,), generator=s.rng)
         return regress(s, states, t, x0, idx, self.per_frame_t, context)

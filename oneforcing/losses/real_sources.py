@@ -1,7 +1,8 @@
 """Where a discriminator's "real" samples come from (registered in REAL_SOURCES).
 
-A real source is called as `source(s) -> x_real [B, F, C, H, W]` (clean latents, no gradient,
-the same shape as the phase's rollout) and is chosen by the GAN losses' `real:` sub-config:
+A real source (the real_sources contract) is called as `source(s) -> x_real [B, F, C, H, W]`
+(clean latents, no gradient, the same shape as the phase's rollout) and is chosen by the GAN
+losses' `real:` sub-config:
 
     real: {type: dataset}                                   One-Forcing (the default)
     real: {type: student_rollout}                           ASD: the student's (n+1)-step output
@@ -14,7 +15,7 @@ import torch
 
 from oneforcing.registry import REAL_SOURCES
 from oneforcing.samplers.causal_inference import CausalInference
-from oneforcing.samplers.self_forcing import Rollout
+from oneforcing.schedulers.flow_match import SHIFT_MOVED
 
 
 @REAL_SOURCES.register("dataset")
@@ -26,20 +27,6 @@ class DatasetReal:
         return s.latents.detach()
 
 
-class _FullStepRollout:
-    """A sampler with the `s.rollout` call signature that runs *every* step of its list for every
-    block (no random exit, no gradient): the student's own n-step inference output."""
-
-    def __init__(self, steps: list[float], shift: float, context_t: float):
-        self.inner = CausalInference(steps=steps, first_frame_enhancement=False, shift=shift, context_t=context_t)
-        self.steps = self.inner.steps
-
-    def __call__(self, model, noise, text, *, generator=None, exit_generator=None) -> Rollout:
-        with torch.no_grad():
-            x0 = self.inner(model, noise, text, generator=generator)
-        return Rollout(x0=x0, frame_mask=torch.ones(x0.shape[1], dtype=torch.bool), with_grad=False)
-
-
 @REAL_SOURCES.register("student_rollout")
 class StudentRolloutReal:
     """ASD's real side: the generator's own (n+1)-step rollout for the same prompts and (through
@@ -48,22 +35,28 @@ class StudentRolloutReal:
 
     `steps`: the (n+1)-step list on the un-shifted 1000 grid; None = the uniform grid
     [1000 (1 - i / (n+1))] for i < n+1, with n = the phase sampler's number of steps (so a
-    one-step student gets [1000, 500]). Warped by `shift` like every step list."""
+    one-step student gets [1000, 500]). Warped by the recipe scheduler's shift (`s.scheduler`) like
+    every step list. The sampler runs every step of every block (causal_inference, no exit draw)."""
 
-    def __init__(self, steps: list[float] | None = None, shift: float = 5.0, context_t: float = 0.0):
+    renamed_keys = {"shift": SHIFT_MOVED}
+
+    def __init__(self, steps: list[float] | None = None, context_t: float = 0.0):
         if steps is not None and not steps:
             raise ValueError("student_rollout: `steps` must not be empty")
         self.steps = None if steps is None else [float(v) for v in steps]
-        self.shift, self.context_t = float(shift), float(context_t)
+        self.context_t = float(context_t)
 
     def step_list(self, s) -> list[float]:
         if self.steps is not None:
             return self.steps
-        n = len(getattr(s.sampler, "steps", [1000.0]))
+        if s.sampler is None:
+            raise RuntimeError("student_rollout without `steps` takes n from the recipe's `sampler:`, which is not set")
+        n = len(s.sampler.steps)
         return [1000.0 * (1 - i / (n + 1)) for i in range(n + 1)]
 
-    def sampler(self, s) -> _FullStepRollout:
-        return _FullStepRollout(self.step_list(s), self.shift, self.context_t)
+    def sampler(self, s) -> CausalInference:
+        return CausalInference(steps=self.step_list(s), first_frame_enhancement=False, context_t=self.context_t,
+                               scheduler=s.scheduler)
 
     def __call__(self, s) -> torch.Tensor:
         return s.rollout(sampler=self.sampler(s), key="asd_real").x0.detach()

@@ -8,9 +8,9 @@ inference with a KV cache of its own clean outputs. Loss = mean((v_hat - (eps - 
 t comes from the recipe's timestep sampler (`s.sample_t`, model timesteps, sigma = t / 1000).
 
 `timestep_weighting: true` (the official setting, model/diffusion.py): the per-frame squared
-error (mean over C, H, W) is weighted by the scheduler's per-timestep training weight
-(FlowMatchScheduler.training_weight: a bell over t, mean 1 over the shift-5 training grid) before
-the mean.
+error (mean over C, H, W) is weighted by the recipe scheduler's per-timestep training weight
+(`s.scheduler.training_weight`: a bell over t, mean 1 over the shifted training grid, official
+shift 5) before the mean.
 
 `text_dropout` (default 0: the official AR-diffusion stage drops no text; Causal Forcing then still
 guides its ODE pairs with CFG 6 against the negative prompt): with this probability a sample's
@@ -21,9 +21,9 @@ from __future__ import annotations
 
 import torch
 
-from oneforcing.losses.common import GRID, call_model, figure
+from oneforcing.losses.common import call_model, figure
 from oneforcing.registry import LOSSES
-from oneforcing.schedulers import FlowMatchScheduler
+from oneforcing.schedulers.flow_match import SHIFT_MOVED, check_text_dropout, drop_text
 
 
 def block_timesteps(s, batch: int, frames: int, block: int) -> torch.Tensor:
@@ -36,28 +36,24 @@ def block_timesteps(s, batch: int, frames: int, block: int) -> torch.Tensor:
 @LOSSES.register("teacher_forcing_diffusion")
 class TeacherForcingDiffusionLoss:
     """`{type: teacher_forcing_diffusion, timestep_weighting: true}`; block size = the generator's
-    `frames_per_block`; `weighting_shift`: the shift of the weighting's timestep grid (official 5)."""
+    `frames_per_block` (a causal model's attribute, the models contract)."""
 
-    def __init__(self, per_frame: bool = False, text_dropout: float = 0.0, timestep_weighting: bool = False,
-                 weighting_shift: float = 5.0):
-        if not 0.0 <= text_dropout <= 1.0:
-            raise ValueError(f"text_dropout must be in [0, 1], got {text_dropout}")
-        self.per_frame, self.text_dropout = bool(per_frame), float(text_dropout)
-        self.weighting = FlowMatchScheduler(shift=weighting_shift) if timestep_weighting else None
+    renamed_keys = {"weighting_shift": SHIFT_MOVED}
+
+    def __init__(self, per_frame: bool = False, text_dropout: float = 0.0, timestep_weighting: bool = False):
+        self.per_frame, self.text_dropout = bool(per_frame), check_text_dropout(text_dropout)
+        self.timestep_weighting = bool(timestep_weighting)
 
     def __call__(self, s):
         x0 = s.latents.float()
         B, F = x0.shape[:2]
-        block = 1 if self.per_frame else int(getattr(s.generator, "frames_per_block", 1))
+        block = 1 if self.per_frame else int(s.generator.frames_per_block)
         t = block_timesteps(s, B, F, block)               # [B, F]
         eps = s.randn_like(x0)
-        x_t = GRID.add_noise(x0, eps, t)
-        text = s.text
-        if self.text_dropout > 0:
-            drop = torch.rand(B, generator=s.rng) < self.text_dropout
-            text = torch.where(drop.to(text.device)[:, None, None], s.uncond_text(), text)
+        x_t = s.scheduler.add_noise(x0, eps, t)
+        text = drop_text(s.text, s.uncond_text(), self.text_dropout, s.rng) if self.text_dropout > 0 else s.text
         v = call_model(s.generator, x_t, t, text, clean_x=x0)
-        per_frame = ((v - GRID.velocity(x0, eps)) ** 2).mean(dim=(2, 3, 4))   # [B, F]
-        if self.weighting is not None:
-            per_frame = per_frame * self.weighting.training_weight(t).to(per_frame.device)
+        per_frame = ((v - s.scheduler.velocity(x0, eps)) ** 2).mean(dim=(2, 3, 4))   # [B, F]
+        if self.timestep_weighting:
+            per_frame = per_frame * s.scheduler.training_weight(t).to(per_frame.device)
         return per_frame.mean(), {"t_mean": figure(t)}

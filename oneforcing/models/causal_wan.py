@@ -58,6 +58,8 @@ from oneforcing.registry import MODELS
 
 @MODELS.register("causal_wan")
 class CausalWan(PretrainedWeights, nn.Module):
+    config: dict  # the diffusers transformer config (the models contract: what jobs check shapes against)
+
     def __init__(self, pretrained: str | None = None, config: dict | None = None, frames_per_block: int = 1,
                  causal: bool = True, attention: str = "auto", gradient_checkpointing: bool = False):
         super().__init__()

@@ -9,6 +9,7 @@
 """
 
 from oneforcing.registry.build import build, build_from_any, check_kwargs, validate
+from oneforcing.registry.contracts import CONTRACTS, Contract
 from oneforcing.registry.plugins import (
     ENTRY_POINT_GROUP,
     import_modules,
@@ -42,7 +43,7 @@ REGISTRIES: dict[str, Registry] = {
 }
 
 __all__ = [
-    "Entry", "Registry", "REGISTRIES", "build", "build_from_any", "check_kwargs", "validate",
+    "CONTRACTS", "Contract", "Entry", "Registry", "REGISTRIES", "build", "build_from_any", "check_kwargs", "validate",
     "ENTRY_POINT_GROUP", "import_modules", "load_builtins", "load_plugins", "plugin_failures",
     *[k.upper() for k in REGISTRIES],
 ]

@@ -12,7 +12,6 @@ takes stay raw (the callee checks them: the train job hands its keys to trainer/
 from __future__ import annotations
 
 import collections.abc
-import difflib
 import inspect
 import os
 import types
@@ -20,7 +19,7 @@ import typing
 from pathlib import Path
 from typing import Any, Literal, Union, get_args, get_origin
 
-from oneforcing.errors import ComponentError, RecipeError, UserError
+from oneforcing.errors import ComponentError, RecipeError, UserError, did_you_mean
 
 _EMPTY = inspect.Parameter.empty
 
@@ -207,9 +206,11 @@ def check_kwargs(obj, kwargs: dict, *, what: str, path: str = "", file: str | No
     for key, value in kwargs.items():
         key_path = _join(path, key)
         if key not in params and not var_kw:
+            renamed = getattr(obj, "renamed_keys", {}).get(key)  # a key that moved: say where to
+            if renamed:
+                raise RecipeError(f"{what} takes no key '{key}': {renamed}", file=file, key=key_path)
             accepted = [p for p in params if p not in provided]
-            close = difflib.get_close_matches(key, accepted, n=1, cutoff=0.6)
-            hint = f" did you mean '{close[0]}'?" if close else ""
+            hint = did_you_mean(key, accepted)
             raise RecipeError(
                 f"{what} takes no key '{key}'.{hint} Accepted keys: {', '.join(accepted) or '(none)'}",
                 file=file, key=key_path,
@@ -291,6 +292,9 @@ def _walk(cfg: Any, registry, *, path: str, file: str | None, provided: dict, co
     except UserError as err:
         raise err.at(file=file, key=_join(path, "type")) from None
     kwargs = {k: v for k, v in cfg.items() if k != "type"}
+    for key in sorted(set(kwargs) & set(provided)):  # e.g. a sampler's `scheduler`: set once, by the job
+        raise RecipeError(f"{registry.singular} '{name}' gets '{key}' from the job, not from this config",
+                          file=file, key=_join(path, key))
     kwargs = check_kwargs(obj, kwargs, what=f"{registry.singular} '{name}'", path=path, file=file,
                           provided=tuple(provided), registry=registry, construct=construct)
     if not construct:
@@ -317,8 +321,7 @@ def _walk_any(cfg: dict, *, path: str, file: str | None, prefer, annotation: Any
     if ":" in name:
         kind, _, short = name.partition(":")
         if kind not in REGISTRIES:
-            close = difflib.get_close_matches(kind, list(REGISTRIES), n=1)
-            hint = f" did you mean '{close[0]}'?" if close else ""
+            hint = did_you_mean(kind, REGISTRIES)
             raise RecipeError(f"unknown registry kind '{kind}'.{hint} Kinds: {', '.join(REGISTRIES)}",
                               file=file, key=_join(path, "type"))
         return _walk({**cfg, "type": short}, REGISTRIES[kind], path=path, file=file, provided=provided,
@@ -337,8 +340,7 @@ def _walk_any(cfg: dict, *, path: str, file: str | None, prefer, annotation: Any
                           file=file, key=_join(path, "type"))
     if not holders:
         everything = sorted({n for r in REGISTRIES.values() for n in r.names()})
-        close = difflib.get_close_matches(name, everything, n=3, cutoff=0.5)
-        hint = f" did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+        hint = did_you_mean(name, everything, n=3, cutoff=0.5)
         raise RecipeError(f"unknown component '{name}'.{hint} (see `oneforcing list`)",
                           file=file, key=_join(path, "type"))
     return _walk(cfg, holders[0], path=path, file=file, provided=provided, construct=construct)

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import difflib
 import inspect
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from oneforcing.errors import RegistryError
+from oneforcing.errors import RegistryError, did_you_mean
+from oneforcing.registry.contracts import CONTRACTS, Contract
 
 
 @dataclass(frozen=True)
@@ -26,19 +26,29 @@ def _source_of(obj: Any) -> str:
 class Registry:
     """A mapping from names to buildable components of one kind (losses, critics, ...)."""
 
-    def __init__(self, kind: str, doc: str = ""):
+    def __init__(self, kind: str, doc: str = "", contract: Contract | None = None):
         self.kind = kind
         self.doc = doc
+        # Checked when a component registers (registry/contracts.py; the built-in kind's by default).
+        self.contract = contract if contract is not None else CONTRACTS.get(kind)
         self._entries: dict[str, Entry] = {}
         # "losses" -> "loss", "critics" -> "critic": how one entry is named in messages.
         self.singular = kind[:-2] if kind.endswith("sses") else kind[:-1] if kind.endswith("s") else kind
 
     def register(self, name: str | None = None, *, replace: bool = False):
         """Decorator: `@LOSSES.register("dmd")`. A second registration of a name is an error
-        unless `replace=True` (which is how a plugin deliberately overrides a built-in)."""
+        unless `replace=True` (which is how a plugin deliberately overrides a built-in). A
+        component that breaks its kind's contract is an error here, at import time."""
 
         def decorator(obj):
             key = name or obj.__name__
+            problems = self.contract.problems(obj) if self.contract is not None else []
+            if problems:
+                where = f"{getattr(obj, '__module__', '?')}.{getattr(obj, '__qualname__', obj)}"
+                raise RegistryError(
+                    f"{self.singular} '{key}' ({where}) breaks the {self.kind} contract: {'; '.join(problems)}. "
+                    f"Expected: {self.contract.signature} (docs/architecture.md)"
+                )
             if key in self._entries and not replace and self._entries[key].obj is not obj:
                 prev = self._entries[key]
                 raise RegistryError(
@@ -78,8 +88,7 @@ class Registry:
         return entry.obj
 
     def unknown_message(self, name: str) -> str:
-        close = difflib.get_close_matches(name, self.names(), n=3, cutoff=0.5)
-        hint = f" did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+        hint = did_you_mean(name, self.names(), n=3, cutoff=0.5)
         known = ", ".join(self.names()) or "(none)"
         return (
             f"unknown {self.kind} '{name}'.{hint} Registered {self.kind}: {known} "

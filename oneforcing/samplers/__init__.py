@@ -1,9 +1,11 @@
-"""Rollouts: causal streaming inference, the self-forcing training rollout, the teacher ODE sampler."""
+"""Rollouts: causal streaming inference, the self-forcing training rollout, the teacher ODE sampler.
+
+All share one call signature and return a `Rollout` (samplers/common.py)."""
 
 from oneforcing.samplers.causal_inference import CausalInference
-from oneforcing.samplers.common import ON_GRID, broadcast_from_rank0, draw_exit_indices, warped_steps
-from oneforcing.samplers.self_forcing import Rollout, SelfForcingRollout
+from oneforcing.samplers.common import CALL_KEYWORDS, Rollout, draw_exit_indices
+from oneforcing.samplers.self_forcing import SelfForcingRollout
 from oneforcing.samplers.teacher_ode import ODEResult, TeacherODE
 
-__all__ = ["CausalInference", "ODEResult", "ON_GRID", "Rollout", "SelfForcingRollout", "TeacherODE",
-           "broadcast_from_rank0", "draw_exit_indices", "warped_steps"]
+__all__ = ["CALL_KEYWORDS", "CausalInference", "ODEResult", "Rollout", "SelfForcingRollout", "TeacherODE",
+           "draw_exit_indices"]

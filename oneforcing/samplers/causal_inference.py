@@ -9,8 +9,8 @@ its own, longer list (first-frame enhancement): [1000, 750, 500, 250] for the fi
 to, sink and itself included; 21 = the training length) bounds the KV cache, `sink_size` keeps
 the first frames in it, `sink_rope` places the sink ("adjacent" | "absolute"; wan_rolling_cache).
 
-    sampler = CausalInference(steps=[1000], first_block_steps=[1000, 750, 500, 250])
-    x0 = sampler(model, noise, text, generator=g, on_block=lambda a, b, x0: ...)
+    sampler = CausalInference(steps=[1000], first_block_steps=[1000, 750, 500, 250], scheduler=flow)
+    x0 = sampler(model, noise, text, generator=g, on_block=lambda a, b, x0: ...).x0
     for a, b, x0_block in sampler.stream(model, noise, text):  # frames [a, b) as soon as ready
         ...
 """
@@ -23,24 +23,29 @@ import torch
 
 from oneforcing.models.wan_rolling_cache import check_window
 from oneforcing.registry import SAMPLERS
-from oneforcing.samplers.common import ON_GRID, full_t, in_model_dtype, randn_like, warped_steps
+from oneforcing.samplers.common import Rollout, full_t, in_model_dtype, no_context, randn_like
+from oneforcing.schedulers.flow_match import SHIFT_MOVED, FlowMatchScheduler
 
 DEFAULT_FIRST_BLOCK_STEPS = [1000.0, 750.0, 500.0, 250.0]
 
 
 @SAMPLERS.register("causal_inference")
 class CausalInference:
+    needs_context = False
+    renamed_keys = {"shift": SHIFT_MOVED}
+
     def __init__(self, steps: list[float] | None = None, first_block_steps: list[float] | None = None,
-                 first_frame_enhancement: bool = True, shift: float = 5.0, warp: bool = True,
+                 first_frame_enhancement: bool = True, warp: bool = True,
                  context_t: float = 0.0, local_attn_size: int | None = None, sink_size: int = 0,
-                 sink_rope: str = "adjacent"):
+                 sink_rope: str = "adjacent", scheduler: FlowMatchScheduler | None = None):
+        self.scheduler = scheduler or FlowMatchScheduler()
         steps = [1000.0] if steps is None else steps
         if first_block_steps is None:
             first_block_steps = DEFAULT_FIRST_BLOCK_STEPS if first_frame_enhancement else steps
         if not steps or not first_block_steps:
             raise ValueError("step lists must not be empty")
-        self.steps = warped_steps(steps, shift, warp)
-        self.first_block_steps = warped_steps(first_block_steps, shift, warp)
+        self.steps = self.scheduler.step_list(steps, warp)
+        self.first_block_steps = self.scheduler.step_list(first_block_steps, warp)
         self.context_t = float(context_t)
         # Long videos: a bounded KV cache (None = every earlier frame, memory growing with the clip).
         if local_attn_size is not None:
@@ -70,24 +75,28 @@ class CausalInference:
             x, steps = noise[:, a:b], self.steps_for_block(i)
             for s, t in enumerate(steps):
                 tt = full_t(t, B, noise.device)
-                x0 = ON_GRID.x0_from_v(x, model(x, tt, text, kv_cache=cache, frame_offset=a), tt)
+                x0 = self.scheduler.x0_from_v(x, model(x, tt, text, kv_cache=cache, frame_offset=a), tt)
                 if s + 1 < len(steps):
-                    x = ON_GRID.add_noise(x0, randn_like(x0, generator), full_t(steps[s + 1], B, noise.device))
+                    x = self.scheduler.add_noise(x0, randn_like(x0, generator), full_t(steps[s + 1], B, noise.device))
             if i + 1 < len(blocks):  # the last block's K/V would never be read
                 ctx_t = full_t(self.context_t, B, noise.device)
-                ctx = x0 if self.context_t == 0 else ON_GRID.add_noise(x0, randn_like(x0, generator), ctx_t)
+                ctx = x0 if self.context_t == 0 else self.scheduler.add_noise(x0, randn_like(x0, generator), ctx_t)
                 model(ctx, ctx_t, text, kv_cache=cache, frame_offset=a, write_cache=True)
             yield a, b, x0
 
     def __call__(self, model, noise: torch.Tensor, text: torch.Tensor, *,
-                 generator: torch.Generator | None = None,
-                 on_block: Callable[[int, int, torch.Tensor], None] | None = None) -> torch.Tensor:
-        """The whole clip [B, F, C, H, W]; `on_block(a, b, x0_block)` is called as blocks finish."""
-        out = None
+                 generator: torch.Generator | None = None, exit_generator: torch.Generator | None = None,
+                 negative_text: torch.Tensor | None = None, context: torch.Tensor | None = None,
+                 on_block: Callable[[int, int, torch.Tensor], None] | None = None) -> Rollout:
+        """The whole clip (`.x0` [B, F, C, H, W]); `on_block(a, b, x0_block)` is called as blocks
+        finish. Every step of every block runs (no exit draw); no guidance (`negative_text` unused)."""
+        no_context("causal_inference", context)
+        out, blocks = None, []
         for a, b, x0 in self.stream(model, noise, text, generator=generator):
             if out is None:  # in the model's dtype, like the blocks
                 out = x0.new_empty(noise.shape)
             out[:, a:b] = x0
+            blocks.append((a, b))
             if on_block is not None:
                 on_block(a, b, x0)
-        return out
+        return Rollout(x0=out, blocks=blocks, num_forwards=self.num_forwards(len(blocks)))

@@ -1,26 +1,47 @@
-"""Shared pieces of the samplers: timestep conventions, rank-0 draws, noise.
+"""What every sampler shares: the one call signature, its result, noise and exit draws.
 
-Timesteps given to the model are on the *shifted* 1000 grid (t_model = 1000 * sigma): step lists
-are written on the un-shifted grid and warped once by `FlowMatchScheduler(shift).step_list`. After
-that the noise level of a model timestep is simply sigma = t_model / 1000, which is what every
-FlowMatchScheduler's conversions (add_noise, x0_from_v, euler_step) use whatever its shift.
+The sampler contract (checked when a sampler registers, oneforcing/registry/contracts.py):
+
+    sampler = SAMPLERS.get(name)(**recipe_keys, scheduler=flow)   # the recipe's flow-matching convention
+    out = sampler(model, noise, text, *, generator=None, exit_generator=None,
+                  negative_text=None, context=None, on_block=None)  # -> Rollout (out.x0 [B, F, C, H, W])
+    sampler.steps            the model timesteps of a block's step list (warped by flow's shift)
+    sampler.needs_context    True when it must get `context` (the real clean latents: teacher forcing)
+
+`generator`: fresh noise between steps; `exit_generator`: random choices that change the number of
+forwards (exit steps). The trainer passes the same `exit_generator` on every rank (run context,
+`per_rank=False`), so ZeRO-3 ranks run the same forwards without any communication here.
+`negative_text`: the unconditional prompt (used by samplers that guide; ignored by the others);
+`on_block(a, b, x0)`: called as frames [a, b) are final (once with the whole clip for a sampler that
+denoises all frames at once). Timesteps given to the model are on the *shifted* 1000 grid, sigma =
+t / 1000 (schedulers/flow_match.py).
 """
 
 from __future__ import annotations
 
-from typing import Sequence
+from dataclasses import dataclass, field
 
 import torch
 
-from oneforcing.schedulers import FlowMatchScheduler
-
-# Conversions of model timesteps (sigma = t / 1000; the shift only warps step lists).
-ON_GRID = FlowMatchScheduler(shift=1.0)
+CALL_KEYWORDS = ("generator", "exit_generator", "negative_text", "context", "on_block")
 
 
-def warped_steps(steps: Sequence[float], shift: float, warp: bool = True) -> list[float]:
-    """A step list on the un-shifted grid -> the model timesteps (warped by the shift)."""
-    return FlowMatchScheduler(shift=shift).step_list(list(steps), warp=warp)
+@dataclass
+class Rollout:
+    """What a sampler returns."""
+    x0: torch.Tensor                              # [B, F, C, H, W] clean latents
+    frame_mask: torch.Tensor | None = None        # [F] bool: the gradient window (None = every frame)
+    with_grad: bool = False                       # grad mode was on: the window's frames carry a graph
+    exit_indices: list[int] = field(default_factory=list)  # per block, index into the step list
+    exit_t: list[float] = field(default_factory=list)      # per block, the model timestep exited at
+    blocks: list[tuple[int, int]] = field(default_factory=list)
+    num_forwards: int = 0
+
+    @property
+    def grad_frames(self) -> list[int]:
+        if self.frame_mask is None:
+            return list(range(self.x0.shape[1]))
+        return torch.nonzero(self.frame_mask).flatten().tolist()
 
 
 def model_dtype(model) -> torch.dtype | None:
@@ -50,24 +71,16 @@ def randn_like(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tens
     return torch.randn(x.shape, generator=generator, device=gen_device, dtype=x.dtype).to(x.device)
 
 
-def broadcast_from_rank0(values: list[int] | None) -> list[int]:
-    """Rank 0's list of integers on every rank (no-op outside torch.distributed), sent as
-    tensors, never pickled. Used for every random choice that changes the number of forwards,
-    so that ZeRO-3 ranks stay in lockstep."""
-    from oneforcing.distributed import broadcast_numbers
-
-    return broadcast_numbers(values)
-
-
 def draw_exit_indices(num_blocks: int, num_steps: int, generator: torch.Generator | None = None,
                       same_step_across_blocks: bool = False) -> list[int]:
-    """Per block, an exit step index uniform in [0, num_steps); drawn on rank 0 and broadcast.
+    """Per block, an exit step index uniform in [0, num_steps), from `generator` (the trainer's
+    rank-independent exits generator: every rank draws the same indices).
     `same_step_across_blocks`: one draw shared by every block (Self Forcing's official setting)."""
-    dist = torch.distributed
-    is_rank0 = not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
-    drawn = None
-    if is_rank0:
-        n = 1 if same_step_across_blocks else num_blocks
-        idx = torch.randint(0, num_steps, (n,), generator=generator).tolist()
-        drawn = idx * num_blocks if same_step_across_blocks else idx
-    return broadcast_from_rank0(drawn)
+    n = 1 if same_step_across_blocks else num_blocks
+    idx = torch.randint(0, num_steps, (n,), generator=generator).tolist()
+    return idx * num_blocks if same_step_across_blocks else idx
+
+
+def no_context(name: str, context: torch.Tensor | None) -> None:
+    if context is not None:
+        raise ValueError(f"{name} takes no `context` (only a teacher-forcing sampler does)")

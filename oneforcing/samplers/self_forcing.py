@@ -1,7 +1,7 @@
 """Self-Forcing training rollout: the generator produces the clip it is trained on, block by block.
 
-An exit step is drawn uniformly from the step list (rank 0, broadcast: every rank runs the same
-number of forwards under ZeRO-3): ONE draw shared by all blocks (`same_step_across_blocks: true`,
+An exit step is drawn uniformly from the step list (from the trainer's exits generator, the same
+on every rank: every rank runs the same number of forwards under ZeRO-3): ONE draw shared by all blocks (`same_step_across_blocks: true`,
 the official Self Forcing / Causal Forcing / One-Forcing default_config) or one per block. With
 `first_block_steps` (Causal Forcing's `denoising_step_list_first_chunk`, its 1-step framewise
 model: [1000, 750, 500, 250]) the first block denoises with that list and its own exit draw, the
@@ -12,7 +12,7 @@ block that fall outside the window are detached, so exactly the window's frames 
 Each finished block (but the last) is re-run at t = context_t without gradient to write its K/V:
 gradients never flow through the cache into earlier blocks.
 
-    out = SelfForcingRollout(steps=[1000], grad_frames=17)(generator_model, noise, text)
+    out = SelfForcingRollout(steps=[1000], grad_frames=17, scheduler=flow)(generator_model, noise, text)
     out.x0           [B, F, C, H, W]  rolled-out clean latents (graph on the window's frames)
     out.frame_mask   [F] bool         the gradient window (mask for the DMD loss)
     out.exit_indices / out.exit_t     per block
@@ -20,53 +20,45 @@ gradients never flow through the cache into earlier blocks.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
 
 from oneforcing.registry import SAMPLERS
-from oneforcing.samplers.common import ON_GRID, draw_exit_indices, full_t, in_model_dtype, randn_like, warped_steps
+from oneforcing.samplers.common import Rollout, draw_exit_indices, full_t, in_model_dtype, no_context, randn_like
+from oneforcing.schedulers.flow_match import SHIFT_MOVED, FlowMatchScheduler
 
 DEFAULT_STEPS = [1000.0, 750.0, 500.0, 250.0]
-
-
-@dataclass
-class Rollout:
-    x0: torch.Tensor
-    frame_mask: torch.Tensor                      # [F] bool: the gradient window (the loss mask)
-    with_grad: bool = False                       # grad mode was on: the window's frames carry a graph
-    exit_indices: list[int] = field(default_factory=list)  # per block, index into the step list
-    exit_t: list[float] = field(default_factory=list)      # per block, the model timestep exited at
-    blocks: list[tuple[int, int]] = field(default_factory=list)
-    num_forwards: int = 0
-
-    @property
-    def grad_frames(self) -> list[int]:
-        return torch.nonzero(self.frame_mask).flatten().tolist()
+__all__ = ["DEFAULT_STEPS", "Rollout", "SelfForcingRollout"]
 
 
 @SAMPLERS.register("self_forcing")
 class SelfForcingRollout:
-    def __init__(self, steps: list[float] | None = None, shift: float = 5.0, warp: bool = True,
+    needs_context = False
+    renamed_keys = {"shift": SHIFT_MOVED}
+
+    def __init__(self, steps: list[float] | None = None, warp: bool = True,
                  grad_frames: int | None = None, context_t: float = 0.0,
-                 same_step_across_blocks: bool = True, first_block_steps: list[float] | None = None):
+                 same_step_across_blocks: bool = True, first_block_steps: list[float] | None = None,
+                 scheduler: FlowMatchScheduler | None = None):
+        self.scheduler = scheduler or FlowMatchScheduler()
         steps = DEFAULT_STEPS if steps is None else steps
         if not steps or (first_block_steps is not None and not first_block_steps):
             raise ValueError("the step lists must not be empty")
         if grad_frames is not None and grad_frames < 0:
             raise ValueError(f"grad_frames must be >= 0 or None, got {grad_frames}")
-        self.steps = warped_steps(steps, shift, warp)
+        self.steps = self.scheduler.step_list(steps, warp)
         self.grad_frames = grad_frames
         self.context_t = float(context_t)
         self.same_step_across_blocks = bool(same_step_across_blocks)
-        self.first_steps = None if first_block_steps is None else warped_steps(first_block_steps, shift, warp)
+        self.first_steps = None if first_block_steps is None else self.scheduler.step_list(first_block_steps, warp)
 
     def block_steps(self, i: int) -> list[float]:
         """The (warped) step list of block i."""
         return self.first_steps if i == 0 and self.first_steps is not None else self.steps
 
     def draw_exits(self, num_blocks: int, generator: torch.Generator | None) -> list[int]:
-        """Per block, its exit index into `block_steps(i)` (rank 0's draws, broadcast)."""
+        """Per block, its exit index into `block_steps(i)` (from the rank-independent `generator`)."""
         if self.first_steps is None:
             return draw_exit_indices(num_blocks, len(self.steps), generator, self.same_step_across_blocks)
         first = draw_exit_indices(1, len(self.first_steps), generator)
@@ -81,10 +73,13 @@ class SelfForcingRollout:
         return mask
 
     def __call__(self, model, noise: torch.Tensor, text: torch.Tensor, *,
-                 generator: torch.Generator | None = None,
-                 exit_generator: torch.Generator | None = None) -> Rollout:
+                 generator: torch.Generator | None = None, exit_generator: torch.Generator | None = None,
+                 negative_text: torch.Tensor | None = None, context: torch.Tensor | None = None,
+                 on_block: Callable[[int, int, torch.Tensor], None] | None = None) -> Rollout:
         """`generator`: fresh re-noising noise (may differ per rank); `exit_generator`: the exit
-        draws (only rank 0's is used). Gradients are taken only if grad mode is on at the call."""
+        draws (the same on every rank). Gradients are taken only if grad mode is on at the call.
+        No guidance (`negative_text` unused)."""
+        no_context("self_forcing", context)
         noise, text = in_model_dtype(model, noise, text)
         B, F = noise.shape[:2]
         dev = noise.device
@@ -101,18 +96,20 @@ class SelfForcingRollout:
                 t = full_t(steps[s], B, dev)
                 exit_now = s == exits[i]
                 with torch.set_grad_enabled(grad_block and exit_now):
-                    x0 = ON_GRID.x0_from_v(x, model(x, t, text, kv_cache=cache, frame_offset=a), t)
+                    x0 = self.scheduler.x0_from_v(x, model(x, t, text, kv_cache=cache, frame_offset=a), t)
                 forwards += 1
                 if not exit_now:
-                    x = ON_GRID.add_noise(x0, randn_like(x0, generator), full_t(steps[s + 1], B, dev))
+                    x = self.scheduler.add_noise(x0, randn_like(x0, generator), full_t(steps[s + 1], B, dev))
             if grad_block and not window[a:b].all():  # detach the frames before the window
                 keep = window[a:b].to(dev).view(1, -1, 1, 1, 1)
                 x0 = torch.where(keep, x0, x0.detach())
             outs.append(x0)
+            if on_block is not None:
+                on_block(a, b, x0)
             if i + 1 < len(blocks):
                 with torch.no_grad():
                     ctx_t = full_t(self.context_t, B, dev)
-                    ctx = x0 if self.context_t == 0 else ON_GRID.add_noise(x0, randn_like(x0, generator), ctx_t)
+                    ctx = x0 if self.context_t == 0 else self.scheduler.add_noise(x0, randn_like(x0, generator), ctx_t)
                     model(ctx.detach(), ctx_t, text, kv_cache=cache, frame_offset=a, write_cache=True)
                 forwards += 1
         return Rollout(

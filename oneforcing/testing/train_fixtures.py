@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import torch
 
+from oneforcing.data.batch import Batch
 from oneforcing.jobs.base import derive_seed
 from oneforcing.registry import DATASETS, LOSSES
 
@@ -29,8 +30,8 @@ class RandomLatents:
             # A little structure (a per-sample mean) so a model can reduce its loss.
             latents = torch.randn(self.batch_size, *self.shape, generator=g) * 0.5
             latents = latents + torch.randn(self.batch_size, 1, 1, 1, 1, generator=g)
-            yield {"latents": latents, "text": torch.randn(self.batch_size, *self.text_shape, generator=g),
-                   "prompt": ["random"] * self.batch_size}
+            yield Batch(latents=latents, text=torch.randn(self.batch_size, *self.text_shape, generator=g),
+                        prompts=["random"] * self.batch_size, dataset="random_latents")
 
     def state_dict(self) -> dict:
         return {"position": self.position}
@@ -78,7 +79,8 @@ class IndexedLatents:
         while True:
             items = [self.example(self.position + i) for i in range(batch_size)]
             self.position += batch_size
-            yield {"latents": torch.stack([x for x, _ in items]), "text": torch.stack([t for _, t in items])}
+            yield Batch(latents=torch.stack([x for x, _ in items]), text=torch.stack([t for _, t in items]),
+                        dataset="indexed_latents")
 
     def state_dict(self) -> dict:
         return {"position": self.position}

@@ -32,7 +32,8 @@ def build_trainer(cfg: TrainConfig, ctx: RunContext) -> Trainer:
     """Build everything a `TrainConfig` names, cheapest and most likely to fail first."""
     from oneforcing.config import dump_recipe
     from oneforcing.loggers import build_loggers
-    from oneforcing.registry import DATASETS, SAMPLERS, SCHEDULERS, TEXT_ENCODERS, TIMESTEP_SAMPLERS, build
+    from oneforcing.registry import DATASETS, TEXT_ENCODERS, build
+    from oneforcing.schedulers.build import build_flow
     from oneforcing.trainer.config import ROLES
     from oneforcing.trainer.placement import build_role_module
 
@@ -62,9 +63,10 @@ def build_trainer(cfg: TrainConfig, ctx: RunContext) -> Trainer:
     critic = TrainedRole("critic", modules["critic"], cfg.optim["critic"], ds) if "critic" in modules else None
     real_score = FrozenRole("real_score", modules["real_score"], ds) if "real_score" in modules else None
 
-    sampler = build(cfg.sampler, SAMPLERS, path="sampler") if cfg.sampler else None
-    scheduler = build(cfg.scheduler, SCHEDULERS, path="scheduler")
-    timesteps = build(cfg.timesteps, TIMESTEP_SAMPLERS, path="timesteps")
+    # The recipe's flow-matching convention, built once and handed to the sampler, the timesteps
+    # and (StepContext.scheduler) every loss.
+    flow = build_flow(cfg.scheduler, cfg.sampler, cfg.timesteps)
+    scheduler, sampler, timesteps = flow.scheduler, flow.sampler, flow.timesteps
 
     uncond = None
     if cfg.text_encoder is not None:

@@ -177,7 +177,7 @@ class TrainConfig:
     critic_losses: list[WeightedLoss] = field(default_factory=list)
     ode_data: dict | None = None         # a second stream (ODE pairs) merged into each batch as ode_*
     sampler: dict | None = None
-    scheduler: dict = field(default_factory=lambda: {"type": "flow_match", "shift": 5.0})
+    scheduler: dict = field(default_factory=lambda: {"type": "flow_match"})  # the flow-matching convention (shift 5 by default)
     timesteps: dict = field(default_factory=lambda: {"type": "shifted_uniform"})
     text_encoder: dict | None = None
     negative_prompt: str | None = None

@@ -5,7 +5,8 @@ A trained role (generator, critic) becomes a DeepSpeed engine with its own AdamW
 *called* as `role.module(...)`, never `engine(...)`: the engine's own forward registers output
 hooks that would make a backward through the frozen critic (the GAN generator loss) look like a
 second engine's backward. ZeRO-3's parameter gathering lives on the module's hooks and works
-either way (checked against plain torch AdamW to the last bit in tests/test_trainer_engines.py).
+either way (tests/test_trainer.py and tests/test_gradient_accumulation.py train through
+`role.module` on ZeRO-3; no test compares the engine with plain torch AdamW).
 """
 
 from __future__ import annotations

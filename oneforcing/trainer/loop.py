@@ -32,6 +32,7 @@ from typing import Any
 
 import torch
 
+from oneforcing.data.batch import Batch, as_batch
 from oneforcing.errors import UserError
 from oneforcing.runtime import RunContext
 from oneforcing.trainer.checkpoint import CheckpointManager
@@ -148,7 +149,7 @@ class Trainer:
         """Loss and backward of one micro-batch; (its figures, whether its loss was finite on every
         rank). A non-finite loss gets no backward on any rank."""
         batch = self._next_batch()
-        self._batch_size = batch["text"].shape[0] * self.roles[phase].accumulation
+        self._batch_size = batch.size * self.roles[phase].accumulation
         # Micro-batch 0 keeps the seed of an un-accumulated update; the others draw their own.
         rng = self.ctx.generator("train", self.step, phase, *((micro,) if micro else ()))
         critic, real_score = self.roles["critic"], self.real_score
@@ -156,7 +157,7 @@ class Trainer:
                         critic=critic.module if critic else None,
                         real_score=real_score.module if real_score else None,
                         scheduler=self.scheduler, timesteps=self.timesteps, sampler=self.sampler,
-                        uncond_text=self.uncond_text, rng=rng, ctx=self.ctx, next_batch=self._next_batch,
+                        uncond_text=self.uncond_text, rng=rng, ctx=self.ctx,
                         dtype=self.dtype)
         total, figures = self._weighted_sum(phase, s)
         ok = self._all_finite(total)
@@ -196,16 +197,14 @@ class Trainer:
         return int(flag.item())
 
     # --- data --------------------------------------------------------------------------------
-    def _next_batch(self) -> dict:
+    def _next_batch(self) -> Batch:
         if self._data_iter is None:
             self._data_iter = _batches(self.data, self.batch_size)
-        batch = normalize_batch(self._draw(self._data_iter), self.dtype)
+        batch = as_batch(self._draw(self._data_iter), "data").at("data").cast(self.dtype)
         if self.ode_data is not None:  # ODE pairs alongside real data (the fKL surrogate ablation)
             if self._ode_iter is None:
                 self._ode_iter = _batches(self.ode_data, self.batch_size)
-            ode = normalize_batch(self._draw(self._ode_iter), self.dtype)
-            batch.update({k: v for k, v in ode.items() if k.startswith("ode_")})
-            batch["ode_text"] = ode["text"]
+            batch = batch.with_ode(as_batch(self._draw(self._ode_iter), "ode_data").at("ode_data").cast(self.dtype))
         return batch
 
     @staticmethod
@@ -270,26 +269,6 @@ class Trainer:
 def _batches(data, batch_size: int):
     """Shard loaders batch themselves (`batches(n)`); plain iterables already yield batches."""
     return iter(data.batches(batch_size) if hasattr(data, "batches") else data)
-
-
-# Shard loaders name fields after what is stored; losses read latents / text / ode_*.
-_BATCH_ALIASES = {"latent": "latents", "prompt_embed": "text", "states": "ode_states",
-                  "timesteps": "ode_t", "clean": "ode_x0", "context": "ode_context"}
-
-
-def normalize_batch(batch: dict, dtype: torch.dtype | None = None) -> dict:
-    """Rename stored fields to what losses read; cast floating tensors to the compute dtype
-    (shards keep latents in fp16 to halve the disk; training runs in fp32 or bf16)."""
-    out = {k: (v.to(dtype) if dtype is not None and torch.is_tensor(v) and v.is_floating_point() else v)
-           for k, v in batch.items()}
-    for stored, used in _BATCH_ALIASES.items():
-        if stored in out and used not in out:
-            out[used] = out.pop(stored)
-    if "latents" not in out and "ode_x0" in out:
-        out["latents"] = out["ode_x0"]  # ODE pairs: the teacher's clean output is the "real" clip
-    if "ode_t" in out and out["ode_t"].dim() == 2:
-        out["ode_t"] = out["ode_t"][0]  # the same kept timesteps for every example
-    return out
 
 
 def _python_rng_state() -> list:

@@ -11,21 +11,23 @@ from typing import Any
 
 import torch
 
+from oneforcing.data.batch import Batch
 from oneforcing.runtime import RunContext
 
 
 class StepContext:
-    def __init__(self, *, step: int, phase: str, batch: dict, generator: torch.nn.Module,
+    def __init__(self, *, step: int, phase: str, batch: Batch, generator: torch.nn.Module,
                  critic: torch.nn.Module | None, real_score: torch.nn.Module | None, scheduler,
                  timesteps, sampler, uncond_text: torch.Tensor | None, rng: torch.Generator,
-                 ctx: RunContext, next_batch=None, dtype: torch.dtype = torch.float32):
+                 ctx: RunContext, dtype: torch.dtype = torch.float32):
         self.step, self.phase, self.batch = step, phase, batch
         self.dtype = dtype  # the models' compute dtype (the trainer's precision)
         self.generator, self.critic, self.real_score = generator, critic, real_score
+        # scheduler: the recipe's flow-matching convention (schedulers/flow_match.py), the same
+        # object the sampler and the timesteps were built with.
         self.scheduler, self.timesteps, self.sampler = scheduler, timesteps, sampler
         self.rng, self.ctx = rng, ctx
         self._uncond = uncond_text
-        self._next_batch = next_batch
         self.cache: dict[str, Any] = {}
 
     # --- data ----------------------------------------------------------------------------
@@ -36,15 +38,15 @@ class StepContext:
     @property
     def latents(self) -> torch.Tensor:
         """Clean real latents of this phase's minibatch [B, F, C, H, W]."""
-        return self.batch["latents"].to(self.device)
+        return self.batch.require("latents", "a loss reading the real latents (s.latents)").to(self.device)
 
     @property
     def text(self) -> torch.Tensor:
-        return self.batch["text"].to(self.device)
+        return self.batch.text.to(self.device)
 
     @property
     def batch_size(self) -> int:
-        return self.batch["text"].shape[0]
+        return self.batch.size
 
     def uncond_text(self) -> torch.Tensor:
         """The negative-prompt embedding, repeated over the batch (zeros if none was given)."""
@@ -56,12 +58,6 @@ class StepContext:
             L = text.shape[-2]
             u = torch.nn.functional.pad(u, (0, 0, 0, max(0, L - u.shape[-2])))[..., :L, :]
         return u.expand(text.shape[0], -1, -1)
-
-    def extra_batch(self) -> dict:
-        """One more minibatch from the data stream (drawn identically on every rank's schedule)."""
-        if self._next_batch is None:
-            raise RuntimeError("this step has no access to further batches")
-        return self._next_batch()
 
     # --- randomness ----------------------------------------------------------------------
     def randn_like(self, x: torch.Tensor) -> torch.Tensor:
@@ -84,7 +80,8 @@ class StepContext:
             sampler = sampler or self.sampler
             if sampler is None:
                 raise RuntimeError("this recipe has no `sampler:` but a loss asked for a generator rollout")
-            noise = self.cache.setdefault("rollout_noise", self.randn(self.batch["latents"].shape))
+            shape = self.batch.require("latents", "the generator rollout (its noise has the latents' shape)").shape
+            noise = self.cache.setdefault("rollout_noise", self.randn(shape))
             exits = self.ctx.generator("exits", self.step, self.phase, key, per_rank=False)
             with torch.set_grad_enabled(self.phase == "generator"):
                 self.cache[key] = sampler(self.generator, noise, self.text, generator=self.rng,

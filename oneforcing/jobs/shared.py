@@ -1,0 +1,156 @@
+"""What several jobs share (generate, toy_eval, ode_pairs, curvature, eval): the recipe's
+flow-matching convention and samplers, weights folders, model configs, prompt sources, the rollout.
+One public place; no job imports another job's helpers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import NamedTuple
+
+import torch
+
+from oneforcing.data.loader import LatentShards
+from oneforcing.data.pipeline import encode_text
+from oneforcing.data.toy_codec import ToyCodec
+from oneforcing.data.toy_text_encoder import TOY_MAX_LENGTH, TOY_TEXT_ENCODER_PATH
+from oneforcing.data.toy_world import ToyWorld
+from oneforcing.errors import UserError
+from oneforcing.registry import MODELS, build, check_kwargs, validate
+from oneforcing.schedulers.build import build_flow
+from oneforcing.speed import sync
+
+DEFAULT_TEXT_ENCODER = {"type": "umt5", "path": TOY_TEXT_ENCODER_PATH, "max_length": TOY_MAX_LENGTH}
+DEFAULT_ODE_TEXT_ENCODER = {**DEFAULT_TEXT_ENCODER, "negative_prompt": ""}  # the toy teacher's uncond text
+
+
+# --- the flow-matching convention and samplers ------------------------------------------------
+def build_sampler(cfg: dict, scheduler: dict | None, *, key: str = "sampler", file: str | None = None):
+    """Build a sampler now (they are cheap) with the recipe's flow-matching convention (its
+    `scheduler:`, schedulers/build.py); its own checks (ValueError) become a UserError."""
+    try:
+        return build_flow(scheduler, cfg, file=file, sampler_key=key).sampler
+    except ValueError as exc:
+        raise UserError(f"{key}: {exc}") from None
+
+
+def rollout(sampler, model, noise: torch.Tensor, text: torch.Tensor, device: torch.device,
+            generator: torch.Generator | None = None, on_block=None, *,
+            negative_text: torch.Tensor | None = None, context: torch.Tensor | None = None):
+    """Run any sampler (one call signature, samplers/common.py); returns (latents [B, F, C, h, w],
+    perf_counter when the first block was ready). `generator`: the re-noising between steps;
+    `on_block(a, b, x0)`, if given, is called with each block as soon as it is ready."""
+    first = [float("nan")]
+
+    def block_ready(a, b, x0) -> None:
+        if first[0] != first[0]:
+            first[0] = sync(device)
+        if on_block is not None:
+            on_block(a, b, x0)
+
+    out = sampler(model, noise, text, generator=generator, negative_text=negative_text, context=context,
+                  on_block=block_ready)
+    return out.x0, first[0]
+
+
+# --- models and their weights ------------------------------------------------------------------
+def model_config(model: dict | None, *, key: str = "model") -> dict:
+    """`model:` as extra CausalWan kwargs ({frames_per_block: 3, causal: false}) or a full config
+    with its own `type`; validated now. The weights come from the checkpoint, never from here."""
+    cfg = {"type": "causal_wan", **(model or {})}
+    validate(cfg, MODELS, path=key, provided=("pretrained",))
+    return cfg
+
+
+def _diffusers_dir(d: Path) -> Path | None:
+    if (d / "config.json").is_file():
+        return d
+    if (d / "transformer" / "config.json").is_file():  # a whole Wan pipeline folder
+        return d / "transformer"
+    return None
+
+
+def resolve_model_dir(checkpoint: str, use_ema: bool) -> Path:
+    """The diffusers transformer folder to load: `checkpoint` itself (or its transformer/), or a
+    training checkpoint's ema/ (use_ema) or generator/ sub-folder. A checkpoint saved before the
+    EMA started has no ema/: then the generator is used, with a warning."""
+    import logging
+
+    root = Path(checkpoint).expanduser()
+    if not root.is_dir():
+        raise UserError(f"generate: checkpoint directory not found: {root}")
+    subs = ("ema", "generator") if use_ema else ("generator",)
+    for sub in subs:
+        found = _diffusers_dir(root / sub) if (root / sub).is_dir() else None
+        if found is not None:
+            if use_ema and sub == "generator":
+                logging.getLogger("oneforcing").warning("generate: %s has no ema/ weights; using generator/", root)
+            return found
+    found = _diffusers_dir(root)
+    if found is None:
+        raise UserError(f"generate: {root} is neither a diffusers transformer folder (config.json) "
+                        f"nor a checkpoint with {' or '.join(s + '/' for s in subs)}")
+    return found
+
+
+def load_generator_model(cfg: dict, weights_dir: Path, file: str | None):
+    """The recipe's `model:` config loaded from the weights folder through the model's
+    `from_pretrained` (the models contract; CausalWan builds on the meta device and fills the
+    parameters from the file, instead of a random init that the weights then overwrite)."""
+    for key in ("pretrained", "load_weights"):
+        if key in cfg:
+            raise UserError(f"generate: set the weights with 'checkpoint', not 'model.{key}'", file=file)
+    cfg = dict(cfg)
+    name = cfg.pop("type", None)
+    if not isinstance(name, str):
+        return build(cfg, MODELS, path="model", file=file)  # build's own error for a missing type
+    try:
+        obj = MODELS.get(name)
+    except UserError as err:
+        raise err.at(file=file, key="model.type") from None
+    kwargs = check_kwargs(obj, cfg, what=f"models '{name}'", path="model", file=file, provided=("pretrained",))
+    return obj.from_pretrained(str(weights_dir), **kwargs)
+
+
+# --- prompt sources of the teacher jobs (ode_pairs, curvature) ----------------------------------
+class PromptBatch(NamedTuple):
+    """What a prompt source gives for a range of examples."""
+    prompts: list[str]
+    embed: torch.Tensor             # [B, L, D]
+    mask: torch.Tensor              # [B, L] bool
+    metadata: list[dict]
+    real: torch.Tensor | None       # [B, F, C, H, W] clean real latents (shard sources only)
+
+
+class ShardPrompts:
+    """Prompts, embeddings and metadata of a latent_shards folder (latents are not needed)."""
+
+    def __init__(self, path: str, num_examples: int | None):
+        self.ds = LatentShards(path, shuffle=False, rank=0, world_size=1, check_finite=False)
+        self.num = self.ds.num_examples if num_examples is None else num_examples
+        if self.num > self.ds.num_examples:
+            raise UserError(f"ode_pairs: num_examples={self.num} but prompts_from '{path}' holds "
+                            f"{self.ds.num_examples}")
+        self.shape = tuple(self.ds.fields["latent"]["shape"])
+
+    def batch(self, indices: range, encoder) -> PromptBatch:
+        items = [self.ds.read(g) for g in indices]
+        return PromptBatch([it["prompt"] for it in items], torch.stack([it["prompt_embed"].float() for it in items]),
+                           torch.stack([it["prompt_mask"].bool() for it in items]), [it["metadata"] for it in items],
+                           torch.stack([it["latent"].float() for it in items]))
+
+
+class ToyPrompts:
+    """Prompts of a toy-world split, encoded by the job's text encoder (no real latents)."""
+
+    def __init__(self, split: str, num_examples: int | None, seed: int, frames: int, size: int):
+        if num_examples is None:
+            raise UserError("ode_pairs: set 'num_examples' for a toy-world split")
+        self.world = ToyWorld(split, num_examples=num_examples, seed=seed, frames=frames, size=size)
+        self.num = num_examples
+        self.shape = tuple(ToyCodec().latent_shape(frames, size, size))
+
+    def batch(self, indices: range, encoder) -> PromptBatch:
+        scenes = self.world.scenes(indices)
+        prompts = [s["prompt"] for s in scenes]
+        embed, mask = encode_text(encoder, prompts)
+        return PromptBatch(prompts, embed, mask, scenes, None)  # no real latents: prompts only
