@@ -49,3 +49,11 @@ def test_a_dataset_yielding_dicts_is_named_and_ode_data_merges():
     both = real.with_ode(ode).cast(torch.bfloat16)
     assert both.latents.dtype == torch.bfloat16 and both.ode_states.dtype == torch.bfloat16
     assert torch.equal(both.ode_text, ode.text.bfloat16()) and both.key == "data"
+
+
+def test_bf16_keeps_the_ode_timesteps_exact():
+    ode = Batch(text=torch.zeros(1, 4, 8), ode_t=torch.tensor([1000.0, 937.5, 833.3333, 625.0]))
+    cast = ode.cast(torch.bfloat16)
+    assert cast.ode_t.dtype == torch.float32 and torch.equal(cast.ode_t, ode.ode_t)
+    assert cast.text.dtype == torch.bfloat16
+    assert ode.ode_t.bfloat16().float().tolist() != ode.ode_t.tolist()  # what the cast used to do

@@ -18,7 +18,7 @@ RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 def train_flow(recipe: str, *overrides: str):
     """The train job of a recipe and its flow parts, built as the trainer builds them."""
     _, _, job = prepare(str(RECIPES / recipe), list(overrides))
-    return job, build_flow(job.scheduler, job.sampler, job.timesteps)
+    return job, build_flow(job.config.scheduler, job.config.sampler, job.config.timesteps)
 
 
 class Ctx:
@@ -42,7 +42,7 @@ def test_one_scheduler_line_sets_the_shift_of_every_sampler_timestep_sampler_and
     t = flow.timesteps(256, generator=torch.Generator().manual_seed(0))
     assert torch.allclose(t, (1000 * shift * u / (1 + (shift - 1) * u)).clamp(20, 980))
     # ASD's real side (a GAN loss's student_rollout): its n+1 step list through s.scheduler
-    real = next(loss.real_source for _, loss, _ in job.built_losses["critic_losses"] if hasattr(loss, "real_source"))
+    real = next(w.fn.real_source for w in job.config.critic_losses if hasattr(w.fn, "real_source"))
     assert real.sampler(Ctx(flow)).steps == pytest.approx([1000.0, float(warp(500.0))])
     assert real.sampler(Ctx(flow)).scheduler is flow.scheduler
 
@@ -51,7 +51,7 @@ def test_the_shift_reaches_the_ar_diffusion_weighting_and_the_eval_jobs():
     from oneforcing.losses.teacher_forcing import TeacherForcingDiffusionLoss
 
     job, flow = train_flow("toy/causal_forcing_ar_diffusion.yaml", "scheduler.shift=3.0")
-    loss = next(fn for _, fn, _ in job.built_losses["generator_losses"] if isinstance(fn, TeacherForcingDiffusionLoss))
+    loss = next(w.fn for w in job.config.generator_losses if isinstance(w.fn, TeacherForcingDiffusionLoss))
     assert loss.timestep_weighting and flow.timesteps.scheduler.shift == 3.0
     t = torch.tensor([300.0, 600.0])
     assert not torch.allclose(flow.scheduler.training_weight(t), FlowMatchScheduler(shift=5.0).training_weight(t))

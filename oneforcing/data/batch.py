@@ -24,6 +24,7 @@ import torch
 from oneforcing.errors import UserError
 
 ODE_FIELDS = ("ode_states", "ode_t", "ode_x0", "ode_context")
+KEEP_DTYPE = ("ode_t",)  # never cast to the compute dtype (see Batch.cast)
 
 
 @dataclass
@@ -60,12 +61,15 @@ class Batch:
                 if f.name not in ("prompts", "dataset", "key") and getattr(self, f.name) is not None]
 
     def cast(self, dtype: torch.dtype | None) -> "Batch":
-        """Floating tensors in the compute dtype (shards keep latents in fp16 to halve the disk)."""
+        """Floating tensors in the compute dtype (shards keep latents in fp16 to halve the disk),
+        except the timesteps `ode_t`: bf16 would round 937.5 / 833.3 / 625 to 936 / 832 / 624,
+        conditioning the student on other timesteps than the teacher's pairs were made at."""
         if dtype is None:
             return self
         return dataclasses.replace(self, **{
             f.name: getattr(self, f.name).to(dtype) for f in dataclasses.fields(self)
-            if torch.is_tensor(getattr(self, f.name)) and getattr(self, f.name).is_floating_point()})
+            if f.name not in KEEP_DTYPE and torch.is_tensor(getattr(self, f.name))
+            and getattr(self, f.name).is_floating_point()})
 
     def at(self, key: str) -> "Batch":
         """The same batch, its errors naming recipe key `key` (the trainer's `data` / `ode_data`)."""

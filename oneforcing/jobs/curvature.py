@@ -45,26 +45,13 @@ log = logging.getLogger("oneforcing")
 VARIANTS = ("latent", "temporal_difference")
 
 
-class _FP32State(torch.nn.Module):
-    """Runs the model in its compute dtype but keeps the ODE state in fp32 (as diffusers' Wan
-    pipeline does): with shift 8 the first Euler steps move sigma by ~0.003, an update that a
-    bf16 state rounds away, which would turn the high-noise end of C(t) into rounding noise."""
-
-    def __init__(self, model, dtype: torch.dtype):
-        super().__init__()
-        self.model, self.compute_dtype = model, dtype
-
-    def forward(self, x, t, text, **kwargs):
-        return self.model(x.to(self.compute_dtype), t, text.to(self.compute_dtype), **kwargs).float()
-
-
-def integrate(sampler: TeacherODE, model, noise: torch.Tensor, text: torch.Tensor, negative: torch.Tensor | None,
-              compute_dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Every state of the sampler's ODE, integrated in fp32 with the model run in `compute_dtype`
-    (default: the text's dtype): ([B, N+1, ...] on the CPU, noise first; sigmas [N+1])."""
+def integrate(sampler: TeacherODE, model, noise: torch.Tensor, text: torch.Tensor,
+              negative: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every state of the sampler's ODE ([B, N+1, ...] on the CPU, noise first; sigmas [N+1]).
+    TeacherODE keeps the state in fp32 whatever the model's dtype (with shift 8 the first Euler
+    steps move sigma by ~0.003, an update a bf16 state would round away)."""
     states: list[torch.Tensor] = []
-    wrapped = _FP32State(model, compute_dtype or text.dtype)
-    out = sampler(wrapped, noise.float(), text, negative_text=negative,
+    out = sampler(model, noise.float(), text, negative_text=negative,
                   callback=lambda i, t, x: states.append(x.float().cpu()))
     states.append(out.x0.float().cpu())
     sigmas = torch.tensor(sampler.timesteps, dtype=torch.float64) / 1000.0
@@ -151,7 +138,7 @@ class CurvatureJob(Job):
             noise = torch.stack([torch.randn(source.shape, generator=torch.Generator().manual_seed(
                 derive_seed(ctx.seed, "curvature", i))) for i in idx])
             neg = negative.expand(len(idx), *negative.shape[1:]).to(device, dtype)
-            states, sigmas = integrate(self.sampler, model, noise.to(device), embed.to(device, dtype), neg, dtype)
+            states, sigmas = integrate(self.sampler, model, noise.to(device), embed.to(device, dtype), neg)
             profiles["latent"].append(curvature_profile(states, sigmas))
             profiles["temporal_difference"].append(curvature_profile(temporal_difference(states), sigmas))
             prompts.extend(batch_prompts)
