@@ -253,6 +253,16 @@ def code_version() -> str:
     return (head + (" with local changes" if dirty else "")) if head else "unknown"
 
 
+def _timing(tasks, timing: dict, compute: float) -> str:
+    cached = sum(t.cached for t in tasks)
+    text = (f"This invocation took {timing['wall_s'] / 60:.1f} min (data and pairs {timing['prepare_s'] / 60:.1f} "
+            f"min); the tasks' own times sum to {compute / 60:.1f} min")
+    if cached:
+        text += (f", {cached} of {len(tasks)} tasks having been finished by earlier invocations of the same "
+                 "command (their times are in the per-seed table)")
+    return text + "."
+
+
 def write_report(job, tasks, timing: dict) -> Path:
     """Write job.out (markdown) and its figures; returns the markdown's path."""
     import torch
@@ -273,10 +283,7 @@ def write_report(job, tasks, timing: dict) -> Path:
              f"code at commit {code_version()}; every number below is read from the runs' own files. "
              "Do not edit by hand: run the command again.", "",
              f"Machine: {device_name(torch.device('cpu')).split(' (')[0]} ({os.cpu_count()} cores); "
-             f"{job.workers} runs at a time with "
-             f"{job.threads} torch thread(s) each. Wall time {timing['wall_s'] / 60:.1f} min "
-             f"(preparing data and pairs {timing['prepare_s'] / 60:.1f} min; the tasks' own time summed "
-             f"{compute / 60:.1f} min{', some cached from an earlier run' if any(t.cached for t in tasks) else ''}).",
+             f"{job.workers} runs at a time with {job.threads} torch thread(s) each. {_timing(tasks, timing, compute)}",
              "", f"Seeds {seeds}: seed k trains each method and draws its evaluation noise, so methods are "
              "compared paired by seed. ToyBench on the same test prompts for every model; numbers are "
              "percentages, mean ± 95 % Student-t interval over seeds (no ± with one seed).", "",
