@@ -112,3 +112,19 @@ def test_assets_reference(tmp_path):
     write(tmp_path, {"bad.yaml": "job: dist_check\nmessage: ${assets:nope}\n"})
     with pytest.raises(RecipeError, match="no packaged asset 'nope'"):
         load_recipe(tmp_path / "bad.yaml")
+
+
+@pytest.mark.parametrize("name", ["demo.yaml", "report.yaml", "report_quick.yaml"])
+def test_every_stage_and_task_of_the_toy_pipelines_builds(root, name):
+    """The demo's stages and the reports' tasks, with the overrides they add (a label with ': '
+    once reached a stage as a YAML mapping, after the demo had trained for minutes)."""
+    from oneforcing.runner import prepare
+
+    toy = root / "recipes" / "toy"
+    _, _, job = prepare(str(toy / name), [])
+    if name == "demo.yaml":
+        assert len(job.prepare_stages(toy)) == 6
+    else:
+        tasks = job.plan(toy)
+        job.validate(tasks, [])
+        assert len({t.key for t in tasks}) == len(tasks)

@@ -40,18 +40,24 @@ class Pipeline(Job):
                                 key=f"stages[{i}]")
         self.stages = stages
 
-    def run(self, ctx: RunContext) -> None:
+    def prepare_stages(self, base: Path) -> list[tuple]:
+        """Load and build every stage's recipe (stage recipes are relative to `base`); raises the
+        first UserError under its `stages[i]` key."""
         from oneforcing.runner import prepare
 
-        base = Path(ctx.recipe_file).parent if ctx.recipe_file else Path(".")
         prepared = []
-        for i, stage in enumerate(self.stages):  # validate everything first
+        for i, stage in enumerate(self.stages):
             path = base / stage["recipe"]
             try:
                 recipe, meta, job = prepare(str(path), list(stage.get("overrides", [])))
             except UserError as err:
                 raise UserError(f"{err}", key=f"stages[{i}]") from None
             prepared.append((stage, path, recipe, meta, job))
+        return prepared
+
+    def run(self, ctx: RunContext) -> None:
+        base = Path(ctx.recipe_file).parent if ctx.recipe_file else Path(".")
+        prepared = self.prepare_stages(base)  # validate everything first
         for i, (stage, path, recipe, meta, job) in enumerate(prepared):
             name = stage.get("name", path.stem)
             marker = stage.get("skip_if_exists")
