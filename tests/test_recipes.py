@@ -126,5 +126,5 @@ def test_every_stage_and_task_of_the_toy_pipelines_builds(root, name):
         assert len(job.prepare_stages(toy)) == 6
     else:
         tasks = job.plan(toy)
-        job.validate(tasks, [])
+        job.validate(tasks)
         assert len({t.key for t in tasks}) == len(tasks)

@@ -95,7 +95,8 @@ def _job(tmp_path, **kw):
                                      ({"workers": 0}, "workers"),
                                      ({"methods": {"x": {"recipe": "a.yaml", "typo": 1}}}, "methods.x"),
                                      ({"methods": {"x": {"label": "no recipe"}}}, "methods.x"),
-                                     ({"references": {"one_forcing_framewise": {}}}, "references")])
+                                     ({"references": {"one_forcing_framewise": {}}}, "references"),
+                                     ({"prepare": [{"recipe": "data.yaml", "typo": 1}]}, "prepare[0]")])
 def test_bad_config_names_the_key(tmp_path, kw, key):
     with pytest.raises(UserError) as err:
         _job(tmp_path, **kw)
@@ -108,7 +109,7 @@ def test_plan_and_keys_cover_every_method_seed_and_reference(tmp_path):
     tasks = job.plan(ROOT / "recipes" / "toy")
     assert [t.title for t in tasks] == ["one_forcing_framewise/seed0", "one_forcing_framewise/seed1",
                                         "teacher/seed0"]
-    job.validate(tasks, [])
+    job.validate(tasks)
     assert tasks[0].steps == 200 and len({t.key for t in tasks}) == 3
     train_overrides = tasks[1].commands[0][1]
     assert f"run_dir={tmp_path / 'runs' / 'one_forcing_framewise' / 'seed1'}" in train_overrides

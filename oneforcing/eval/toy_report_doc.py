@@ -196,7 +196,7 @@ def _figures(job, tasks, results, gaps, labels) -> dict[str, str]:
     matplotlib.use("Agg", force=False)
     from matplotlib.figure import Figure
 
-    from oneforcing.jobs.plot import plot_metrics
+    from oneforcing.jobs.plot import plot_metrics, save_png
 
     job.figures.mkdir(parents=True, exist_ok=True)
     made = {}
@@ -209,7 +209,7 @@ def _figures(job, tasks, results, gaps, labels) -> dict[str, str]:
     ax.set_yticks(range(len(names)), [labels[n] for n in names], fontsize=8)
     ax.invert_yaxis()
     ax.set_xlabel("ToyBench total (mean ± 95 % CI over seeds)")
-    made["totals"] = _save(fig, job.figures / "totals.png")
+    made["totals"] = str(save_png(fig, job.figures / "totals.png"))
     if gaps:
         fig = Figure(figsize=(7, 3.6), layout="constrained")
         ax = fig.subplots()
@@ -222,20 +222,13 @@ def _figures(job, tasks, results, gaps, labels) -> dict[str, str]:
         ax.set_ylabel("|l_real − l_fake| (one line per seed)")
         ax.legend(fontsize=8)
         ax.grid(alpha=0.3)
-        made["logit_gap"] = _save(fig, job.figures / "logit_gap.png")
+        made["logit_gap"] = str(save_png(fig, job.figures / "logit_gap.png"))
     runs = [t.dir for t in tasks if t.name == "one_forcing_framewise" and (t.dir / "metrics.jsonl").exists()]
     if runs:
         made["curves"] = str(plot_metrics(runs, job.figures / "curves_one_forcing_framewise.png",
                                           labels=[f"seed {p.name[4:]}" for p in runs], smooth=5,
                                           title="One-Forcing framewise: generator and critic"))
     return made
-
-
-def _save(fig, path: Path) -> str:
-    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}.png")
-    fig.savefig(tmp, dpi=110, format="png")
-    os.replace(tmp, path)
-    return str(path)
 
 
 def code_version() -> str:

@@ -204,9 +204,8 @@ def plot_profiles(result: dict, path: Path) -> Path:
     axes[0].legend(loc="upper right")
     fig.suptitle(f"trajectory curvature, {result['num_prompts']} prompts ({Path(result['teacher']).name})")
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp, dpi=110)
+    from oneforcing.jobs.plot import save_png
+
+    save_png(fig, path)
     plt.close(fig)
-    tmp.replace(path)
     return path

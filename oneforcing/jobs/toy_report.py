@@ -36,12 +36,12 @@ from pathlib import Path
 from oneforcing.data.shards import atomic_write_text
 from oneforcing.errors import UserError
 from oneforcing.jobs.base import Job, RunContext
+from oneforcing.jobs.pipeline import Pipeline
 from oneforcing.registry import JOBS
 
 log = logging.getLogger("oneforcing")
 
 ENTRY_KEYS = {"label", "recipe", "overrides", "eval_overrides", "seeds"}
-STAGE_KEYS = {"recipe", "overrides", "skip_if_exists"}
 # Launcher variables a child must not inherit: each child is a run of its own.
 LAUNCHER_ENV = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT",
                 "GROUP_RANK", "ROLE_RANK", "TORCHELASTIC_RUN_ID")
@@ -66,23 +66,28 @@ class Task:
         return f"{self.name}/seed{self.seed}"
 
 
+def _entry(entry, key: str, *, need_recipe: bool = True) -> dict:
+    """One method / reference / `evaluate` entry, checked: {label, recipe, overrides, ...}."""
+    if not isinstance(entry, dict):
+        raise UserError("must be a mapping {label, recipe, overrides, eval_overrides}", key=key)
+    extra = set(entry) - ENTRY_KEYS
+    if extra:
+        raise UserError(f"unknown key '{sorted(extra)[0]}' ({', '.join(sorted(ENTRY_KEYS))})", key=key)
+    if need_recipe and "recipe" not in entry:
+        raise UserError("needs 'recipe'", key=key)
+    for sub in ("overrides", "eval_overrides"):
+        if not all(isinstance(o, str) for o in entry.get(sub, [])):
+            raise UserError("must be a list of key=value strings", key=f"{key}.{sub}")
+    return entry
+
+
 def _entries(value, key: str, *, need_recipe: bool = True) -> dict[str, dict]:
     if not isinstance(value, dict) or not value:
         raise UserError("must map names to {label, recipe, overrides, eval_overrides}", key=key)
     for name, entry in value.items():
         if not isinstance(name, str) or not name.isidentifier():
             raise UserError(f"'{name}' is not a plain name (letters, digits, _)", key=key)
-        if not isinstance(entry, dict):
-            raise UserError("must be a mapping {label, recipe, overrides, eval_overrides}", key=f"{key}.{name}")
-        extra = set(entry) - ENTRY_KEYS
-        if extra:
-            raise UserError(f"unknown key '{sorted(extra)[0]}' ({', '.join(sorted(ENTRY_KEYS))})",
-                            key=f"{key}.{name}")
-        if need_recipe and "recipe" not in entry:
-            raise UserError("needs 'recipe'", key=f"{key}.{name}")
-        for sub in ("overrides", "eval_overrides"):
-            if not all(isinstance(o, str) for o in entry.get(sub, [])):
-                raise UserError("must be a list of key=value strings", key=f"{key}.{name}.{sub}")
+        _entry(entry, f"{key}.{name}", need_recipe=need_recipe)
     return value
 
 
@@ -105,13 +110,11 @@ class ToyReport(Job):
         clash = set(self.methods) & set(self.references)
         if clash:
             raise UserError(f"'{sorted(clash)[0]}' is both a method and a reference", key="references")
-        _entries({"evaluate": evaluate}, "evaluate")
-        self.evaluate = evaluate
-        self.prepare_stages = prepare or []
-        for i, stage in enumerate(self.prepare_stages):
-            if not isinstance(stage, dict) or "recipe" not in stage or set(stage) - STAGE_KEYS:
-                raise UserError("each stage is {recipe: FILE, overrides: [k=v ...], skip_if_exists: PATH}",
-                                key=f"prepare[{i}]")
+        self.evaluate = _entry(evaluate, "evaluate")
+        try:  # the data the runs need: a pipeline of its own (stages skipped when their output exists)
+            self.prepare = Pipeline(prepare) if prepare else None
+        except UserError as err:
+            raise UserError(err.message, key=(err.key or "").replace("stages", "prepare", 1)) from None
         self.seeds, self.workers = list(seeds), workers
         self.threads = threads or max(1, (os.cpu_count() or 1) // workers)
         self.train_overrides = list(train_overrides or [])
@@ -148,13 +151,11 @@ class ToyReport(Job):
                                   [(self._recipe(base, entry.get("recipe", ev["recipe"])), evaluate)]))
         return tasks
 
-    def validate(self, tasks: list[Task], stages: list[tuple[str, list[str]]]) -> None:
-        """Load and build every recipe the report will run (raises UserError naming it); give
-        each task its key, the hash of its resolved recipes."""
+    def validate(self, tasks: list[Task]) -> None:
+        """Load and build every task's recipes (raises UserError naming the task); give each task
+        its key, the hash of its resolved recipes."""
         from oneforcing.runner import prepare
 
-        for recipe, overrides in stages:
-            prepare(recipe, overrides)
         for task in tasks:
             resolved = []
             for recipe, overrides in task.commands:
@@ -211,9 +212,10 @@ class ToyReport(Job):
         return task
 
     def run(self, ctx: RunContext) -> None:
-        if ctx.is_main:
-            self._run(ctx)
-        ctx.barrier()
+        if ctx.distributed:
+            raise UserError("toy_report runs on one process (it starts its own runs as child processes); "
+                            "start it with python, not torchrun or deepspeed")
+        self._run(ctx)
 
     def _run(self, ctx: RunContext) -> None:
         from tqdm.auto import tqdm
@@ -222,20 +224,17 @@ class ToyReport(Job):
 
         t_start = time.perf_counter()
         base = Path(ctx.recipe_file).parent if ctx.recipe_file else Path(".")
-        stages = [(self._recipe(base, s["recipe"]), list(s.get("overrides", []))) for s in self.prepare_stages]
         tasks = self.plan(base)
-        self.validate(tasks, stages)
+        if self.prepare is not None:
+            self.prepare.prepare_stages(base)
+        self.validate(tasks)
         log.info("toy_report: %d tasks (%d methods x seeds %s, %d references), %d workers x %d threads",
                  len(tasks), len(self.methods), self.seeds, len(self.references), self.workers, self.threads)
         self.runs_dir.mkdir(parents=True, exist_ok=True)
-        prepare_s = 0.0
-        for stage, (recipe, overrides) in zip(self.prepare_stages, stages):
-            marker = stage.get("skip_if_exists")
-            if marker and Path(marker).exists():
-                log.info("toy_report: prepare %s skipped (%s exists)", recipe, marker)
-                continue
-            log.info("toy_report: prepare %s", recipe)
-            prepare_s += self._call(recipe, overrides, self.runs_dir / "prepare.log", os.cpu_count() or 1)
+        t_prepare = time.perf_counter()
+        if self.prepare is not None:
+            self.prepare.run(ctx)
+        prepare_s = time.perf_counter() - t_prepare
         failures = []
         with ThreadPoolExecutor(self.workers) as pool, tqdm(total=len(tasks), desc="toy_report", unit="task") as bar:
             futures = {pool.submit(self.run_task, t): t for t in tasks}
