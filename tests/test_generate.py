@@ -84,21 +84,23 @@ def test_seeds_ranks_and_vbench_names(assets, tmp_path):
 
 def test_checkpoint_dirs(assets, tmp_path):
     ckpt = assets["checkpoint"]
-    assert resolve_model_dir(str(ckpt), use_ema=True) == ckpt / "ema"
-    assert resolve_model_dir(str(ckpt), use_ema=False) == ckpt / "generator"
-    assert resolve_model_dir(str(assets["student"]), use_ema=True) == assets["student"]
+    assert resolve_model_dir(str(ckpt), "ema") == ckpt / "ema"
+    assert resolve_model_dir(str(ckpt), "raw") == ckpt / "generator"
+    assert resolve_model_dir(str(assets["student"]), "ema") == assets["student"]
     # the raw generator by default (official inference: USE_EMA=0), EMA only when asked; recorded
     job = build(_cfg(assets, tmp_path, checkpoint=str(ckpt), prompt="a dog"), JOBS)
     assert job.weights_dir == ckpt / "generator" and job.weights_kind == "generator"
     job.run(RunContext(seed=0))
     assert read_mp4(tmp_path / "a-dog-0.mp4").shape == (FRAMES, H, W, 3)
     assert json.loads((tmp_path / "generate_manifest.json").read_text())["weights_kind"] == "generator"
-    ema_job = build(_cfg(assets, tmp_path / "e", checkpoint=str(ckpt), prompt="a dog", ema=True), JOBS)
+    ema_job = build(_cfg(assets, tmp_path / "e", checkpoint=str(ckpt), prompt="a dog", weights="ema"), JOBS)
     assert ema_job.weights_dir == ckpt / "ema" and ema_job.weights_kind == "ema"
     with pytest.raises(UserError, match="nowhere"):
-        resolve_model_dir(str(tmp_path / "nowhere"), True)
+        resolve_model_dir(str(tmp_path / "nowhere"), "ema")
     with pytest.raises(UserError, match="neither"):
-        resolve_model_dir(str(tmp_path), True)
+        resolve_model_dir(str(tmp_path), "ema")
+    with pytest.raises(UserError, match="weights: must be one of auto, raw, ema"):
+        build(_cfg(assets, tmp_path / "w", checkpoint=str(ckpt), prompt="a dog", weights="best"), JOBS)
 
 
 def test_prompts_and_plan(tmp_path):

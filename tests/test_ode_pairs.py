@@ -167,7 +167,7 @@ def test_teacher_forced_causal_pairs_see_the_real_frames_not_their_own_noise(tea
     out = tmp_path / "pairs"
     sampler = {**FAST, "teacher_forcing": True}
     _job(causal, out, split=None, prompts_from=str(src), num_examples=None, sampler=sampler,
-         model={"causal": True, "frames_per_block": 1}, use_ema=False).run(RunContext(seed=1))
+         model={"causal": True, "frames_per_block": 1}, weights="raw").run(RunContext(seed=1))
     items = _read(out)
     assert torch.equal(torch.stack([it["context"] for it in items]), real)  # the real clip, stored
 

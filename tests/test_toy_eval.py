@@ -39,7 +39,7 @@ def test_scores_files_and_rank_invariance(tiny_model, tmp_path):
     assert saved["num_videos"] == 3 and 0 <= saved["total"] <= 1 and saved["total"] == one["total"]
     assert saved["config"]["eval_seed"] == EVAL_SEED and saved["timing"]["sample_s_rank0"] > 0
     table = (out / "toybench.md").read_text().splitlines()
-    assert table[0].startswith("| name |") and table[-1].startswith("| tiny | 3 |")
+    assert table[0].startswith("| name |") and table[-1].startswith("| tiny | raw | 3 |")
     assert len(list((out / "videos").glob("*.mp4"))) == 2
     with Image.open(out / "samples.gif") as gif:
         assert gif.is_animated and gif.n_frames == 4 and gif.size == (2 * 3 * 34, 2 * 2 * 34)
@@ -53,9 +53,26 @@ def test_scores_files_and_rank_invariance(tiny_model, tmp_path):
 
     # An appended row, a different seed gives different samples; generator/ differs from ema/.
     _job(tiny_model, tmp_path / "one", name="again").run(RunContext(seed=3))
-    assert (out / "toybench.md").read_text().count("| again | 3 |") == 1
-    other = _job(tiny_model, tmp_path / "g", use_ema=False, gif=False, save_mp4=0).run(RunContext(seed=3))
-    assert other["config"]["weights"].endswith("generator")
+    assert (out / "toybench.md").read_text().count("| again | raw | 3 |") == 1
+    other = _job(tiny_model, tmp_path / "g", weights="ema", gif=False, save_mp4=0).run(RunContext(seed=3))
+    assert other["config"]["weights"].endswith("ema") and other["weights"] == "EMA"
+    assert other["total"] != one["total"]
+
+
+def test_weights_follow_the_export_declaration(tiny_model, tmp_path):
+    """auto scores what export.json declares (the recipe's export.inference_weights), raw without one."""
+    assert _job(tiny_model, tmp_path / "a").weights_dir == tiny_model / "generator"
+    (tiny_model / "export.json").write_text('{"inference_weights": "ema"}')
+    try:
+        assert _job(tiny_model, tmp_path / "b").weights_dir == tiny_model / "ema"
+        assert _job(tiny_model, tmp_path / "c", weights="raw").weights_dir == tiny_model / "generator"
+        (tiny_model / "export.json").write_text('{"inference_weights": "best"}')
+        with pytest.raises(UserError, match="export.json.*inference_weights"):
+            _ = _job(tiny_model, tmp_path / "d").weights_dir
+    finally:
+        (tiny_model / "export.json").unlink()
+    with pytest.raises(UserError, match="use_ema.*weights"):
+        _job(tiny_model, tmp_path / "e", use_ema=False)
 
 
 def test_teacher_ode_sampler_with_cfg(tiny_model, tmp_path):

@@ -61,6 +61,8 @@ def test_the_recipe_becomes_typed_sections():
     ({"ema": {"decy": 0.9}}, "ema.decy", "did you mean 'decay'"),
     ({"ema": {"decay": 1.5}}, "ema.decay", "must be in [0, 1)"),
     ({"export": {"folder": "x"}}, "export.folder", "takes no key 'folder'"),
+    ({"export": {"inference_weights": "best"}}, "export.inference_weights", "one of raw, ema"),
+    ({"export": {"inference_weights": "ema"}, "ema": None}, "export.inference_weights", "no ema: section"),
     ({"models": {"generator": {"type": "causal_wan", "config": TINY, "causl": True}}},
      "models.generator.causl", "did you mean 'causal'"),
     ({"generator_losses": [{"type": "flow_matching", "text_dropuot": 0.1}]},

@@ -121,6 +121,8 @@ def test_single_rank_run_checkpoints_ema_and_export(tmp_path):
     assert any(not torch.equal(gen[k], ema[k]) for k in gen)
     model = WanTransformer3DModel.from_pretrained(run / "export/ema")
     assert torch.equal(model.state_dict()["proj_out.weight"], ema["proj_out.weight"])
+    # It declares the inference weights (the recipe's export.inference_weights, raw by default).
+    assert json.loads((run / "export/export.json").read_text()) == {"inference_weights": "raw", "has_ema": True}
 
 
 @pytest.mark.parametrize("ranks,zero_stage", [(1, "3"), (2, "3"), (1, "0")])

@@ -142,12 +142,12 @@ class ToyBench:
 
 
 def markdown_header() -> str:
-    cols = ("name", "videos", *COLUMNS)
+    cols = ("name", "weights", "videos", *COLUMNS)
     return "| " + " | ".join(cols) + " |\n|" + "---|" * len(cols) + "\n"
 
 
 def markdown_row(result: dict, name: str) -> str:
-    cells = [name, str(result["num_videos"])]
+    cells = [name, str(result.get("weights", "-")), str(result["num_videos"])]
     for col in COLUMNS:
         value = result.get(col, result["raw"].get(col))
         if value is None:

@@ -1,7 +1,7 @@
 """`curvature`: the teacher ODE's trajectory curvature (paper Eq. 2, Figure 3, Appendix B).
 
     job: curvature
-    teacher: "${assets:toy_teacher}"          # diffusers folder, or a checkpoint with ema/ | generator/
+    teacher: "${assets:toy_teacher}"          # diffusers folder, or a training export (weights: auto | raw | ema)
     model: {causal: false}                     # or {type: toy_analytic_teacher}
     scheduler: {type: flow_match, shift: 5.0}  # the flow-matching convention: the ODE's step spacing
     sampler: {type: teacher_ode, num_steps: 50, cfg_scale: 6.0}
@@ -30,6 +30,7 @@ import torch
 from oneforcing.data.pipeline import encode_text
 from oneforcing.data.shards import atomic_write_text
 from oneforcing.errors import UserError
+from oneforcing.weights import WEIGHTS_RENAMED, check_weights
 from oneforcing.eval.curvature import (
     bootstrap_mean_ci, curvature_profile, normalised_profile, temporal_difference, trajectory_summaries,
 )
@@ -62,11 +63,13 @@ def integrate(sampler: TeacherODE, model, noise: torch.Tensor, text: torch.Tenso
 class CurvatureJob(Job):
     """Curvature profiles C(t_i) of the teacher's ODE over prompts, with bootstrap CIs and a plot."""
 
+    renamed_keys = {"use_ema": WEIGHTS_RENAMED}
+
     def __init__(self, teacher: str, out: str, prompts_from: str | None = None, split: str | None = None,
                  num_prompts: int = 32, batch_size: int = 8, model: dict | None = None,
                  sampler: dict | None = None, scheduler: dict | None = None, text_encoder: dict | None = None,
                  negative_prompt: str | None = None,
-                 use_ema: bool = True, frames: int = 21, size: int = 32, dtype: str = "auto",
+                 weights: str = "auto", frames: int = 21, size: int = 32, dtype: str = "auto",
                  high_t: float = 0.9, mid_band: tuple[float, float] = (0.3, 0.7), bootstrap: int = 2000,
                  plot: bool = True):
         if (prompts_from is None) == (split is None):
@@ -95,7 +98,7 @@ class CurvatureJob(Job):
             ToyPrompts(split, num_prompts, 0, frames, size)  # validate now
         if dtype != "auto":
             parse_dtype(dtype, key="curvature.dtype")
-        self.teacher, self.use_ema, self.prompts_from, self.split = teacher, use_ema, prompts_from, split
+        self.teacher, self.weights, self.prompts_from, self.split = teacher, check_weights(weights), prompts_from, split
         self.num_prompts, self.batch_size, self.negative_prompt = num_prompts, batch_size, negative_prompt
         self.frames, self.size, self.dtype = frames, size, dtype
         self.high_t, self.mid_band, self.bootstrap = float(high_t), (float(mid_band[0]), float(mid_band[1])), bootstrap
@@ -103,7 +106,7 @@ class CurvatureJob(Job):
 
     @functools.cached_property
     def weights_dir(self):
-        return resolve_model_dir(self.teacher, self.use_ema)
+        return resolve_model_dir(self.teacher, self.weights)
 
     def run(self, ctx: RunContext) -> dict | None:
         result = None

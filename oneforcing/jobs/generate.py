@@ -6,11 +6,13 @@
     vae: {type: wan_vae, path: Wan2.1-T2V-1.3B-Diffusers}
     prompts_file: prompts.txt
     out_dir: videos/framewise
-    ema: false                                      # the default: the raw generator (generator/)
+    weights: auto                                   # raw | ema | auto (the default: what the export declares)
     # scheduler: {type: flow_match, shift: 5.0}     # the default: the shift that warps the step lists
 
-Weights: the raw generator unless `ema: true` (the official inference script's default is
-USE_EMA=0); the job logs which it used and records it in generate_manifest.json.
+Weights (oneforcing/weights.py): `auto` samples what the training export declares in its
+export.json (the recipe's export.inference_weights: raw for One-Forcing, whose official inference
+loads the generator; EMA for Self Forcing and Causal Forcing, run with --use_ema), raw without
+one; `raw` / `ema` force a choice. The job logs which it used and records it in generate_manifest.json.
 
 Every rank builds the same plan (the list of (prompt, sample) videos, their seeds and file
 names) and renders its share, videos n = rank, rank + world_size, ... No communication is
@@ -37,6 +39,7 @@ from oneforcing.jobs.base import Job, RunContext, derive_seed
 from oneforcing.jobs.shared import build_sampler, load_generator_model, resolve_model_dir, rollout
 from oneforcing.registry import JOBS, TEXT_ENCODERS, VAES, build
 from oneforcing.speed import Timing, sync
+from oneforcing.weights import WEIGHTS_RENAMED, check_weights, weights_kind
 
 log = logging.getLogger("oneforcing")
 
@@ -91,6 +94,8 @@ class Generate(Job):
     dtype "auto" = bfloat16 on CUDA, float32 on CPU.
     """
 
+    renamed_keys = {"ema": WEIGHTS_RENAMED}
+
     def __init__(
         self,
         checkpoint: str,
@@ -111,7 +116,7 @@ class Generate(Job):
         width: int = 832,
         fps: int = 16,
         filename: str = "{slug}-{index}.mp4",
-        ema: bool = False,
+        weights: str = "auto",
         dtype: str = "auto",
         batch_size: int = 1,
         skip_existing: bool = True,
@@ -138,8 +143,8 @@ class Generate(Job):
             raise UserError(f"generate: bad 'filename' template {filename!r}: {exc!r}") from None
         if not filename.endswith(".mp4"):
             raise UserError(f"generate: 'filename' must end in .mp4, got {filename!r}")
-        self.weights_dir = resolve_model_dir(checkpoint, ema)  # fail early, before any model loads
-        self.checkpoint, self.ema = checkpoint, bool(ema)
+        self.weights_dir = resolve_model_dir(checkpoint, check_weights(weights))  # fail early, before any model loads
+        self.checkpoint = checkpoint
         self.text_encoder_cfg, self.vae_cfg = text_encoder, vae
         self.model_cfg = model or {"type": "causal_wan"}
         self.sampler_cfg = sampler or {"type": "causal_inference"}
@@ -255,8 +260,7 @@ class Generate(Job):
     @property
     def weights_kind(self) -> str:
         """'ema', 'generator' (raw) or 'diffusers' (a plain transformer folder: its own weights)."""
-        name = self.weights_dir.name
-        return name if name in ("ema", "generator") else "diffusers"
+        return weights_kind(self.weights_dir)
 
     def _write_manifest(self, items: list[Item]) -> None:
         """Which file holds which prompt and seed (every video, all ranks), written atomically."""

@@ -1,7 +1,7 @@
 """`ode_pairs`: the teacher's ODE trajectories as `ode_pairs` shards (ODE-regression initialisation).
 
     job: ode_pairs
-    teacher: Wan2.1-T2V-14B-Diffusers/transformer     # or a training export (ema/ | generator/)
+    teacher: Wan2.1-T2V-14B-Diffusers/transformer     # or a training export (weights: auto | raw | ema)
     prompts_from: data/latents                       # a latent_shards folder: its prompts + embeddings
     text_encoder: {type: umt5, path: Wan2.1-T2V-1.3B-Diffusers}   # for the negative prompt only
     out: data/ode_pairs
@@ -40,6 +40,7 @@ import torch
 from oneforcing.data.pipeline import all_shard_names, encode_text, plan_shards, prepare_output, shard_name
 from oneforcing.data.shards import ShardWriter, dtype_from_name, write_index
 from oneforcing.errors import UserError
+from oneforcing.weights import WEIGHTS_RENAMED, check_weights
 from oneforcing.jobs.base import Job, RunContext, derive_seed, missing_path
 from oneforcing.jobs.shared import (DEFAULT_ODE_TEXT_ENCODER, ShardPrompts, ToyPrompts, build_sampler,
                                     load_generator_model, model_config, resolve_model_dir)
@@ -53,11 +54,13 @@ log = logging.getLogger("oneforcing")
 class OdePairsJob(Job):
     """Teacher ODE trajectories (states at kept steps + clean endpoint) as ode_pairs shards."""
 
+    renamed_keys = {"use_ema": WEIGHTS_RENAMED}
+
     def __init__(self, teacher: str, out: str, prompts_from: str | None = None, split: str | None = None,
                  num_examples: int | None = None, examples_per_shard: int = 64, batch_size: int = 4,
                  model: dict | None = None, sampler: dict | None = None, scheduler: dict | None = None,
                  text_encoder: dict | None = None,
-                 negative_prompt: str | None = None, use_ema: bool = True, frames: int = 21, size: int = 32,
+                 negative_prompt: str | None = None, weights: str = "auto", frames: int = 21, size: int = 32,
                  latent_dtype: str = "float16", dtype: str = "auto", overwrite: bool = False,
                  progress: bool = True):
         if (prompts_from is None) == (split is None):
@@ -82,7 +85,7 @@ class OdePairsJob(Job):
                             "(a latent_shards folder), not a toy-world 'split'")
         self.text_cfg = text_encoder or dict(DEFAULT_ODE_TEXT_ENCODER)
         validate(self.text_cfg, TEXT_ENCODERS, path="text_encoder")
-        self.teacher, self.use_ema, self.prompts_from, self.split = teacher, use_ema, prompts_from, split
+        self.teacher, self.weights, self.prompts_from, self.split = teacher, check_weights(weights), prompts_from, split
         self.num_examples, self.per_shard, self.batch_size = num_examples, examples_per_shard, batch_size
         self.negative_prompt, self.frames, self.size = negative_prompt, frames, size
         self.latent_dtype, self.dtype, self.overwrite = latent_dtype, dtype, overwrite
@@ -93,7 +96,7 @@ class OdePairsJob(Job):
     @functools.cached_property
     def weights_dir(self):
         """Resolved when first needed (run time), so `oneforcing show` works without weights."""
-        return resolve_model_dir(self.teacher, self.use_ema)
+        return resolve_model_dir(self.teacher, self.weights)
 
     def settings(self, seed: int) -> dict:
         """What shapes the output: a restart with other values is refused (unless overwrite)."""

@@ -18,6 +18,7 @@ from oneforcing.errors import UserError
 from oneforcing.registry import MODELS, build, check_kwargs, validate
 from oneforcing.schedulers.build import build_flow
 from oneforcing.speed import sync
+from oneforcing.weights import resolve_weights
 
 DEFAULT_TEXT_ENCODER = {"type": "umt5", "path": TOY_TEXT_ENCODER_PATH, "max_length": TOY_MAX_LENGTH}
 DEFAULT_ODE_TEXT_ENCODER = {**DEFAULT_TEXT_ENCODER, "negative_prompt": ""}  # the toy teacher's uncond text
@@ -69,15 +70,17 @@ def _diffusers_dir(d: Path) -> Path | None:
     return None
 
 
-def resolve_model_dir(checkpoint: str, use_ema: bool) -> Path:
+def resolve_model_dir(checkpoint: str, weights: str = "auto") -> Path:
     """The diffusers transformer folder to load: `checkpoint` itself (or its transformer/), or a
-    training checkpoint's ema/ (use_ema) or generator/ sub-folder. A checkpoint saved before the
-    EMA started has no ema/: then the generator is used, with a warning."""
+    training export's ema/ or generator/ sub-folder, as `weights` says (oneforcing/weights.py:
+    auto = the export's declared inference weights). A checkpoint saved before the EMA started
+    has no ema/: then the generator is used, with a warning."""
     import logging
 
     root = Path(checkpoint).expanduser()
     if not root.is_dir():
         raise UserError(f"generate: checkpoint directory not found: {root}")
+    use_ema = resolve_weights(root, weights) == "ema"
     subs = ("ema", "generator") if use_ema else ("generator",)
     for sub in subs:
         found = _diffusers_dir(root / sub) if (root / sub).is_dir() else None

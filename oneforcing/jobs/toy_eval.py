@@ -1,7 +1,8 @@
 """`toy_eval`: sample a model on toy-world prompts and score it with ToyBench, in latent space.
 
     job: toy_eval
-    checkpoint: runs/toy/one_forcing/export        # diffusers folder, or a checkpoint with ema/ | generator/
+    checkpoint: runs/toy/one_forcing/export        # diffusers folder, or a training export
+    weights: auto                                  # raw | ema | auto: what the export declares (oneforcing/weights.py)
     out: runs/toy/eval/one_forcing                 # toybench.json, toybench.md, videos/*.mp4, samples.gif
     name: one_forcing_framewise                    # the markdown row's label
     # sampler: {type: teacher_ode, num_steps: 50, cfg_scale: 6.0}  # the bidirectional teacher, with CFG
@@ -33,6 +34,7 @@ from safetensors.torch import save_file
 from oneforcing.data.shards import atomic_write_text
 from oneforcing.data.toy_world import ToyWorld
 from oneforcing.errors import UserError
+from oneforcing.weights import WEIGHTS_RENAMED, check_weights, weights_label
 from oneforcing.eval.toybench import ToyBench, markdown_header, markdown_row
 from oneforcing.jobs.base import Job, RunContext, derive_seed
 from oneforcing.jobs.shared import (DEFAULT_TEXT_ENCODER, build_sampler, load_generator_model,
@@ -58,7 +60,9 @@ def sample(sampler, model, noise: torch.Tensor, text: torch.Tensor, negative: to
 class ToyEvalJob(Job):
     """Sample a model on toy-world prompts and score it with ToyBench in latent space (json + md row)."""
 
-    def __init__(self, checkpoint: str, out: str, name: str | None = None, use_ema: bool = True,
+    renamed_keys = {"use_ema": WEIGHTS_RENAMED}
+
+    def __init__(self, checkpoint: str, out: str, name: str | None = None, weights: str = "auto",
                  model: dict | None = None, sampler: dict | None = None, scheduler: dict | None = None,
                  text_encoder: dict | None = None,
                  negative_prompt: str = "", codec: dict | None = None, split: str = "test",
@@ -83,7 +87,7 @@ class ToyEvalJob(Job):
         validate(self.text_cfg, TEXT_ENCODERS, path="text_encoder")
         self.codec_cfg = codec or {"type": "toy_codec"}
         validate(self.codec_cfg, VAES, path="codec")
-        self.checkpoint, self.use_ema, self.negative_prompt = checkpoint, use_ema, negative_prompt
+        self.checkpoint, self.weights, self.negative_prompt = checkpoint, check_weights(weights), negative_prompt
         self.name = name or Path(checkpoint).name
         self.num_videos, self.batch_size, self.fd = num_videos, batch_size, fd
         self.out = Path(out).expanduser()
@@ -93,10 +97,10 @@ class ToyEvalJob(Job):
     @functools.cached_property
     def weights_dir(self):
         """Resolved when first needed (run time), so `oneforcing show` works without weights."""
-        return resolve_model_dir(self.checkpoint, self.use_ema)
+        return resolve_model_dir(self.checkpoint, self.weights)
 
     def settings(self, seed: int) -> dict:
-        return {"checkpoint": str(self.checkpoint), "weights": str(self.weights_dir), "use_ema": self.use_ema,
+        return {"checkpoint": str(self.checkpoint), "weights": str(self.weights_dir), "weights_label": weights_label(self.weights_dir),
                 "model": self.model_cfg, "sampler": self.sampler_cfg, "shift": self.sampler.scheduler.shift,
                 "text_encoder": self.text_cfg,
                 "negative_prompt": self.negative_prompt, "codec": self.codec_cfg, "split": self.world.split,
@@ -181,7 +185,7 @@ class ToyEvalJob(Job):
             videos = codec.decode(latents.to(codec.device, codec.dtype)).float().cpu().clamp(-1, 1)
         scores = ToyBench(fd=self.fd)(videos, prompts)
         timing.update(score_s=time.perf_counter() - t0, total_s=time.perf_counter() - t_start)
-        result = {"name": self.name, **scores, "config": settings, "timing": timing}
+        result = {"name": self.name, "weights": settings["weights_label"], **scores, "config": settings, "timing": timing}
         self.out.mkdir(parents=True, exist_ok=True)
         atomic_write_text(self.out / "toybench.json", json.dumps(result, indent=1) + "\n")
         row = markdown_row(result, self.name)

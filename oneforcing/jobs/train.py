@@ -43,4 +43,5 @@ class Train(Job):
             from oneforcing.trainer.export import export_generator
 
             export_generator(trainer, Path(cfg.export.dir or Path(cfg.run_dir) / "export"),
-                             merge_lora=cfg.export.merge_lora)
+                             merge_lora=cfg.export.merge_lora,
+                             inference_weights=cfg.export.inference_weights)

@@ -19,6 +19,7 @@ from typing import Any, Mapping
 import torch
 
 from oneforcing.errors import UserError
+from oneforcing.weights import INFERENCE_WEIGHTS
 from oneforcing.registry import (CRITICS, DATASETS, LOGGERS, LOSSES, MODELS, SAMPLERS, SCHEDULERS,
                                  TEXT_ENCODERS, TIMESTEP_SAMPLERS, Registry, build, check_kwargs, validate)
 
@@ -137,6 +138,15 @@ class ExportConfig:
 
     dir: str | None = None           # default: <run_dir>/export
     merge_lora: bool = True
+    # The weights the method's official inference samples: "raw" (the generator: One-Forcing) or
+    # "ema" (Self Forcing, Causal Forcing: their inference passes --use_ema). Written to the
+    # export's export.json; `generate`, `toy_eval` and the report read it (weights: auto).
+    inference_weights: str = "raw"
+
+    def __post_init__(self):
+        if self.inference_weights not in INFERENCE_WEIGHTS:
+            raise UserError(f"must be one of {', '.join(INFERENCE_WEIGHTS)}, got {self.inference_weights!r}",
+                            key="export.inference_weights")
 
 
 @dataclass
@@ -249,7 +259,7 @@ def _from_keys(run_dir: str, models: dict, data: dict, steps: int,
         raise UserError("lora roles are generator and critic", key="lora")
     schedule = Schedule(steps=steps, generator_every=generator_every, checkpoint_every=checkpoint_every,
                         keep_last=keep_last, log_every=log_every, max_bad_steps=max_bad_steps, resume=resume)
-    return TrainConfig(
+    config = TrainConfig(
         run_dir=run_dir, models=models, data=data, ode_data=ode_data, schedule=schedule,
         generator_losses=_losses(generator_losses or [], "generator_losses"),
         critic_losses=_losses(critic_losses or [], "critic_losses"),
@@ -262,6 +272,10 @@ def _from_keys(run_dir: str, models: dict, data: dict, steps: int,
         loggers=loggers,
         export=section(ExportConfig, export, "export") if export is not None else None,
     )
+    if config.export is not None and config.export.inference_weights == "ema" and config.ema is None:
+        raise UserError("is 'ema' but the recipe has no ema: section (nothing to export)",
+                        key="export.inference_weights")
+    return config
 
 
 def _losses(entries: list, key: str) -> list[WeightedLoss]:

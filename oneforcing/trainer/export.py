@@ -9,7 +9,9 @@ from pathlib import Path
 
 import torch
 
+from oneforcing.data.shards import atomic_write_text
 from oneforcing.trainer.engines import gathered
+from oneforcing.weights import EXPORT_MANIFEST
 
 log = logging.getLogger("oneforcing")
 
@@ -35,13 +37,18 @@ def _replace_dir(tmp: Path, out: Path) -> None:
         tmp.rename(out)
 
 
-def export_generator(trainer, out_dir: Path, *, merge_lora: bool = True) -> Path:
+def export_generator(trainer, out_dir: Path, *, merge_lora: bool = True, inference_weights: str = "raw") -> Path:
     """Write `out_dir/generator/` and, with an EMA, `out_dir/ema/`: diffusers folders that
-    `oneforcing generate checkpoint=out_dir` (EMA by default) and diffusers load."""
+    `oneforcing generate checkpoint=out_dir` and diffusers load; then `out_dir/export.json`
+    declaring the weights the method's inference uses (oneforcing/weights.py)."""
     out_dir = Path(out_dir)
     _export_one(trainer, out_dir / "generator", use_ema=False, merge_lora=merge_lora)
     if trainer.ema is not None:
         _export_one(trainer, out_dir / "ema", use_ema=True, merge_lora=merge_lora)
+    if trainer.ctx.is_main:
+        manifest = {"inference_weights": inference_weights, "has_ema": trainer.ema is not None}
+        atomic_write_text(out_dir / EXPORT_MANIFEST, json.dumps(manifest, indent=1) + "\n")
+    trainer.ctx.barrier()
     return out_dir
 
 
