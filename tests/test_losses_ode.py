@@ -157,6 +157,20 @@ def test_ode_regression_teacher_forcing_passes_the_real_clean_context():
         build({"type": "ode_regression", "teacher_forcing": True}, LOSSES)(make_ctx(batch, LinGen()))
 
 
+def test_ode_regression_teacher_forcing_on_the_pairs_own_endpoint():
+    """context: endpoint (pairs of a bidirectional teacher, no real latents) teacher-forces on ode_x0."""
+    batch = ode_batch()
+    gen = LinGen()
+    loss, _ = build({"type": "ode_regression", "teacher_forcing": True, "context": "endpoint"}, LOSSES)(
+        make_ctx(batch, gen, seed=7))
+    (_, kw), = gen.calls
+    torch.testing.assert_close(kw["clean_x"], batch["ode_x0"])
+    idx = torch.randint(0, K, (B,), generator=torch.Generator().manual_seed(7))
+    assert loss.item() == pytest.approx(expected(batch, idx)[0].item(), rel=1e-6)
+    with pytest.raises(UserError, match="context.*one of real, endpoint"):
+        build({"type": "ode_regression", "teacher_forcing": True, "context": "ode_x0"}, LOSSES)
+
+
 def test_ode_regression_teacher_forcing_on_tiny_causal_wan_ignores_noisy_earlier_frames():
     """With clean context, frame 2's prediction depends on the real frames 0-1, not on their noisy
     ODE states (CausVid-style regression, teacher_forcing off, depends on those)."""

@@ -65,17 +65,28 @@ def regress(s, states: torch.Tensor, t_all: torch.Tensor, x0: torch.Tensor, idx:
 @LOSSES.register("ode_regression")
 class ODERegressionLoss:
     """`{type: ode_regression}`; `per_frame_t`: pass t as [B, F] (the same value on every frame);
-    `teacher_forcing`: the clean context of the causal ODE pairs (Causal Forcing)."""
+    `teacher_forcing`: teacher-force the student on a clean context, `context` says which:
+    "real" = the real latents the causal ODE pairs were integrated with (Causal Forcing's
+    `ode_context`), "endpoint" = the pair's own clean ODE output `ode_x0` (pairs of a bidirectional
+    teacher: block i then learns its frames given the clean earlier frames of the same teacher
+    sample, the context a causal rollout gives it at t = 0)."""
 
-    def __init__(self, per_frame_t: bool = False, teacher_forcing: bool = False):
-        self.per_frame_t, self.teacher_forcing = bool(per_frame_t), bool(teacher_forcing)
+    CONTEXTS = ("real", "endpoint")
+
+    def __init__(self, per_frame_t: bool = False, teacher_forcing: bool = False, context: str = "real"):
+        if context not in self.CONTEXTS:
+            raise ValueError(f"context must be one of {', '.join(self.CONTEXTS)}, got {context!r}")
+        self.per_frame_t, self.teacher_forcing, self.context = bool(per_frame_t), bool(teacher_forcing), context
 
     def __call__(self, s):
         states, t, x0 = ode_batch(s)
         context = None
-        if self.teacher_forcing:
+        if self.teacher_forcing and self.context == "endpoint":
+            context = x0
+        elif self.teacher_forcing:
             context = s.batch.require("ode_context", "ode_regression with teacher_forcing",
-                                      "write causal ODE pairs with an ode_pairs sampler that has teacher_forcing: true")
+                                      "write causal ODE pairs with an ode_pairs sampler that has teacher_forcing: true, "
+                                      "or use context: endpoint")
         B, K = states.shape[:2]
         idx = torch.randint(0, K, (B,), generator=s.rng)
         return regress(s, states, t, x0, idx, self.per_frame_t, context)
