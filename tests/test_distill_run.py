@@ -64,6 +64,18 @@ def test_generator_metrics_reach_the_log_when_their_step_is_not_logged(tmp_path)
     assert rows[0]["generator/dmd"] != rows[1]["generator/dmd"]
 
 
+def test_generator_start_warms_the_critic_up_first(tmp_path):
+    """generator_start 3: steps 0-2 update only the critic; the generator updates on 3, 5, 7."""
+    run = tmp_path / "run"
+    proc = subprocess.run(launch("python") + ["steps=8", "generator_every=2", "generator_start=3", "log_every=1",
+                                              "checkpoint_every=8", "deepspeed.zero_stage=0", "export=null"],
+                          env=env_for(run), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, "\n".join((proc.stdout + proc.stderr).splitlines()[-30:])
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert all("generator/dmd" not in r for r in rows[:3]) and all("critic/flow_denoise" in r for r in rows)
+    assert [r["generator/step"] for r in rows[3:]] == [4, 4, 6, 6, 8]
+
+
 def test_distillation_kill_and_resume_is_bit_identical(tmp_path):
     clean, killed = tmp_path / "clean", tmp_path / "killed"
     overrides = ["steps=8"]

@@ -155,6 +155,10 @@ class Schedule:
 
     steps: int
     generator_every: int = 5
+    # Critic-only warm-up: the generator's first update is at step `generator_start` (then every
+    # `generator_every` steps), so the fake score first learns the initial generator's outputs.
+    # 0 (the official methods): the generator updates from step 0.
+    generator_start: int = 0
     checkpoint_every: int = 50
     keep_last: int = 2
     log_every: int = 1
@@ -163,7 +167,7 @@ class Schedule:
 
     def __post_init__(self):
         for key, least in (("steps", 0), ("checkpoint_every", 1), ("log_every", 1), ("generator_every", 1),
-                           ("max_bad_steps", 1), ("keep_last", 0)):
+                           ("generator_start", 0), ("max_bad_steps", 1), ("keep_last", 0)):
             if getattr(self, key) < least:
                 raise UserError(f"must be >= {least}, got {getattr(self, key)}", key=key)
 
@@ -217,7 +221,7 @@ class TrainConfig:
 
 def _from_keys(run_dir: str, models: dict, data: dict, steps: int,
                generator_losses: list[dict] | None = None, critic_losses: list[dict] | None = None,
-               generator_every: int = 5, sampler: dict | None = None,
+               generator_every: int = 5, generator_start: int = 0, sampler: dict | None = None,
                scheduler: dict | None = None, timesteps: dict | None = None,
                optim: dict | None = None, deepspeed: dict | None = None, ema: dict | None = None,
                checkpoint_every: int = 50, keep_last: int = 2, resume: str = "auto",
@@ -257,7 +261,8 @@ def _from_keys(run_dir: str, models: dict, data: dict, steps: int,
     lora = lora or {}
     if set(lora) - set(TRAINED_ROLES):
         raise UserError("lora roles are generator and critic", key="lora")
-    schedule = Schedule(steps=steps, generator_every=generator_every, checkpoint_every=checkpoint_every,
+    schedule = Schedule(steps=steps, generator_every=generator_every, generator_start=generator_start,
+                        checkpoint_every=checkpoint_every,
                         keep_last=keep_last, log_every=log_every, max_bad_steps=max_bad_steps, resume=resume)
     config = TrainConfig(
         run_dir=run_dir, models=models, data=data, ode_data=ode_data, schedule=schedule,

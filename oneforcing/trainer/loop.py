@@ -1,7 +1,7 @@
 """The training loop, top to bottom.
 
     for step in steps:
-        if generator_losses and step % generator_every == 0:
+        if generator_losses and step >= generator_start and (step - generator_start) % generator_every == 0:
             generator update on its own minibatch(es), critic frozen     (phase "generator")
         if critic_losses:
             critic update on its own minibatch(es)                       (phase "critic")
@@ -63,7 +63,7 @@ class Trainer:
         self.scheduler, self.timesteps, self.uncond_text = scheduler, timesteps, uncond_text
         self.ema, self.checkpoints, self.loggers = ema, checkpoints, loggers
         sched = cfg.schedule
-        self.steps, self.generator_every = sched.steps, sched.generator_every
+        self.steps, self.generator_every, self.generator_start = sched.steps, sched.generator_every, sched.generator_start
         self.checkpoint_every, self.max_bad_steps, self.log_every = (sched.checkpoint_every, sched.max_bad_steps,
                                                                      sched.log_every)
         self.recipe, self.run_dir = ctx.recipe, cfg.run_dir   # the resolved recipe, saved with checkpoints
@@ -79,6 +79,11 @@ class Trainer:
         self._batch_size = 0
         self._latest: dict[str, dict[str, float]] = {}  # phase -> its last update's figures
 
+    def _generator_turn(self) -> bool:
+        """Whether this step updates the generator: every `generator_every` steps from `generator_start`."""
+        since = self.step - self.generator_start
+        return since >= 0 and since % self.generator_every == 0
+
     # --- the loop ------------------------------------------------------------------------
     def fit(self, resume: str | None = "auto") -> int:
         self.checkpoints.clean_partial()
@@ -89,7 +94,7 @@ class Trainer:
             while self.step < self.steps:
                 t0 = time.perf_counter()
                 for phase in ("generator", "critic"):
-                    if self.losses[phase] and (phase == "critic" or self.step % self.generator_every == 0):
+                    if self.losses[phase] and (phase == "critic" or self._generator_turn()):
                         self._latest[phase] = {**self._phase(phase), f"{phase}/step": self.step + 1}
                 self.step += 1
                 metrics = {k: v for figures in self._latest.values() for k, v in figures.items()}
