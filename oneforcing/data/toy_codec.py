@@ -25,11 +25,12 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from oneforcing.config.assets import packaged_asset
 from oneforcing.errors import UserError
 from oneforcing.registry import VAES
 
 TOY_MEAN, TOY_STD = -0.034, 0.813  # pixel statistics, for the exact (channels: null) mode
-PCA_ASSET = Path(__file__).resolve().parents[1] / "assets" / "toy_codec_pca.safetensors"
+PCA_ASSET = packaged_asset("toy_codec_pca.safetensors")
 
 
 @VAES.register("toy_codec")

@@ -19,10 +19,11 @@ from pathlib import Path
 
 import torch
 
+from oneforcing.config.assets import TOY_TEXT_ENCODER
 from oneforcing.data.toy_world import VOCABULARY
 
-TOY_TEXT_ENCODER_PATH = str(Path(__file__).resolve().parents[1] / "assets" / "toy_text_encoder")
-TOY_MAX_LENGTH = 32  # the longest toy prompt is 21 words + </s>
+# Named once, by the core (config/assets.py): its teacher jobs default to this encoder.
+TOY_TEXT_ENCODER_PATH, TOY_MAX_LENGTH = TOY_TEXT_ENCODER["path"], TOY_TEXT_ENCODER["max_length"]
 SPECIALS = ("<pad>", "</s>", "<unk>")  # T5's ids: pad 0, eos 1, unk 2
 
 
