@@ -18,10 +18,10 @@ from tqdm import tqdm
 from oneforcing.config.assets import TOY_TEXT_ENCODER
 from oneforcing.data.pipeline import all_shard_names, encode_text, encode_video, plan_shards, prepare_output, shard_name
 from oneforcing.data.shards import dtype_from_name, write_index, write_shard
-from oneforcing.data.toy_world import ToyWorld, render_scenes
 from oneforcing.errors import UserError
 from oneforcing.jobs.base import Job, RunContext
 from oneforcing.registry import JOBS, TEXT_ENCODERS, VAES, build
+from oneforcing.toy.world import ToyWorld, render_scenes
 
 DEFAULT_CODEC = {"type": "toy_codec"}
 
