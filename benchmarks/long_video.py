@@ -27,13 +27,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from oneforcing.data.toy_world import ToyWorld  # noqa: E402
-from oneforcing.eval.toybench import ToyBench  # noqa: E402
 from oneforcing.jobs.base import derive_seed  # noqa: E402
 from oneforcing.jobs.shared import (DEFAULT_TEXT_ENCODER, load_generator_model, model_config,  # noqa: E402
                                     resolve_model_dir, rollout)
-from oneforcing.jobs.toy_eval import EVAL_SEED  # noqa: E402
 from oneforcing.registry import SAMPLERS, TEXT_ENCODERS, VAES, build  # noqa: E402
+from oneforcing.toy.bench.toybench import ToyBench  # noqa: E402
+from oneforcing.toy.jobs.eval import EVAL_SEED  # noqa: E402
+from oneforcing.toy.world import ToyWorld  # noqa: E402
 
 TRAINED_FRAMES = 21
 SAMPLER = {"type": "causal_inference", "steps": [1000], "first_block_steps": [1000, 750, 500, 250]}  # shift 5: the default scheduler

@@ -59,7 +59,7 @@ def build_inputs(work: Path, layers: int, clips: int = 4) -> list[str]:
     """The two Wan folders, 64x64 toy-world clips with a captions CSV, and prompts.txt."""
     import torch.nn.functional as F
 
-    from oneforcing.data.toy_world import ToyWorld
+    from oneforcing.toy.world import ToyWorld
     from oneforcing.data.videos import write_video
     from oneforcing.testing.real_layout import FOLDER, save_real_layout
     from oneforcing.testing.tiny_encoders import DEFAULT_WORDS

@@ -17,10 +17,10 @@ import time
 
 import torch
 
-from oneforcing.data import ToyAnalyticTeacher, ToyCodec, ToyWorld
 from oneforcing.jobs.shared import load_generator_model, resolve_model_dir
-from oneforcing.jobs.toy_eval import EVAL_SEED
 from oneforcing.registry import load_builtins
+from oneforcing.toy import ToyAnalyticTeacher, ToyCodec, ToyWorld
+from oneforcing.toy.jobs.eval import EVAL_SEED
 
 
 def main() -> None:

@@ -33,7 +33,7 @@ class Fixtures:
 
     @property
     def toy_text_encoder(self) -> str:
-        from oneforcing.data.toy_text_encoder import TOY_TEXT_ENCODER_PATH
+        from oneforcing.toy.text_encoder import TOY_TEXT_ENCODER_PATH
 
         return TOY_TEXT_ENCODER_PATH
 

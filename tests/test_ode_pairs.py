@@ -12,14 +12,15 @@ import torch
 from safetensors import safe_open
 
 import oneforcing.jobs.ode_pairs  # noqa: F401  (registers "ode_pairs" until jobs/__init__ imports it)
-from oneforcing.data import OdePairShards, ToyWorld, write_index, write_shard
-from oneforcing.data.toy_text_encoder import TOY_MAX_LENGTH, TOY_TEXT_ENCODER_PATH
+from oneforcing.data import OdePairShards, write_index, write_shard
 from oneforcing.errors import UserError
 from oneforcing.jobs.base import RunContext, derive_seed
 from oneforcing.models.causal_wan import CausalWan
 from oneforcing.registry import JOBS, TEXT_ENCODERS, build
 from oneforcing.samplers.teacher_ode import TeacherODE
 from oneforcing.testing.tiny_wan import save_toy_shaped_wan
+from oneforcing.toy.text_encoder import TOY_MAX_LENGTH, TOY_TEXT_ENCODER_PATH
+from oneforcing.toy.world import ToyWorld
 
 ROOT = Path(__file__).resolve().parents[1]
 SHAPE = (3, 16, 4, 4)  # frames 3, 16 x 16 pixels through the toy codec (16 PCA channels)

@@ -8,13 +8,13 @@ import torch.nn.functional as F
 
 import oneforcing.jobs.prepare_data  # noqa: F401  (registers "prepare_data" until jobs/__init__ imports it)
 from oneforcing.data import LatentShards
-from oneforcing.data.toy_codec import ToyCodec
-from oneforcing.data.toy_text_encoder import TOY_MAX_LENGTH, TOY_TEXT_ENCODER_PATH
-from oneforcing.data.toy_world import ToyWorld
 from oneforcing.data.videos import read_video, resize_center_crop, write_video
 from oneforcing.errors import UserError
 from oneforcing.jobs.base import RunContext
 from oneforcing.registry import JOBS, TEXT_ENCODERS, build
+from oneforcing.toy.codec import ToyCodec
+from oneforcing.toy.text_encoder import TOY_MAX_LENGTH, TOY_TEXT_ENCODER_PATH
+from oneforcing.toy.world import ToyWorld
 
 TEXT = {"type": "umt5", "path": TOY_TEXT_ENCODER_PATH, "max_length": TOY_MAX_LENGTH}
 

@@ -9,12 +9,12 @@ import torch
 import torch.multiprocessing as mp
 
 from oneforcing.data import LatentShards, OdePairShards, ShardWriter, write_index, write_shard
-from oneforcing.data.toy_codec import ToyCodec
-from oneforcing.data.toy_text_encoder import TOY_MAX_LENGTH, TOY_TEXT_ENCODER_PATH
-from oneforcing.data.toy_world import ToyWorld
 from oneforcing.errors import UserError
 from oneforcing.jobs.base import RunContext
-import oneforcing.jobs.toy_data  # noqa: F401  (registers "toy_data" until jobs/__init__ imports it)
+from oneforcing.toy.codec import ToyCodec
+from oneforcing.toy.text_encoder import TOY_MAX_LENGTH, TOY_TEXT_ENCODER_PATH
+from oneforcing.toy.world import ToyWorld
+import oneforcing.toy.jobs.data  # noqa: F401  (registers "toy_data" until jobs/__init__ imports it)
 from oneforcing.registry import DATASETS, JOBS, TEXT_ENCODERS, build
 
 TEXT = {"type": "umt5", "path": TOY_TEXT_ENCODER_PATH, "max_length": TOY_MAX_LENGTH}

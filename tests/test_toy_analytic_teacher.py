@@ -3,12 +3,12 @@
 import pytest
 import torch
 
-from oneforcing.data import ToyCodec, ToyWorld, render_scenes
-from oneforcing.data.toy_analytic_teacher import ToyAnalyticTeacher, grid
-from oneforcing.data.toy_world import object_geometry, parse_prompt, place_start
 from oneforcing.errors import UserError
 from oneforcing.registry import MODELS, build
 from oneforcing.schedulers import FlowMatchScheduler
+from oneforcing.toy import ToyCodec, ToyWorld, render_scenes
+from oneforcing.toy.analytic_teacher import ToyAnalyticTeacher, grid
+from oneforcing.toy.world import object_geometry, parse_prompt, place_start
 
 FRAMES, SIZE = 3, 16  # small videos: latents [3, 16, 4, 4]
 

@@ -6,13 +6,13 @@ import pytest
 import torch
 from PIL import Image
 
-import oneforcing.jobs.toy_eval  # noqa: F401  (registers "toy_eval" until jobs/__init__ imports it)
+import oneforcing.toy.jobs.eval  # noqa: F401  (registers "toy_eval" until jobs/__init__ imports it)
 from oneforcing.errors import UserError
 from oneforcing.jobs.base import RunContext
-from oneforcing.jobs.toy_eval import EVAL_SEED
 from oneforcing.models.causal_wan import CausalWan
 from oneforcing.registry import JOBS, build
 from oneforcing.testing.tiny_wan import tiny_wan_config
+from oneforcing.toy.jobs.eval import EVAL_SEED
 
 
 @pytest.fixture(scope="module")
@@ -98,8 +98,8 @@ def test_user_errors(tiny_model, tmp_path, kw, match):
 
 
 def test_a_re_evaluated_model_keeps_one_markdown_row():
-    from oneforcing.eval.toybench import markdown_header
-    from oneforcing.jobs.toy_eval import upsert_row
+    from oneforcing.toy.bench.toybench import markdown_header
+    from oneforcing.toy.jobs.eval import upsert_row
 
     table = markdown_header() + "| teacher | 8 | 1 |\n| student | 8 | 2 |\n"
     table = upsert_row(table, "| student | 8 | 3 |\n")

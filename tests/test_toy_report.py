@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from oneforcing.errors import UserError
-from oneforcing.eval.report_stats import direction, mean_ci, paired, t975
-from oneforcing.eval.toy_report_doc import Claims, late_mean, write_report
-from oneforcing.jobs.toy_report import Task, ToyReport
+from oneforcing.toy.jobs.report import Task, ToyReport
+from oneforcing.toy.jobs.report_doc import Claims, late_mean, write_report
+from oneforcing.toy.jobs.report_stats import direction, mean_ci, paired, t975
 
 ROOT = Path(__file__).resolve().parents[1]
 

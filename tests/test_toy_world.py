@@ -6,13 +6,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from oneforcing.data.toy_codec import ToyCodec
-from oneforcing.data.toy_text_encoder import TOY_MAX_LENGTH, TOY_TEXT_ENCODER_PATH, build_asset
-from oneforcing.data.toy_world import (
-    HELDOUT_PAIRS, VOCABULARY, ToyWorld, example_seed, parse_prompt, render_scenes, sample_scene,
-)
 from oneforcing.errors import UserError
 from oneforcing.registry import DATASETS, VAES, build
+from oneforcing.toy.codec import ToyCodec
+from oneforcing.toy.text_encoder import TOY_MAX_LENGTH, TOY_TEXT_ENCODER_PATH, build_asset
+from oneforcing.toy.world import (
+    HELDOUT_PAIRS, VOCABULARY, ToyWorld, example_seed, parse_prompt, render_scenes, sample_scene,
+)
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -105,8 +105,8 @@ def test_exact_codec_round_trip():
 def test_codec_basis_asset_rebuilds_exactly():
     from safetensors.torch import load_file
 
-    from oneforcing.data.toy_codec import PCA_ASSET
-    from oneforcing.data.toy_codec_fit import fit_pca
+    from oneforcing.toy.codec import PCA_ASSET
+    from oneforcing.toy.codec_fit import fit_pca
 
     shipped, rebuilt = load_file(str(PCA_ASSET)), fit_pca()
     for key in ("components", "mean", "std"):

@@ -6,9 +6,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from oneforcing.data.toy_world import ToyWorld
 from oneforcing.eval.io import load_videos, save_videos
-import oneforcing.jobs.eval  # noqa: F401  (registers "eval" until jobs/__init__ imports it)
+from oneforcing.toy.world import ToyWorld
+import oneforcing.toy.jobs.score  # noqa: F401  (registers "eval" until jobs/__init__ imports it)
 from oneforcing.jobs.base import RunContext
 from oneforcing.registry import JOBS, METRICS, build
 

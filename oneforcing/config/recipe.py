@@ -26,6 +26,7 @@ from typing import Any
 
 import yaml
 
+from oneforcing.config.assets import packaged_asset
 from oneforcing.errors import RecipeError, did_you_mean
 
 _OVERRIDE_KEY = re.compile(r"^[A-Za-z_][\w\-]*(\[\d+\])*(\.[A-Za-z_][\w\-]*(\[\d+\])*)*$")
@@ -220,9 +221,7 @@ def resolve_references(data: dict, *, file: str | None = None) -> dict:
     def lookup(ref: str, where: str, stack: tuple[str, ...]) -> Any:
         ref = ref.strip()
         if ref.startswith("assets:"):
-            import oneforcing
-
-            path = Path(oneforcing.__file__).parent / "assets" / ref[len("assets:"):]
+            path = packaged_asset(ref[len("assets:"):])
             if not path.exists():
                 raise RecipeError(f"no packaged asset '{ref[7:]}' (looked at {path})", file=file, key=where)
             return str(path)

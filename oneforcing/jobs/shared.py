@@ -5,23 +5,24 @@ One public place; no job imports another job's helpers."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import NamedTuple
+from typing import NamedTuple, Protocol
 
 import torch
 
+from oneforcing.config.assets import TOY_TEXT_ENCODER
 from oneforcing.data.loader import LatentShards
 from oneforcing.data.pipeline import encode_text
-from oneforcing.data.toy_codec import ToyCodec
-from oneforcing.data.toy_text_encoder import TOY_MAX_LENGTH, TOY_TEXT_ENCODER_PATH
-from oneforcing.data.toy_world import ToyWorld
 from oneforcing.errors import UserError
-from oneforcing.registry import MODELS, build, check_kwargs, validate
+from oneforcing.registry import DATASETS, MODELS, VAES, build, check_kwargs, validate
 from oneforcing.schedulers.build import build_flow
 from oneforcing.speed import sync
 from oneforcing.weights import resolve_weights
 
-DEFAULT_TEXT_ENCODER = {"type": "umt5", "path": TOY_TEXT_ENCODER_PATH, "max_length": TOY_MAX_LENGTH}
+DEFAULT_TEXT_ENCODER = TOY_TEXT_ENCODER
 DEFAULT_ODE_TEXT_ENCODER = {**DEFAULT_TEXT_ENCODER, "negative_prompt": ""}  # the toy teacher's uncond text
+# A toy-world `split:` of the teacher jobs: the toy package's registered dataset and codec, looked
+# up by name so that the core never imports oneforcing.toy.
+TOY_WORLD, TOY_CODEC = "toy_world", "toy_codec"
 
 
 # --- the flow-matching convention and samplers ------------------------------------------------
@@ -142,15 +143,22 @@ class ShardPrompts:
                            torch.stack([it["latent"].float() for it in items]))
 
 
+class PromptWorld(Protocol):
+    """What ToyPrompts needs of the registered toy world: the scenes (prompt + metadata) of a split."""
+
+    def scenes(self, indices: range) -> list[dict]: ...
+
+
 class ToyPrompts:
     """Prompts of a toy-world split, encoded by the job's text encoder (no real latents)."""
 
     def __init__(self, split: str, num_examples: int | None, seed: int, frames: int, size: int):
         if num_examples is None:
             raise UserError("ode_pairs: set 'num_examples' for a toy-world split")
-        self.world = ToyWorld(split, num_examples=num_examples, seed=seed, frames=frames, size=size)
+        self.world: PromptWorld = build({"type": TOY_WORLD, "split": split, "num_examples": num_examples,
+                                         "seed": seed, "frames": frames, "size": size}, DATASETS)
         self.num = num_examples
-        self.shape = tuple(ToyCodec().latent_shape(frames, size, size))
+        self.shape = tuple(build({"type": TOY_CODEC}, VAES).latent_shape(frames, size, size))
 
     def batch(self, indices: range, encoder) -> PromptBatch:
         scenes = self.world.scenes(indices)

@@ -26,6 +26,7 @@ BUILTIN_PACKAGES = (
     "oneforcing.eval",
     "oneforcing.loggers",
     "oneforcing.jobs",
+    "oneforcing.toy",  # the toy world: after the core, whose jobs and registries it uses
 )
 
 _state = {"builtins": False, "plugins": False}

@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from oneforcing.data.toy_world import COLOURS, DIRECTIONS, REF_SIZE, SIZES, SPEEDS, scale_factors
+from oneforcing.toy.world import COLOURS, DIRECTIONS, REF_SIZE, SIZES, SPEEDS, scale_factors
 
 PALETTE_NAMES = list(COLOURS)
 PALETTE = torch.tensor([COLOURS[c] for c in PALETTE_NAMES])  # [K, 3] in [0, 1]

@@ -1,7 +1,7 @@
 """The toy report's text and figures, from the finished tasks of a `toy_report` job.
 
 Every number is read back from the tasks' files (eval/toybench.json, metrics.jsonl); nothing is
-typed in. Claims compare methods paired by seed (oneforcing/eval/report_stats.py): a verdict is
+typed in. Claims compare methods paired by seed (oneforcing/toy/jobs/report_stats.py): a verdict is
 drawn only where the 95 % interval of the per-seed difference excludes 0; otherwise the claim is
 "not resolved" at this number of seeds, which the report says as plainly as a confirmation.
 """
@@ -14,7 +14,8 @@ import os
 from pathlib import Path
 
 from oneforcing.data.shards import atomic_write_text
-from oneforcing.eval.report_stats import Estimate, direction, mean_ci, paired
+from oneforcing.jobs.plot import plot_metrics, read_metrics, save_png
+from oneforcing.toy.jobs.report_stats import Estimate, direction, mean_ci, paired
 
 # (column title, path into toybench.json, scale to percent)
 TABLE = (("total", ("total",)), ("quality", ("quality",)), ("semantic", ("semantic",)),
@@ -48,8 +49,6 @@ def load(tasks) -> dict[str, dict[int, dict]]:
 
 def logit_gaps(tasks) -> dict[str, dict[int, tuple[list[int], list[float]]]]:
     """{method: {seed: (steps, critic logit gaps)}} for the methods that log one."""
-    from oneforcing.jobs.plot import read_metrics
-
     out: dict[str, dict[int, tuple[list[int], list[float]]]] = {}
     for t in tasks:
         if t.kind != "method" or not (t.dir / "metrics.jsonl").exists():
@@ -195,8 +194,6 @@ def _figures(job, tasks, results, gaps, labels) -> dict[str, str]:
 
     matplotlib.use("Agg", force=False)
     from matplotlib.figure import Figure
-
-    from oneforcing.jobs.plot import plot_metrics, save_png
 
     job.figures.mkdir(parents=True, exist_ok=True)
     made = {}

@@ -36,14 +36,14 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from oneforcing.data.toy_codec import ToyCodec
-from oneforcing.data.toy_prompt_decoder import ToyPromptDecoder
-from oneforcing.data.toy_text_encoder import TOY_MAX_LENGTH, TOY_TEXT_ENCODER_PATH
-from oneforcing.data.toy_world import (
-    DIRECTIONS, REF_FRAMES, REF_SIZE, ToyWorld, object_geometry, parse_prompt, place_start, render_scenes,
-)
 from oneforcing.errors import UserError
 from oneforcing.registry import MODELS
+from oneforcing.toy.codec import ToyCodec
+from oneforcing.toy.prompt_decoder import ToyPromptDecoder
+from oneforcing.toy.text_encoder import TOY_MAX_LENGTH, TOY_TEXT_ENCODER_PATH
+from oneforcing.toy.world import (
+    DIRECTIONS, REF_FRAMES, REF_SIZE, ToyWorld, object_geometry, parse_prompt, place_start, render_scenes,
+)
 
 MIN_SIGMA = 1e-4
 DEFAULTS = {"grid_step": 1.0, "refine": 4, "unconditional_prompts": 16}

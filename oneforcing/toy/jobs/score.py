@@ -15,9 +15,9 @@ from pathlib import Path
 
 from oneforcing.data.shards import atomic_write_text
 from oneforcing.eval.io import load_videos
-from oneforcing.eval.toybench import ToyBench, markdown_header, markdown_row
 from oneforcing.jobs.base import Job, RunContext
 from oneforcing.registry import JOBS
+from oneforcing.toy.bench.toybench import ToyBench, markdown_header, markdown_row
 
 
 @JOBS.register("eval")

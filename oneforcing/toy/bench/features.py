@@ -20,7 +20,7 @@ import functools
 import torch
 import torch.nn.functional as F
 
-from oneforcing.data.toy_world import ToyWorld
+from oneforcing.toy.world import ToyWorld
 
 FEATURE_SEED = 1234
 REFERENCE_EXAMPLES = 512

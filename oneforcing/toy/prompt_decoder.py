@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import torch
 
-from oneforcing.data.toy_world import BACKGROUNDS, COLOURS, DIRECTIONS, SHAPES, SIZES, SPEEDS
 from oneforcing.errors import UserError
+from oneforcing.toy.world import BACKGROUNDS, COLOURS, DIRECTIONS, SHAPES, SIZES, SPEEDS
 
 _OBJECT = [("a",), tuple(SIZES), tuple(COLOURS), SHAPES, ("moving",), tuple(DIRECTIONS), tuple(SPEEDS)]
 _TAIL = [("on",), ("a",), tuple(BACKGROUNDS), ("background",)]

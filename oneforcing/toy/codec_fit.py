@@ -1,12 +1,12 @@
-"""Fit the toy codec's PCA basis: `python -m oneforcing.data.toy_codec_fit` rewrites
+"""Fit the toy codec's PCA basis: `python -m oneforcing.toy.codec_fit` rewrites
 oneforcing/assets/toy_codec_pca.safetensors from 512 seeded train-split videos (deterministic)."""
 
 from __future__ import annotations
 
 import torch
 
-from oneforcing.data.toy_codec import PCA_ASSET, ToyCodec
-from oneforcing.data.toy_world import ToyWorld
+from oneforcing.toy.codec import PCA_ASSET, ToyCodec
+from oneforcing.toy.world import ToyWorld
 
 
 def fit_pca(num_videos: int = 512, spatial_factor: int = 4, seed: int = 0) -> dict[str, torch.Tensor]:

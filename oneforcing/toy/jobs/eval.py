@@ -32,14 +32,14 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from oneforcing.data.shards import atomic_write_text
-from oneforcing.data.toy_world import ToyWorld
 from oneforcing.errors import UserError
-from oneforcing.weights import WEIGHTS_RENAMED, check_weights, weights_label
-from oneforcing.eval.toybench import ToyBench, markdown_header, markdown_row
 from oneforcing.jobs.base import Job, RunContext, derive_seed
 from oneforcing.jobs.shared import (DEFAULT_TEXT_ENCODER, build_sampler, load_generator_model,
                                     model_config, resolve_model_dir, rollout)
 from oneforcing.registry import JOBS, TEXT_ENCODERS, VAES, build, validate
+from oneforcing.toy.bench.toybench import ToyBench, markdown_header, markdown_row
+from oneforcing.toy.world import ToyWorld
+from oneforcing.weights import WEIGHTS_RENAMED, check_weights, weights_label
 
 log = logging.getLogger("oneforcing")
 

@@ -14,7 +14,7 @@ colours, so 16 of 48 patch components keep almost all of their energy (reconstru
 measured in tests/test_toy_world.py), and 64 numbers per token fit a 128-wide model.
 
 The basis, mean and per-component std are computed once from 512 seeded train-split videos by
-`python -m oneforcing.data.toy_codec_fit` and ship in oneforcing/assets/toy_codec_pca.safetensors,
+`python -m oneforcing.toy.codec_fit` and ship in oneforcing/assets/toy_codec_pca.safetensors,
 so every run agrees. No temporal compression (temporal_factor 1).
 """
 
@@ -25,11 +25,12 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from oneforcing.config.assets import packaged_asset
 from oneforcing.errors import UserError
 from oneforcing.registry import VAES
 
 TOY_MEAN, TOY_STD = -0.034, 0.813  # pixel statistics, for the exact (channels: null) mode
-PCA_ASSET = Path(__file__).resolve().parents[1] / "assets" / "toy_codec_pca.safetensors"
+PCA_ASSET = packaged_asset("toy_codec_pca.safetensors")
 
 
 @VAES.register("toy_codec")
@@ -56,7 +57,7 @@ class ToyCodec(torch.nn.Module):
 
             path = Path(basis) if basis else PCA_ASSET
             if not path.exists():
-                raise UserError(f"toy_codec: PCA basis '{path}' not found (python -m oneforcing.data.toy_codec_fit)")
+                raise UserError(f"toy_codec: PCA basis '{path}' not found (python -m oneforcing.toy.codec_fit)")
             stats = load_file(str(path))
             if stats["components"].shape[1] != self.patch_dim or not 1 <= channels <= stats["components"].shape[0]:
                 raise UserError(f"toy_codec: basis {path} has {tuple(stats['components'].shape)} components; "

@@ -1,6 +1,6 @@
 """Sample grids of toy-world videos (the README's GIF).
 
-    python -m oneforcing.data.toy_samples docs/assets/toy_world.gif
+    python -m oneforcing.toy.samples docs/assets/toy_world.gif
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import sys
 
 import torch
 
-from oneforcing.data.toy_world import ToyWorld
+from oneforcing.toy.world import ToyWorld
 
 
 def write_sample_gif(path: str, num: int = 8, columns: int = 4, seed: int = 0, scale: int = 2,

@@ -10,7 +10,7 @@ In order:
 3. each method is trained once per seed and scored with ToyBench (the `evaluate` recipe, with the
    seed's noise), and each reference (teacher, initialisations) is scored per seed: child
    processes, `workers` at a time with `threads` torch threads each;
-4. the report is written (oneforcing/eval/toy_report_doc.py): the Table 1 analogue as mean ± 95 %
+4. the report is written (oneforcing/toy/jobs/report_doc.py): the Table 1 analogue as mean ± 95 %
    t-interval over seeds, the paper's claims with measured verdicts, figures.
 
 Each task lives in RUNS_DIR/NAME/seedK/ (train run, export/, eval/, log.txt) with a task.json
@@ -38,6 +38,7 @@ from oneforcing.errors import UserError
 from oneforcing.jobs.base import Job, RunContext
 from oneforcing.jobs.pipeline import Pipeline
 from oneforcing.registry import JOBS
+from oneforcing.toy.jobs.report_doc import write_report
 
 log = logging.getLogger("oneforcing")
 
@@ -219,8 +220,6 @@ class ToyReport(Job):
 
     def _run(self, ctx: RunContext) -> None:
         from tqdm.auto import tqdm
-
-        from oneforcing.eval.toy_report_doc import write_report
 
         t_start = time.perf_counter()
         base = Path(ctx.recipe_file).parent if ctx.recipe_file else Path(".")

@@ -1,6 +1,6 @@
 """The toy text encoder asset: a word-level tokenizer + a tiny random UMT5 encoder, in HF format.
 
-    python -m oneforcing.data.toy_text_encoder [OUT_DIR]
+    python -m oneforcing.toy.text_encoder [OUT_DIR]
 
 rebuilds `oneforcing/assets/toy_text_encoder/{tokenizer,text_encoder}/` (the layout of a Wan
 diffusers pipeline) offline and deterministically: the vocabulary is the toy-world grammar's
@@ -19,10 +19,11 @@ from pathlib import Path
 
 import torch
 
-from oneforcing.data.toy_world import VOCABULARY
+from oneforcing.config.assets import TOY_TEXT_ENCODER
+from oneforcing.toy.world import VOCABULARY
 
-TOY_TEXT_ENCODER_PATH = str(Path(__file__).resolve().parents[1] / "assets" / "toy_text_encoder")
-TOY_MAX_LENGTH = 32  # the longest toy prompt is 21 words + </s>
+# Named once, by the core (config/assets.py): its teacher jobs default to this encoder.
+TOY_TEXT_ENCODER_PATH, TOY_MAX_LENGTH = TOY_TEXT_ENCODER["path"], TOY_TEXT_ENCODER["max_length"]
 SPECIALS = ("<pad>", "</s>", "<unk>")  # T5's ids: pad 0, eos 1, unk 2
 
 

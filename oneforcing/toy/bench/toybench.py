@@ -7,7 +7,7 @@ that normalise it to [0, 1] the way VBench's NORMALIZE_DIC does):
             temporal_smoothness  1 - mean|x[t+1] - 2 x[t] + x[t-1]| (pixels in [0, 1]); flicker
             subject_consistency  per prompt object: 1 - mean_t |area_t - median| / median (0 if absent)
             fd_score             1 - min(FD / FD_MAX, 1), FD = Fréchet distance to real toy videos over
-                                 the fixed feature map of eval/features.py (set-level, not per video)
+                                 the fixed feature map of features.py (set-level, not per video)
             dynamic_degree       share of prompt objects whose detected speed class matches (weight 0.5)
   semantic  colour, shape, size  share of prompt objects detected with that attribute right
             count                share of videos with exactly the prompt's number of objects
@@ -21,11 +21,11 @@ from __future__ import annotations
 
 import torch
 
-from oneforcing.data.toy_world import SPEEDS, parse_prompt, render_scenes, scale_factors, scene_from_prompt
-from oneforcing.eval.detectors import PALETTE_NAMES, classify_motion, classify_shape, classify_size, detect
-from oneforcing.eval.features import frechet_to_toy_world
 from oneforcing.errors import UserError
 from oneforcing.registry import METRICS
+from oneforcing.toy.bench.detectors import PALETTE_NAMES, classify_motion, classify_shape, classify_size, detect
+from oneforcing.toy.bench.features import frechet_to_toy_world
+from oneforcing.toy.world import SPEEDS, parse_prompt, render_scenes, scale_factors, scene_from_prompt
 
 # name: (group, weight, min, max). Minima are what pure noise scores (smoothness) or 0.
 DIMENSIONS: dict[str, tuple[str, float, float, float]] = {

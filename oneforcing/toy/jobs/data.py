@@ -15,16 +15,15 @@ from __future__ import annotations
 import torch
 from tqdm import tqdm
 
+from oneforcing.config.assets import TOY_TEXT_ENCODER
 from oneforcing.data.pipeline import all_shard_names, encode_text, encode_video, plan_shards, prepare_output, shard_name
 from oneforcing.data.shards import dtype_from_name, write_index, write_shard
-from oneforcing.data.toy_text_encoder import TOY_MAX_LENGTH, TOY_TEXT_ENCODER_PATH
-from oneforcing.data.toy_world import ToyWorld, render_scenes
 from oneforcing.errors import UserError
 from oneforcing.jobs.base import Job, RunContext
 from oneforcing.registry import JOBS, TEXT_ENCODERS, VAES, build
+from oneforcing.toy.world import ToyWorld, render_scenes
 
 DEFAULT_CODEC = {"type": "toy_codec"}
-DEFAULT_TEXT_ENCODER = {"type": "umt5", "path": TOY_TEXT_ENCODER_PATH, "max_length": TOY_MAX_LENGTH}
 
 
 @JOBS.register("toy_data")
@@ -44,7 +43,7 @@ class ToyDataJob(Job):
         ToyWorld(**self.world_args)  # validate now, before any work
         self.out, self.per_shard, self.batch_size = out, examples_per_shard, batch_size
         self.codec_cfg = codec or dict(DEFAULT_CODEC)
-        self.text_cfg = text_encoder or dict(DEFAULT_TEXT_ENCODER)
+        self.text_cfg = text_encoder or dict(TOY_TEXT_ENCODER)
         self.latent_dtype, self.overwrite = latent_dtype, overwrite
 
     def run(self, ctx: RunContext) -> None:
