@@ -133,3 +133,32 @@ def test_registered_with_the_learned_teachers_call_contract(tmp_path):
     assert v.shape == x.shape and torch.isfinite(v).all()
     with pytest.raises(ValueError, match="toy world"):
         m(torch.zeros(1, FRAMES + 1, 16, 4, 4), torch.tensor([500.0]), text[:1])
+
+
+@pytest.mark.parametrize("n", [1, 2])
+def test_a_world_of_discrete_starts_and_its_exact_teacher(n):
+    """start_positions n snaps the same draws (same prompts) to n values per start coordinate; the
+    teacher with the same n holds exactly those candidates, so at low noise it returns the real video."""
+    free = ToyWorld("test", 16, seed=5, frames=FRAMES, size=SIZE)
+    world = ToyWorld("test", 16, seed=5, frames=FRAMES, size=SIZE, start_positions=n)
+    assert world.prompts() == free.prompts()
+    groups = {}  # one-object scenes of one geometry (size, speed, direction) share their n x n starts
+    for s in ToyWorld("train", 300, seed=5, frames=FRAMES, size=SIZE, start_positions=n).scenes(range(300)):
+        if len(s["objects"]) == 1:
+            o = s["objects"][0]
+            groups.setdefault((o["size"], o["speed"], o["direction"]), set()).add(tuple(o["start"]))
+    assert max(len(v) for v in groups.values()) == n * n
+    assert any(a["objects"][0]["start"] != b["objects"][0]["start"]
+               for a, b in zip(world.scenes(range(16)), free.scenes(range(16))))
+    exact = ToyAnalyticTeacher(frames=FRAMES, size=SIZE, unconditional_prompts=0, start_positions=n)
+    assert exact.refine == 0
+    scenes = world.scenes(range(4))
+    video = ToyCodec().encode(render_scenes(scenes))
+    text = _text(exact, [s["prompt"] for s in scenes])
+    noise = torch.randn(video.shape, generator=torch.Generator().manual_seed(3))
+    t = torch.full((4,), 30.0)
+    x_t = 0.97 * video + 0.03 * noise
+    x0 = FlowMatchScheduler().x0_from_v(x_t, exact(x_t, t, text), t)
+    assert torch.allclose(x0, video, atol=1e-3)
+    with pytest.raises(UserError, match="start_positions"):
+        ToyWorld("test", 4, start_positions=0)

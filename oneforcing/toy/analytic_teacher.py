@@ -42,7 +42,7 @@ from oneforcing.toy.codec import ToyCodec
 from oneforcing.toy.prompt_decoder import ToyPromptDecoder
 from oneforcing.toy.text_encoder import TOY_MAX_LENGTH, TOY_TEXT_ENCODER_PATH
 from oneforcing.toy.world import (
-    DIRECTIONS, REF_FRAMES, REF_SIZE, ToyWorld, object_geometry, parse_prompt, place_start, render_scenes,
+    DIRECTIONS, REF_FRAMES, REF_SIZE, ToyWorld, object_geometry, parse_prompt, place_start, render_scenes, start_bins,
 )
 
 MIN_SIGMA = 1e-4
@@ -83,7 +83,8 @@ class ToyAnalyticTeacher(nn.Module):
 
     def __init__(self, grid_step: float | None = None, refine: int | None = None, frames: int = REF_FRAMES,
                  size: int = REF_SIZE, unconditional_prompts: int | None = None, cache_prompts: int = 48,
-                 text_encoder_path: str | None = None, pretrained: str | None = None, causal: bool | None = None):
+                 text_encoder_path: str | None = None, pretrained: str | None = None, causal: bool | None = None,
+                 start_positions: int | None = None):
         super().__init__()
         # Settings: the recipe's keys, else the `pretrained` folder's config.json (the asset; a learned
         # teacher's config has none of these keys), else the defaults. There are no weights to load.
@@ -100,6 +101,13 @@ class ToyAnalyticTeacher(nn.Module):
         self.grid_step, self.frames, self.size = grid_step, int(frames), int(size)
         self.unconditional_prompts, self.cache_prompts = int(unconditional_prompts), int(cache_prompts)
         self.refine = int(refine)
+        # A world of discrete starts (toy_world start_positions n): the candidates are exactly its
+        # n x n starts per object, so the posterior is exact without a grid or refinement.
+        if start_positions is not None and start_positions < 1:
+            raise UserError("toy_analytic_teacher: start_positions must be >= 1 (or null: any start)")
+        self.start_positions = start_positions
+        if start_positions is not None:
+            self.refine = 0
         # Not a submodule: a trainer's .to(bf16) must not round the basis the candidates are encoded with.
         object.__setattr__(self, "codec", ToyCodec())
         self.f = self.codec.spatial_factor
@@ -138,7 +146,10 @@ class ToyAnalyticTeacher(nn.Module):
                      cols: slice) -> "_LaneObject":
         radius, velocity, along, across = object_geometry(obj, lane, self.frames, self.size)
         part = _LaneObject(obj, background, rows, cols, radius, velocity, along, across)
-        ga, gc = grid(*along, self.grid_step), grid(*across, self.grid_step)
+        if self.start_positions is not None:
+            ga, gc = start_bins(*along, self.start_positions), start_bins(*across, self.start_positions)
+        else:
+            ga, gc = grid(*along, self.grid_step), grid(*across, self.grid_step)
         part.starts = torch.tensor([(a, c) for a in ga for c in gc], dtype=torch.float64)
         part.step = ((along[1] - along[0]) / len(ga), (across[1] - across[0]) / len(gc))
         z = self._render(part, part.starts)
@@ -201,7 +212,9 @@ class ToyAnalyticTeacher(nn.Module):
         on finer local grids (`refine` times), so low-noise inputs are not snapped to the grid."""
         xc = xk - a[:, None] * part.centre
         ll = self._loglik(xc, a, w, part.z, part.norms)
-        evidence = torch.logsumexp(ll, 0) - math.log(ll.shape[0])
+        # _loglik drops -w |x_c|^2, shared by this lane's candidates but not by the lane-order
+        # hypotheses (each centres on its own objects' mean): the evidence that weighs them keeps it.
+        evidence = torch.logsumexp(ll, 0) - math.log(ll.shape[0]) - (w * (xc.double() ** 2).sum(-1)).sum()
         p, z, starts, step = torch.softmax(ll, 0), part.z, part.starts, part.step
         for _ in range(self.refine):
             if float(p.max()) < REFINE_ABOVE:

@@ -109,6 +109,19 @@ def object_geometry(obj: dict, lane: tuple[float, float], frames: int, size: int
     return r, [dx * v, dy * v], (margin, size - margin - v * (frames - 1)), (lo + margin, hi - margin)
 
 
+def start_bins(lo: float, hi: float, n: int) -> list[float]:
+    """The `n` discrete starts of a range: midpoints of n equal bins (one point for a tiny range)."""
+    n = 1 if hi - lo < 1e-9 else n
+    return [lo + (hi - lo) * (i + 0.5) / n for i in range(n)]
+
+
+def snap_start(value: float, lo: float, hi: float, n: int) -> float:
+    """A uniform draw on [lo, hi] -> the midpoint of its bin of n (`start_positions`)."""
+    points = start_bins(lo, hi, n)
+    i = 0 if len(points) == 1 else min(int((value - lo) / (hi - lo) * n), n - 1)
+    return points[i]
+
+
 def place_start(direction: str, along: float, across: float, size: int) -> tuple[float, float]:
     """A start drawn on `object_geometry`'s ranges -> (x, y); left/up movers start on the far side."""
     dx, dy = DIRECTIONS[direction]
@@ -118,8 +131,12 @@ def place_start(direction: str, along: float, across: float, size: int) -> tuple
 
 
 def sample_scene(seed: int, split: str, index: int, frames: int = REF_FRAMES, size: int = REF_SIZE,
-                 max_objects: int = 2) -> dict:
-    """The attributes and geometry of one example (pure function of its arguments)."""
+                 max_objects: int = 2, start_positions: int | None = None) -> dict:
+    """The attributes and geometry of one example (pure function of its arguments).
+
+    `start_positions` n: each start coordinate takes one of n values (the midpoints of n equal bins
+    of its range) instead of any value: the same draws, snapped, so the prompts do not change. A
+    prompt then has n^2 videos per object (a simpler tier of the world, docs/toy_world.md)."""
     if split not in SPLITS:
         raise UserError(f"unknown toy-world split {split!r}; one of {', '.join(SPLITS)}")
     rng = random.Random(example_seed(seed, split, index))
@@ -140,6 +157,8 @@ def sample_scene(seed: int, split: str, index: int, frames: int = REF_FRAMES, si
         r, velocity, along_range, across_range = object_geometry(o, lane, frames, size)
         across = rng.uniform(*across_range)
         along = rng.uniform(*along_range)
+        if start_positions is not None:
+            across, along = snap_start(across, *across_range, start_positions), snap_start(along, *along_range, start_positions)
         start = place_start(o["direction"], along, across, size)
         o.update(radius=r, start=[round(start[0], 4), round(start[1], 4)], velocity=velocity)
     scene = {"background": rng.choice(sorted(BACKGROUNDS)), "objects": objects, "frames": frames,
@@ -205,7 +224,7 @@ class ToyWorld:
     `prompts()` lists every prompt without rendering (a prompt list for self-forcing training)."""
 
     def __init__(self, split: str = "train", num_examples: int = 1024, seed: int = 0,
-                 frames: int = 21, size: int = 32, max_objects: int = 2):
+                 frames: int = 21, size: int = 32, max_objects: int = 2, start_positions: int | None = None):
         if split not in SPLITS:
             raise UserError(f"toy_world: unknown split {split!r}; one of {', '.join(SPLITS)}")
         if max_objects not in (1, 2):
@@ -214,7 +233,10 @@ class ToyWorld:
             raise UserError(f"toy_world: need size a multiple of 4 and >= 16, frames >= 2, "
                             f"num_examples >= 1; got size={size}, frames={frames}, num_examples={num_examples}")
         self.split, self.num_examples, self.seed = split, num_examples, seed
+        if start_positions is not None and start_positions < 1:
+            raise UserError(f"toy_world: start_positions must be >= 1 (or null: any start), got {start_positions}")
         self.frames, self.size, self.max_objects = frames, size, max_objects
+        self.start_positions = start_positions
 
     def __len__(self) -> int:
         return self.num_examples
@@ -222,7 +244,8 @@ class ToyWorld:
     def scene(self, index: int) -> dict:
         if not 0 <= index < self.num_examples:
             raise IndexError(index)
-        return sample_scene(self.seed, self.split, index, self.frames, self.size, self.max_objects)
+        return sample_scene(self.seed, self.split, index, self.frames, self.size, self.max_objects,
+                            self.start_positions)
 
     def scenes(self, indices) -> list[dict]:
         return [self.scene(int(i)) for i in indices]

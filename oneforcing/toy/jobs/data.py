@@ -32,6 +32,7 @@ class ToyDataJob(Job):
 
     def __init__(self, out: str, split: str = "train", num_examples: int = 2000,
                  examples_per_shard: int = 250, frames: int = 21, size: int = 32, max_objects: int = 2,
+                 start_positions: int | None = None,
                  codec: dict | None = None, text_encoder: dict | None = None,
                  latent_dtype: str = "float16", batch_size: int = 125, overwrite: bool = False):
         if examples_per_shard < 1 or batch_size < 1:
@@ -40,6 +41,8 @@ class ToyDataJob(Job):
         dtype_from_name(latent_dtype, what="toy_data.latent_dtype")
         self.world_args = dict(split=split, num_examples=num_examples, frames=frames, size=size,
                                max_objects=max_objects)
+        if start_positions is not None:  # only when set: the default world's job.json stays as it was
+            self.world_args["start_positions"] = start_positions
         ToyWorld(**self.world_args)  # validate now, before any work
         self.out, self.per_shard, self.batch_size = out, examples_per_shard, batch_size
         self.codec_cfg = codec or dict(DEFAULT_CODEC)
