@@ -1,5 +1,6 @@
-"""The toy seed report: statistics, claim verdicts, the report text, the job's contracts; and
-(slow) the quick report end to end."""
+"""The toy report job: its contracts (config keys, plan, cache keys and provenance, the runs
+lock), the report text from finished tasks; and (slow) the quick report end to end. The statistics
+and the wording of verdicts: tests/test_toy_report_stats.py."""
 
 import json
 import os
@@ -10,77 +11,18 @@ from pathlib import Path
 import pytest
 
 from oneforcing.errors import UserError
-from oneforcing.toy.jobs.report import Task, ToyReport
-from oneforcing.toy.jobs.report_doc import Claims, late_mean, write_report
-from oneforcing.toy.jobs.report_stats import direction, mean_ci, paired, t975
+from oneforcing.toy.jobs import report_provenance
+from oneforcing.toy.jobs.report import LOCK, Task, ToyReport
+from oneforcing.toy.jobs.report_doc import write_report
+from oneforcing.toy.jobs.report_provenance import RunsLock, provenance
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_t_interval_matches_the_textbook():
-    est = mean_ci([1.0, 2.0, 3.0])          # sd 1, n 3: half-width t_{0.975,2} / sqrt(3)
-    assert est.mean == pytest.approx(2.0)
-    assert est.half_width == pytest.approx(4.303 / 3 ** 0.5, rel=1e-4)
-    assert t975(1) == pytest.approx(12.706) and t975(100) == pytest.approx(1.96)
-    assert mean_ci([5.0]).half_width is None and mean_ci([5.0]).format() == "5.00"
-    with pytest.raises(ValueError):
-        mean_ci([])
-
-
-def test_paired_direction_uses_the_per_seed_difference():
-    # Large spread across seeds, constant paired difference: the paired CI is tight and above 0.
-    a, b = [10.0, 50.0, 90.0], [9.0, 49.1, 88.9]
-    assert direction(paired(a, b)) == ">"
-    assert direction(paired(b, a)) == "<"
-    assert direction(paired([1.0, 2.0, 3.0], [2.0, 1.0, 3.0])) == "≈"
-    assert direction(paired([1.0], [0.0])) == "?"   # one seed: no verdict
-    with pytest.raises(ValueError):
-        paired([1.0], [1.0, 2.0])
-
-
-def _result(total, dyn=0.3, subj=0.5):
-    return {"num_videos": 8, "total": total, "quality": total, "semantic": total,
+def _result(total, dyn=0.3, subj=0.5, weights="raw"):
+    return {"num_videos": 8, "weights": weights, "total": total, "quality": total, "semantic": total,
             "raw": {"dynamic_degree": dyn, "subject_consistency": subj, "count": 0.5, "shape": 0.3,
                     "direction": 0.2}}
-
-
-def _claims(totals: dict[str, list[float]], dyn: dict[str, list[float]] | None = None, gaps=None):
-    results = {n: {s: _result(v, (dyn or {}).get(n, [0.3] * 3)[s]) for s, v in enumerate(vals)}
-               for n, vals in totals.items()}
-    labels = {n: n for n in totals}
-    return Claims(results, gaps or {}, {n: 100 for n in totals}, labels)
-
-
-def test_claim_a_supported_contradicted_and_unresolved():
-    ok = _claims({"one_forcing_framewise": [0.5, 0.6, 0.7], "asd_1step": [0.4, 0.5, 0.6],
-                  "self_forcing_1step": [0.3, 0.4, 0.5]})
-    assert ok.a()[0].startswith("supported")
-    bad = _claims({"one_forcing_framewise": [0.3, 0.4, 0.5], "asd_1step": [0.4, 0.5, 0.6],
-                   "self_forcing_1step": [0.3, 0.4, 0.5]})
-    assert bad.a()[0].startswith("contradicted")
-    noisy = _claims({"one_forcing_framewise": [0.5, 0.4, 0.7], "asd_1step": [0.4, 0.5, 0.6],
-                     "self_forcing_1step": [0.3, 0.4, 0.5]})
-    assert noisy.a()[0].startswith("not resolved")
-    assert _claims({"asd_1step": [0.1] * 3}).a()[0].startswith("not run")
-
-
-def test_claim_d_needs_a_collapse_not_just_a_drop():
-    totals = {"one_forcing_fkl": [0.4] * 3, "one_forcing_chunkwise": [0.4] * 3}
-    collapsed = _claims(totals, {"one_forcing_fkl": [0.01, 0.02, 0.015], "one_forcing_chunkwise": [0.3, 0.32, 0.31]})
-    assert collapsed.d()[0].startswith("supported")
-    dropped = _claims(totals, {"one_forcing_fkl": [0.25, 0.26, 0.255], "one_forcing_chunkwise": [0.3, 0.32, 0.31]})
-    assert dropped.d()[0].startswith("partly")
-
-
-def test_claim_e_reads_the_late_logit_gap():
-    curve = lambda early, late: ([0, 10, 20, 30], [early, early, late, late])  # noqa: E731
-    gaps = {"one_forcing_framewise": {s: curve(0.1, 1.5 + 0.1 * s) for s in range(3)},
-            "asd_1step": {s: curve(1.0, 0.001) for s in range(3)}}
-    assert late_mean(curve(0.1, 2.0)) == pytest.approx(2.0)
-    claims = _claims({"one_forcing_framewise": [0.5] * 3, "asd_1step": [0.5] * 3}, gaps=gaps)
-    assert claims.e()[0].startswith("supported")
-    gaps["asd_1step"] = {s: curve(1.0, 0.5) for s in range(3)}
-    assert claims.e()[0].startswith("partly")
 
 
 def _job(tmp_path, **kw):
@@ -96,7 +38,10 @@ def _job(tmp_path, **kw):
                                      ({"methods": {"x": {"recipe": "a.yaml", "typo": 1}}}, "methods.x"),
                                      ({"methods": {"x": {"label": "no recipe"}}}, "methods.x"),
                                      ({"references": {"one_forcing_framewise": {}}}, "references"),
-                                     ({"prepare": [{"recipe": "data.yaml", "typo": 1}]}, "prepare[0]")])
+                                     ({"prepare": [{"recipe": "data.yaml", "typo": 1}]}, "prepare[0]"),
+                                     ({"alpha": 1.0}, "alpha"), ({"equivalence_margin": 0}, "equivalence_margin"),
+                                     ({"curvature": {"overrides": []}}, "curvature"),
+                                     ({"references": {"t": {"seeds": [7]}}}, "references.t.seeds")])
 def test_bad_config_names_the_key(tmp_path, kw, key):
     with pytest.raises(UserError) as err:
         _job(tmp_path, **kw)
@@ -114,6 +59,94 @@ def test_plan_and_keys_cover_every_method_seed_and_reference(tmp_path):
     train_overrides = tasks[1].commands[0][1]
     assert f"run_dir={tmp_path / 'runs' / 'one_forcing_framewise' / 'seed1'}" in train_overrides
     assert "seed=1" in train_overrides and "seed=1" in tasks[1].commands[1][1]
+    for t in tasks:   # every record says what the task was made from
+        assert {"source_sha256", "assets", "code", "machine"} <= set(t.record)
+        assert {"platform", "cpus", "torch"} <= set(t.record["machine"])
+        assert t.record["code"]["commit"] == "uncommitted" or len(t.record["code"]["commit"]) in (7, 40) \
+            or t.record["code"]["commit"] == "unknown"
+    assert {"toy_causal_ode_init", "toy_teacher", "toy_student_base", "toy_codec_pca.safetensors",
+            "toy_text_encoder"} <= set(tasks[0].record["assets"])
+
+
+def _resolved_train(task):
+    from oneforcing.runner import prepare
+
+    return prepare(*task.commands[0])[0]
+
+
+def test_training_keeps_the_recipes_inference_weights(tmp_path):
+    """The report moves a run's export folder, not what its recipe declares toy_eval should score."""
+    job = _job(tmp_path, seeds=[0], methods={"sf": {"recipe": "self_forcing_1step.yaml"},
+                                             "of": {"recipe": "one_forcing_framewise.yaml"}})
+    sf, of = job.plan(ROOT / "recipes" / "toy")
+    assert _resolved_train(sf)["export"] == {"dir": f"{sf.dir}/export", "inference_weights": "ema"}
+    assert _resolved_train(of)["export"]["inference_weights"] == "raw"
+
+
+def test_the_gan_control_is_the_framewise_recipe_with_gan_weights_zero():
+    from oneforcing.runner import prepare
+
+    _, _, job = prepare(str(ROOT / "recipes/toy/report.yaml"), [])
+    assert len(job.seeds) >= 5 and job.margin > 0 and job.curvature is not None
+    tasks = {t.title: t for t in job.plan(ROOT / "recipes" / "toy")}
+    control = _resolved_train(tasks["one_forcing_framewise_no_gan/seed0"])
+    framewise = _resolved_train(tasks["one_forcing_framewise/seed0"])
+    assert [(x["type"], x.get("weight")) for x in control["generator_losses"]] == [("dmd", None), ("gan_generator", 0)]
+    assert [(x["type"], x.get("weight")) for x in control["critic_losses"]] == [("flow_denoise", None),
+                                                                               ("gan_discriminator", 0)]
+    for cfg in (control, framewise):
+        for key in ("generator_losses", "critic_losses", "run_dir", "export"):
+            cfg.pop(key)
+    assert control == framewise
+
+
+def test_provenance_key_follows_code_assets_and_recipes(monkeypatch):
+    teacher = str(report_provenance.ASSETS / "toy_teacher")
+    key, record = provenance([{"model": teacher}])
+    assert list(record["assets"]) == ["toy_teacher"]
+    assert provenance([{"model": teacher}])[0] == key
+    assert provenance([{"model": teacher, "steps": 2}])[0] != key            # the recipe
+    monkeypatch.setattr(report_provenance, "source_hash", lambda: "other code")
+    assert provenance([{"model": teacher}])[0] != key                        # the sources
+    monkeypatch.undo()
+    monkeypatch.setattr(report_provenance, "asset_hash", lambda name: "other weights")
+    assert provenance([{"model": teacher}])[0] != key                        # the asset's bytes
+    monkeypatch.undo()
+    monkeypatch.setattr(report_provenance, "code_version", lambda: {"commit": "f" * 40})
+    assert provenance([{"model": teacher}])[0] == key                        # not the commit: recorded only
+
+
+def test_source_hash_covers_the_package_but_not_the_report_writer():
+    files = {f.relative_to(report_provenance.PACKAGE).as_posix() for f in report_provenance.PACKAGE.rglob("*.py")}
+    assert set(report_provenance.REPORT_ONLY) <= files     # every left-out name is a real file
+    assert "losses/dmd.py" in files
+
+
+def test_runs_lock_refuses_a_live_owner_and_takes_over_a_dead_one(tmp_path):
+    path = tmp_path / "runs" / LOCK
+    with RunsLock(path):
+        assert json.loads(path.read_text())["pid"] == os.getpid()
+        with pytest.raises(UserError, match=f"{path} is held by pid {os.getpid()}"):
+            RunsLock(path).acquire()
+    assert not path.exists()
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    import socket
+
+    path.write_text(json.dumps({"pid": int(gone.stdout), "host": socket.gethostname()}))
+    with RunsLock(path):       # stale: its process has exited
+        assert json.loads(path.read_text())["pid"] == os.getpid()
+
+
+def test_a_second_report_on_the_same_runs_dir_exits_2_naming_the_lock(tmp_path):
+    runs = tmp_path / "runs"
+    with RunsLock(runs / LOCK):
+        proc = subprocess.run([sys.executable, "-m", "oneforcing", "run", str(ROOT / "recipes/toy/report_quick.yaml"),
+                               f"runs_dir={runs}", f"out={tmp_path}/r.md"], cwd=tmp_path, capture_output=True,
+                              text=True, timeout=300, env=dict(os.environ, DS_ACCELERATOR="cpu"))
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and str(runs / LOCK) in lines[0] and str(os.getpid()) in lines[0]
+    assert sorted(p.name for p in runs.iterdir()) == [] and not (tmp_path / "r.md").exists()
 
 
 def test_a_folder_not_made_by_the_report_is_never_touched(tmp_path):
@@ -136,25 +169,62 @@ def test_a_finished_task_with_the_same_key_is_not_run_again(tmp_path):
     assert job.run_task(task).cached and task.seconds == {"train": 3.0}
 
 
-def test_report_text_from_finished_tasks(tmp_path):
-    job = _job(tmp_path, methods={"one_forcing_framewise": {"recipe": "x.yaml"}, "asd_1step": {"recipe": "x.yaml"}},
-               seeds=[0, 1, 2])
+def _finished(tmp_path, name, totals, gap=None, weights="raw", kind="method"):
     tasks = []
-    for name, base in (("one_forcing_framewise", 0.5), ("asd_1step", 0.4)):
-        for seed in range(3):
-            d = tmp_path / "runs" / name / f"seed{seed}"
-            (d / "eval").mkdir(parents=True)
-            (d / "eval" / "toybench.json").write_text(json.dumps(_result(base + 0.01 * seed)))
-            gap = 1.5 if name == "one_forcing_framewise" else 0.001
-            rows = [{"step": s, "critic/gan_discriminator/logit_gap": gap, "critic/loss": 1.0,
+    for seed, total in enumerate(totals):
+        d = tmp_path / "runs" / name / f"seed{seed}"
+        (d / "eval").mkdir(parents=True)
+        (d / "eval" / "toybench.json").write_text(json.dumps(_result(total, weights=weights)))
+        if gap is not None:
+            rows = [{"step": s, "critic/gan_discriminator/logit_gap": gap + 0.001 * seed, "critic/loss": 1.0,
                      "generator/dmd": 0.5, "generator/step": s} for s in range(0, 40, 5)]
             (d / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-            tasks.append(Task(name, name, "method", seed, d, [], steps=200, seconds={"train": 60.0, "eval": 6.0}))
+        record = {"code": {"commit": "a" * 40}, "source_sha256": "s" * 16, "assets": {}, "machine": {}}
+        tasks.append(Task(name, name, kind, seed, d, [], steps=200 if kind == "method" else None,
+                          seconds={"train": 60.0, "eval": 6.0}, record=record))
+    return tasks
+
+
+def _curvature_task(tmp_path, masses, ratios):
+    d = tmp_path / "runs" / "curvature"
+    d.mkdir(parents=True)
+    summary = {"mass_high": {"mean": sum(masses) / len(masses)}, "mass_high_dt": {"mean": 0.3},
+               "ratio": {"mean": sum(ratios) / len(ratios)}}
+    variant = {**summary, "per_prompt": {"mass_high": masses, "ratio": ratios}}
+    (d / "curvature.json").write_text(json.dumps({
+        "teacher": "/x/toy_teacher", "high_t": 0.9, "mid_band": [0.3, 0.7], "num_prompts": len(masses),
+        "variants": {"latent": variant, "temporal_difference": variant}}))
+    return Task("curvature", "teacher curvature", "curvature", None, d, [], seconds={"curvature": 30.0},
+                record={"code": {"commit": "a" * 40}})
+
+
+def test_report_text_from_finished_tasks(tmp_path):
+    job = _job(tmp_path, methods={"one_forcing_framewise": {"recipe": "x.yaml"}, "asd_1step": {"recipe": "x.yaml"},
+                                  "one_forcing_framewise_no_gan": {"recipe": "x.yaml"}},
+               seeds=[0, 1, 2, 3, 4])
+    spread = [0.0, 0.01, 0.02, 0.03, 0.04]
+    tasks = (_finished(tmp_path, "one_forcing_framewise", [0.5 + s for s in spread], gap=1.5)
+             + _finished(tmp_path, "asd_1step", [0.4 + s + 0.001 * (-1) ** k for k, s in enumerate(spread)], gap=0.001)
+             + _finished(tmp_path, "one_forcing_framewise_no_gan", [0.5 + s + 0.001 * (-1) ** k
+                                                                    for k, s in enumerate(spread)])
+             + _finished(tmp_path, "teacher", [0.9] * 5, weights="EMA", kind="reference")
+             + [_curvature_task(tmp_path, [0.6, 0.7, 0.65, 0.62, 0.68], [5.0, 7.0, 6.0, 5.5, 6.5])])
     path = write_report(job, tasks, {"wall_s": 120.0, "prepare_s": 0.0})
     text = path.read_text()
-    assert "| one_forcing_framewise | 200 | 3 | 51.00 ± " in text
-    assert "**(e)" in text and "supported: ASD's gap is ≈ 0" in text
+    assert "| one_forcing_framewise | raw | 200 | 5 | 52.00 ± " in text          # weights, iterations, seeds
+    assert "| teacher | EMA | — | 5 | 90.00 ± 0.00 |" in text
+    assert "| teacher | 0 | EMA | 90.00 |" in text                                  # per task: weights too
+    assert "Holm" in text and "alpha = 0.05" in text and "margin ±2 ToyBench points" in text
+    assert "tasks made at commit aaaaaaaaaaaa" in text
+    assert "**(e)" in text and "supported: ASD's gap < 0.1; One-Forcing's gap > 1" in text
+    assert "**(f)" in text and "supported: more than 50 % of the mass at high noise" in text
+    assert "**(h) control" in text and "supported: equivalent at margin" not in text
+    h = text.split("**(h)")[1].split("**(")[0]
+    assert "equivalent at margin ±2 (the GAN term makes no difference beyond the margin)" in h
     assert "(a)" in text and "not run (the report has no self_forcing_1step)" in text
+    assert "CD) init" in text and "Table 3 analogue" not in text
+    claims_part = text.split("## The paper's claims")[1].split("## Figures")[0]
+    assert "95 % interval" not in claims_part and "Holm-adjusted p" in claims_part
     for fig in ("totals.png", "logit_gap.png", "curves_one_forcing_framewise.png"):
         assert (tmp_path / "r" / fig).stat().st_size > 1000
 
@@ -169,7 +239,9 @@ def test_quick_report_end_to_end(tmp_path):
     text = (tmp_path / "runs/toy_report_quick/report.md").read_text()
     for label in ("One-Forcing framewise, 1 step", "Self Forcing, 4 steps", "reference: toy teacher"):
         assert label in text
-    assert text.count("no verdict (one seed)") >= 5
+    assert text.count("no verdict (1 seed: no test)") >= 5 and "**(h) control" in text
+    assert "**(f)" in text and "not run" not in text.split("**(f)")[1].split("**(g)")[0]
+    assert "| raw |" in text and "| EMA |" in text
     # A second run finds every task finished and only rewrites the report.
     proc = subprocess.run([sys.executable, "-m", "oneforcing", "run", str(ROOT / "recipes/toy/report_quick.yaml")],
                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)

@@ -1,27 +1,33 @@
 """`toy_report`: every toy method twin over seeds, scored with ToyBench, in one generated report.
 
-    python recipes/run.py recipes/toy/report.yaml          # 3 seeds: docs/toy_report.md + figures
+    python recipes/run.py recipes/toy/report.yaml          # 5 seeds: docs/toy_report.md + figures
     python recipes/run.py recipes/toy/report_quick.yaml    # 1 seed, short schedules (CI-sized)
 
 In order:
-1. every stage, method and evaluation recipe is loaded and validated, with the overrides the
-   report adds, before anything runs;
-2. the `prepare` stages run (toy data, the teacher's ODE pairs) unless their output exists;
-3. each method is trained once per seed and scored with ToyBench (the `evaluate` recipe, with the
-   seed's noise), and each reference (teacher, initialisations) is scored per seed: child
-   processes, `workers` at a time with `threads` torch threads each;
-4. the report is written (oneforcing/toy/jobs/report_doc.py): the Table 1 analogue as mean ± 95 %
-   t-interval over seeds, the paper's claims with measured verdicts, figures.
+1. the runs folder is locked (RUNS_DIR/.toy_report.lock, created with O_EXCL and holding the pid):
+   a second report on the same folder stops with exit 2 and one line naming the lock; a lock left
+   by a process that is gone is taken over;
+2. every stage, method, evaluation and curvature recipe is loaded and validated, with the overrides
+   the report adds, before anything runs;
+3. the `prepare` stages run (toy data, the teacher's ODE pairs) unless their output exists;
+4. each method is trained once per seed and scored with ToyBench (the `evaluate` recipe, with the
+   seed's noise; the weights the recipe's export.inference_weights declares), each reference
+   (teacher, initialisations) is scored per seed, and the teacher's trajectory curvature is
+   measured once (`curvature`): child processes, `workers` at a time with `threads` torch threads;
+5. the report is written (oneforcing/toy/jobs/report_doc.py): the Table 1 analogue, the paper's
+   claims as Holm-corrected tests at `alpha` with equivalence tests at `equivalence_margin`
+   (report_claims.py), figures.
 
 Each task lives in RUNS_DIR/NAME/seedK/ (train run, export/, eval/, log.txt) with a task.json
-that records a hash of its resolved recipes: a finished task with the same hash is not run again,
-so a stopped report resumes (an unfinished training resumes from its last checkpoint), and an
-edited method re-runs that method only. A folder there without task.json is never touched.
+that records its cache key (a hash of its resolved recipes, the oneforcing/ sources, the packaged
+assets it reads, torch and the CPU architecture: report_provenance.py) with the commit, the machine
+and the asset hashes: a finished task with the same key is not run again, so a stopped report
+resumes (an unfinished training resumes from its last checkpoint), and an edited method re-runs that
+method only. A folder there without task.json is never touched.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -39,10 +45,12 @@ from oneforcing.jobs.base import Job, RunContext
 from oneforcing.jobs.pipeline import Pipeline
 from oneforcing.registry import JOBS
 from oneforcing.toy.jobs.report_doc import write_report
+from oneforcing.toy.jobs.report_provenance import RunsLock, provenance
 
 log = logging.getLogger("oneforcing")
 
 ENTRY_KEYS = {"label", "recipe", "overrides", "eval_overrides", "seeds"}
+LOCK = ".toy_report.lock"
 # Launcher variables a child must not inherit: each child is a run of its own.
 LAUNCHER_ENV = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT",
                 "GROUP_RANK", "ROLE_RANK", "TORCHELASTIC_RUN_ID")
@@ -50,21 +58,23 @@ LAUNCHER_ENV = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_
 
 @dataclass
 class Task:
-    """One method x seed (train, then evaluate) or one reference x seed (evaluate)."""
-    name: str                                  # method or reference key
+    """One method x seed (train, then evaluate), one reference x seed (evaluate), or the curvature
+    measurement (one run; its recipe's seed draws the per-prompt noise)."""
+    name: str                                  # method or reference key, or "curvature"
     label: str
-    kind: str                                  # "method" | "reference"
-    seed: int
+    kind: str                                  # "method" | "reference" | "curvature"
+    seed: int | None
     dir: Path
     commands: list[tuple[str, list[str]]]      # (recipe, overrides), run in order
     key: str = ""
+    record: dict = field(default_factory=dict)  # provenance: commit, source and asset hashes, machine
     steps: int | None = None                   # the training recipe's iterations (methods)
     seconds: dict = field(default_factory=dict)
     cached: bool = False                       # finished by an earlier run of the report
 
     @property
     def title(self) -> str:
-        return f"{self.name}/seed{self.seed}"
+        return self.name if self.seed is None else f"{self.name}/seed{self.seed}"
 
 
 def _entry(entry, key: str, *, need_recipe: bool = True) -> dict:
@@ -99,9 +109,14 @@ class ToyReport(Job):
     def __init__(self, methods: dict, seeds: list[int], evaluate: dict, out: str, runs_dir: str,
                  references: dict | None = None, prepare: list[dict] | None = None,
                  train_overrides: list[str] | None = None, workers: int = 1, threads: int | None = None,
-                 title: str = "Toy report", command: str | None = None, figures: str | None = None):
+                 title: str = "Toy report", command: str | None = None, figures: str | None = None,
+                 curvature: dict | None = None, alpha: float = 0.05, equivalence_margin: float = 2.0):
         if not seeds or len(set(seeds)) != len(seeds) or not all(isinstance(s, int) for s in seeds):
             raise UserError(f"must be a list of distinct integers, got {seeds!r}", key="seeds")
+        if not 0 < alpha < 1:
+            raise UserError(f"must be in (0, 1), got {alpha}", key="alpha")
+        if not equivalence_margin > 0:
+            raise UserError(f"must be > 0 (ToyBench points), got {equivalence_margin}", key="equivalence_margin")
         if workers < 1:
             raise UserError(f"must be >= 1, got {workers}", key="workers")
         if threads is not None and threads < 1:
@@ -112,10 +127,18 @@ class ToyReport(Job):
         if clash:
             raise UserError(f"'{sorted(clash)[0]}' is both a method and a reference", key="references")
         self.evaluate = _entry(evaluate, "evaluate")
+        self.curvature = _entry(curvature, "curvature") if curvature is not None else None
+        self.alpha, self.margin = float(alpha), float(equivalence_margin)
         try:  # the data the runs need: a pipeline of its own (stages skipped when their output exists)
             self.prepare = Pipeline(prepare) if prepare else None
         except UserError as err:
             raise UserError(err.message, key=(err.key or "").replace("stages", "prepare", 1)) from None
+        for group, entries in (("methods", self.methods), ("references", self.references)):
+            for name, entry in entries.items():
+                extra = set(entry.get("seeds", [])) - set(seeds)
+                if extra:  # an entry runs a subset of the report's seeds, so every pairing is by seed
+                    raise UserError(f"seed {sorted(extra)[0]} is not one of the report's seeds {list(seeds)}",
+                                    key=f"{group}.{name}.seeds")
         self.seeds, self.workers = list(seeds), workers
         self.threads = threads or max(1, (os.cpu_count() or 1) // workers)
         self.train_overrides = list(train_overrides or [])
@@ -134,7 +157,8 @@ class ToyReport(Job):
         for name, entry in self.methods.items():
             for seed in entry.get("seeds", self.seeds):
                 d = self.runs_dir / name / f"seed{seed}"
-                train = [f"run_dir={d}", f"seed={seed}", f"export={{dir: {d}/export}}",
+                # export.dir only: the recipe's export.inference_weights (what toy_eval scores) stays
+                train = [f"run_dir={d}", f"seed={seed}", f"export.dir={d}/export",
                          *self.train_overrides, *entry.get("overrides", [])]
                 evaluate = [f"checkpoint={d}/export", f"out={d}/eval", f"markdown={d}/eval/toybench.md",
                             f"seed={seed}", f"name={json.dumps(entry.get('label', name))}", "progress=false",
@@ -150,12 +174,25 @@ class ToyReport(Job):
                             *ev.get("overrides", []), *entry.get("overrides", [])]
                 tasks.append(Task(name, entry.get("label", name), "reference", seed, d,
                                   [(self._recipe(base, entry.get("recipe", ev["recipe"])), evaluate)]))
+        if self.curvature is not None:
+            d = self.runs_dir / "curvature"
+            cmd = [f"out={d}", *self.curvature.get("overrides", [])]
+            label = self.curvature.get("label", "teacher ODE curvature")
+            # first: the longest single task starts while the short ones fill the other workers
+            tasks.insert(0, Task("curvature", label, "curvature", None, d,
+                                 [(self._recipe(base, self.curvature["recipe"]), cmd)]))
         return tasks
 
     def validate(self, tasks: list[Task]) -> None:
         """Load and build every task's recipes (raises UserError naming the task); give each task
-        its key, the hash of its resolved recipes."""
+        its cache key and provenance record (report_provenance.py)."""
+        from oneforcing.jobs.shared import DEFAULT_TEXT_ENCODER
         from oneforcing.runner import prepare
+        from oneforcing.toy.codec import PCA_ASSET
+
+        # assets the jobs read by default, without their recipes naming them: the toy codec's PCA
+        # (toy_eval) and the toy text encoder (toy_eval, curvature)
+        implicit = (PCA_ASSET, Path(DEFAULT_TEXT_ENCODER["path"]))
 
         for task in tasks:
             resolved = []
@@ -167,8 +204,7 @@ class ToyReport(Job):
                 resolved.append(full)
             if task.kind == "method":
                 task.steps = resolved[0].get("steps")
-            text = json.dumps(resolved, sort_keys=True, default=str)
-            task.key = hashlib.sha256(text.encode()).hexdigest()[:16]
+            task.key, task.record = provenance(resolved, implicit)
 
     # --- running -----------------------------------------------------------------------------
     def _child_env(self, threads: int) -> dict:
@@ -196,6 +232,7 @@ class ToyReport(Job):
             old = json.loads(meta.read_text(encoding="utf-8"))
             if old.get("key") == task.key and old.get("state") == "done":
                 task.seconds, task.cached = old.get("seconds", {}), True
+                task.record = {k: old[k] for k in task.record if k in old}  # the commit it was made at
                 return task
             if old.get("key") != task.key:  # our own folder, from another version of the recipes
                 shutil.rmtree(task.dir)
@@ -203,9 +240,9 @@ class ToyReport(Job):
             raise UserError(f"toy_report: {task.dir} exists and was not made by this report "
                             "(no task.json); move it or choose another runs_dir")
         task.dir.mkdir(parents=True, exist_ok=True)
-        record = {"key": task.key, "state": "started", "commands": task.commands}
+        record = {"key": task.key, "state": "started", "commands": task.commands, **task.record}
         atomic_write_text(meta, json.dumps(record, indent=1) + "\n")
-        steps = ("train", "eval") if task.kind == "method" else ("eval",)
+        steps = {"method": ("train", "eval"), "reference": ("eval",), "curvature": ("curvature",)}[task.kind]
         for step, (recipe, overrides) in zip(steps, task.commands):
             task.seconds[step] = self._call(recipe, overrides, task.dir / "log.txt", self.threads)
         record.update(state="done", seconds=task.seconds)
@@ -219,6 +256,11 @@ class ToyReport(Job):
         self._run(ctx)
 
     def _run(self, ctx: RunContext) -> None:
+        # Locked from the start: a second report on this runs_dir stops at once, before any work.
+        with RunsLock(self.runs_dir / LOCK):
+            self._run_locked(ctx)
+
+    def _run_locked(self, ctx: RunContext) -> None:
         from tqdm.auto import tqdm
 
         t_start = time.perf_counter()
@@ -227,9 +269,9 @@ class ToyReport(Job):
         if self.prepare is not None:
             self.prepare.prepare_stages(base)
         self.validate(tasks)
-        log.info("toy_report: %d tasks (%d methods x seeds %s, %d references), %d workers x %d threads",
-                 len(tasks), len(self.methods), self.seeds, len(self.references), self.workers, self.threads)
-        self.runs_dir.mkdir(parents=True, exist_ok=True)
+        log.info("toy_report: %d tasks (%d methods x seeds %s, %d references%s), %d workers x %d threads",
+                 len(tasks), len(self.methods), self.seeds, len(self.references),
+                 ", curvature" if self.curvature else "", self.workers, self.threads)
         t_prepare = time.perf_counter()
         if self.prepare is not None:
             self.prepare.run(ctx)
