@@ -16,7 +16,7 @@ TOY_TRAIN = ["one_forcing_framewise", "one_forcing_framewise_causvid_init", "one
              "self_forcing_1step", "self_forcing_4step", "asd_1step", "one_forcing_fkl", "causvid_ode_init",
              "self_forcing_ode_init", "causal_forcing_ar_diffusion", "causal_forcing_ar_diffusion_chunkwise",
              "causal_forcing_ode_init", "causal_forcing_ode_init_chunkwise", "causal_forcing_dmd", "teacher",
-             "student_base"]
+             "student_base", "analytic_ode_init", "one_forcing_framewise_exact"]
 
 
 @pytest.mark.parametrize("name", REAL)
@@ -67,6 +67,7 @@ def test_toy_recipe_runs_a_few_steps(name, precision, toy_inputs, tmp_path):
                  "checkpoint_every=2", "export=null", "deepspeed.micro_batch_size=1",
                  f"_paths.data={toy_inputs}/data", f"_paths.ode_pairs={toy_inputs}/ode",
                  f"_paths.cf_ode_pairs={toy_inputs}/cf_ode", f"_paths.cf_ode_pairs_chunkwise={toy_inputs}/cf_ode",
+                 f"_paths.ode_pairs_analytic={toy_inputs}/ode",
                  "_paths.cf_ar_diffusion=${assets:toy_student_base}",
                  "_paths.cf_ar_diffusion_chunkwise=${assets:toy_student_base}",
                  f"_paths.cf_ode_init={init}", f"_paths.cf_ode_init_chunkwise={init}", f"_paths.sf_ode_init={init}"]
