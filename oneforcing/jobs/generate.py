@@ -33,7 +33,7 @@ from pathlib import Path
 
 import torch
 
-from oneforcing.data.pipeline import is_plain_name
+from oneforcing.data.output import is_plain_name
 from oneforcing.errors import UserError
 from oneforcing.jobs.base import Job, RunContext, derive_seed
 from oneforcing.jobs.shared import build_sampler, load_generator_model, resolve_model_dir, rollout

@@ -37,7 +37,8 @@ from pathlib import Path
 import safetensors.torch
 import torch
 
-from oneforcing.data.pipeline import all_shard_names, encode_text, plan_shards, prepare_output, shard_name
+from oneforcing.data.output import claim_output
+from oneforcing.data.pipeline import all_shard_names, encode_text, plan_shards, shard_name
 from oneforcing.data.shards import ShardWriter, dtype_from_name, write_index
 from oneforcing.errors import UserError
 from oneforcing.weights import WEIGHTS_RENAMED, check_weights
@@ -142,17 +143,17 @@ class OdePairsJob(Job):
                                              if self.overwrite or not (Path(self.out) / shard_name(j)).exists()]))
         todo = [p for p in plan if p[0] in missing]
         built = self._build(ctx, source) if todo else None  # before the folder is claimed: a failed load leaves it
-        out = prepare_output(self.out, settings, self.overwrite, ctx, "ode_pairs", shards)
-        log.info("ode_pairs: %d examples in shards of %d -> %s (%d shards to write, batches split over "
-                 "%d rank%s)", source.num, self.per_shard, out, len(todo), ctx.world_size,
-                 "s" if ctx.world_size > 1 else "")
-        if todo:
-            self._write(ctx, source, out, todo, tqdm, *built)
-        ctx.barrier()
-        if ctx.is_main:
-            write_index(out, info={"source": self.prompts_from or f"toy_world:{self.split}", **settings},
-                        kind="ode_pairs", files=shards)
-        ctx.barrier()
+        with claim_output(self.out, settings, self.overwrite, ctx, "ode_pairs", shards) as out:
+            log.info("ode_pairs: %d examples in shards of %d -> %s (%d shards to write, batches split over "
+                     "%d rank%s)", source.num, self.per_shard, out, len(todo), ctx.world_size,
+                     "s" if ctx.world_size > 1 else "")
+            if todo:
+                self._write(ctx, source, out, todo, tqdm, *built)
+            ctx.barrier()
+            if ctx.is_main:
+                write_index(out, info={"source": self.prompts_from or f"toy_world:{self.split}", **settings},
+                            kind="ode_pairs", files=shards)
+            ctx.barrier()
 
     def _build(self, ctx: RunContext, source) -> tuple:
         """(text encoder, negative prompt embedding, teacher), shapes checked on every rank."""

@@ -350,3 +350,21 @@ def _(w):
     (w.root / "videos").mkdir()
     (w.root / "videos" / "generate_manifest.json").write_text(json.dumps({"clips": []}))
     return ["eval", "videos=videos", "out=scores"]
+
+
+# --- jobs that replace data: the old set survives a failed overwrite -------------------------------
+def clips(w, rows: str, **videos: bytes) -> list[str]:
+    """A clips/ folder with `videos` (name -> bytes) and a captions.csv of `rows`; the prepare-data
+    command line that reads them (toy codec, 32x32, 5 frames)."""
+    (w.root / "clips").mkdir()
+    for name, data in videos.items():
+        (w.root / "clips" / name).write_bytes(data)
+    (w.root / "clips" / "captions.csv").write_text("video,caption\n" + rows)
+    return ["prepare-data", "videos=clips", "captions=clips/captions.csv", "out=shards",
+            "vae={type: toy_codec}", TOY_TEXT, "height=32", "width=32", "frames=5"]
+
+
+@case("prepare_data_overwrite_keeps_old_set", r"a\.mp4: cannot decode video")
+def _(w):
+    copy(w.shards, w.root / "shards")  # a complete data set, to be replaced
+    return [*clips(w, "a.mp4,a red ball\n", **{"a.mp4": b"not a video"}), "overwrite=true", "progress=false"]
