@@ -21,7 +21,9 @@ j % world_size and skipped when it already exists, so an interrupted run resumes
 from __future__ import annotations
 
 import csv
+import io
 import json
+import os
 from pathlib import Path
 
 import torch
@@ -40,32 +42,48 @@ TEXT_KEYS = ("caption", "prompt", "text")
 
 
 def read_captions(captions: str, videos: str) -> list[tuple[Path, str, str]]:
-    """-> [(video path, relative name, caption)] in file order; every video must exist."""
+    """-> [(video path, relative name, caption)] in file order; every video must exist inside `videos`."""
     path = Path(captions)
     if not path.is_file():
         raise UserError(f"{captions}: captions file not found")
-    rows: list[tuple[int, dict]] = []
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{captions}: not UTF-8 text (byte {exc.start})") from None
+    rows: list[tuple[int, object]] = []
     if path.suffix in (".jsonl", ".json"):
-        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        for n, line in enumerate(text.splitlines(), 1):
             if line.strip():
                 try:
                     rows.append((n, json.loads(line)))
                 except json.JSONDecodeError as exc:
                     raise UserError(f"{captions}:{n}: invalid JSON ({exc.msg})") from None
     else:
-        with path.open(newline="", encoding="utf-8") as f:
-            rows = [(n, row) for n, row in enumerate(csv.DictReader(f), 2)]
+        rows = [(n, row) for n, row in enumerate(csv.DictReader(io.StringIO(text, newline="")), 2)]
     out = []
     for n, row in rows:
+        if not isinstance(row, dict):
+            raise UserError(f"{captions}:{n}: a row must be a JSON object {{video: ..., caption: ...}}, "
+                            f"got {type(row).__name__}")
         vkey = next((k for k in VIDEO_KEYS if row.get(k)), None)
         tkey = next((k for k in TEXT_KEYS if row.get(k) is not None), None)
         if vkey is None or tkey is None:
             raise UserError(f"{captions}:{n}: need a video column ({' | '.join(VIDEO_KEYS)}) and a "
-                            f"caption column ({' | '.join(TEXT_KEYS)}); got {sorted(row)}")
-        video = Path(videos) / row[vkey]
-        if not video.is_file():
+                            f"caption column ({' | '.join(TEXT_KEYS)}); got {sorted(map(str, row))}")
+        name = str(row[vkey])
+        # Confined by name, not by link: a row cannot reach outside `videos` with '..' or an absolute
+        # path, while a folder of links the user made (to another disk, say) still works.
+        parts = Path(os.path.normpath(name)).parts
+        if Path(name).is_absolute() or not parts or parts[0] == ".." or "\0" in name:
+            raise UserError(f"{captions}:{n}: video {name[:80]!r} is not a path inside videos={videos}")
+        video = Path(videos) / name
+        try:
+            found = video.is_file()
+        except OSError as exc:  # a name too long for the file system, say
+            raise UserError(f"{captions}:{n}: video {name[:80]!r}: {exc.strerror}") from None
+        if not found:
             raise UserError(f"{captions}:{n}: video not found: {video}")
-        out.append((video, str(row[vkey]), str(row[tkey])))
+        out.append((video, name, str(row[tkey])))
     if not out:
         raise UserError(f"{captions}: no caption rows")
     return out

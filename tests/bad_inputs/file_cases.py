@@ -368,3 +368,29 @@ def clips(w, rows: str, **videos: bytes) -> list[str]:
 def _(w):
     copy(w.shards, w.root / "shards")  # a complete data set, to be replaced
     return [*clips(w, "a.mp4,a red ball\n", **{"a.mp4": b"not a video"}), "overwrite=true", "progress=false"]
+
+
+@case("prepare_data_caption_escapes_videos", r"captions\.csv:2: video '\.\./outside/clip\.mp4' is not a path inside videos=clips")
+def _(w):
+    (w.root / "outside").mkdir()
+    (w.root / "outside" / "clip.mp4").write_bytes(b"someone else's video")
+    return clips(w, "../outside/clip.mp4,a red ball\n")
+
+
+@case("prepare_data_caption_absolute_path", r"captions\.csv:2: video '/etc/hostname' is not a path inside")
+def _(w):
+    return clips(w, "/etc/hostname,a red ball\n")
+
+
+@case("prepare_data_jsonl_row_not_an_object", r"captions\.jsonl:2: a row must be a JSON object .*got list")
+def _(w):
+    argv = clips(w, "", **{"a.mp4": b"x"})
+    (w.root / "clips" / "captions.jsonl").write_text('{"video": "a.mp4", "caption": "one"}\n["a.mp4", "two"]\n')
+    return [a.replace("captions.csv", "captions.jsonl") for a in argv]
+
+
+@case("prepare_data_captions_not_utf8", r"captions\.csv: not UTF-8 text")
+def _(w):
+    argv = clips(w, "", **{"a.mp4": b"x"})
+    (w.root / "clips" / "captions.csv").write_bytes("video,caption\na.mp4,caf\u00e9\n".encode("latin-1"))
+    return argv
