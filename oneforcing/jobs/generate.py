@@ -35,7 +35,7 @@ import torch
 
 from oneforcing.data.output import is_plain_name
 from oneforcing.errors import UserError
-from oneforcing.jobs.base import Job, RunContext, derive_seed
+from oneforcing.jobs.base import Job, RunContext, check_seed, derive_seed
 from oneforcing.jobs.shared import build_sampler, load_generator_model, resolve_model_dir, rollout
 from oneforcing.registry import JOBS, TEXT_ENCODERS, VAES, build
 from oneforcing.speed import Timing, sync
@@ -134,6 +134,8 @@ class Generate(Job):
             if value < 1:
                 raise UserError(f"generate: '{key}' must be >= 1, got {value}")
         n_videos = len(self.prompts) * samples_per_prompt
+        for i, seed in enumerate(seeds or ()):
+            check_seed(seed, f"seeds[{i}]")
         if seeds is not None and len(seeds) != n_videos:
             raise UserError(f"generate: 'seeds' has {len(seeds)} entries for {n_videos} videos "
                             f"({len(self.prompts)} prompts x {samples_per_prompt} samples)")

@@ -394,3 +394,16 @@ def _(w):
     argv = clips(w, "", **{"a.mp4": b"x"})
     (w.root / "clips" / "captions.csv").write_bytes("video,caption\na.mp4,caf\u00e9\n".encode("latin-1"))
     return argv
+
+
+# --- the study's report -----------------------------------------------------------------------------
+@case("study_report_out_is_a_file", r"out: report\.md exists and is not a folder")
+def _(w):
+    from oneforcing.study.design import build_design
+    from oneforcing.study.store import StudyStore
+    from oneforcing.testing.study_videos import write_prompts, write_study_folders
+
+    folders = write_study_folders(w.root / "videos", encode=False)
+    StudyStore.open(w.root / "votes.sqlite", build_design(folders, str(write_prompts(w.root / "prompts.txt"))))
+    (w.root / "report.md").write_text("an earlier report")
+    return ["study-report", "db=votes.sqlite", "out=report.md"]

@@ -206,3 +206,23 @@ def _(w):
 @case("float_that_is_not_a_number", r"optim\.generator\.lr: .*expected float, got str 'nan'")
 def _(w):
     return train("optim.generator.lr='nan'", command="show")
+
+
+# --- seeds: what a generator takes ---------------------------------------------------------------
+@case("seed_past_2_to_the_64", r"seed: a seed is an integer in \[0, 2\^64\), got 18446744073709551617")
+def _(w):
+    return train("seed=18446744073709551617")
+
+
+@case("generate_seeds_past_2_to_the_64", r"seeds\[1\]: a seed is an integer in \[0, 2\^64\)")
+def _(w):
+    from bad_inputs.common import generate
+
+    return generate(w, "samples_per_prompt=2", "seeds=[1, 18446744073709551617]")
+
+
+@case("generate_negative_seed", r"seeds\[0\]: a seed is an integer in \[0, 2\^64\), got -1")
+def _(w):
+    from bad_inputs.common import generate
+
+    return generate(w, "seeds=[-1]")
