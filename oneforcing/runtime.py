@@ -29,6 +29,14 @@ def check_seed(value: Any, key: str) -> int:
     return value
 
 
+def device_memory(device: torch.device) -> int:
+    """Bytes of memory on `device` (a GPU's whole memory; the machine's RAM for the CPU): what no
+    single job can exceed, whatever else runs."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).total_memory
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
 def derive_seed(seed: int, *parts: Any) -> int:
     """A 63-bit seed derived from the recipe seed and any labels (rank, purpose, step ...)."""
     text = ":".join(str(p) for p in (seed, *parts))

@@ -20,6 +20,7 @@ t / 1000 (schedulers/flow_match.py).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
 
 import torch
 
@@ -42,6 +43,14 @@ class Rollout:
         if self.frame_mask is None:
             return list(range(self.x0.shape[1]))
         return torch.nonzero(self.frame_mask).flatten().tolist()
+
+
+@runtime_checkable
+class PlansItsCache(Protocol):
+    """A sampler that streams through a KV cache it can size up before allocating it (a job refuses
+    a rollout that cannot fit, or a window no block fits, before any tensor exists)."""
+
+    def new_cache(self, model, batch_size: int, num_frames: int): ...
 
 
 def model_dtype(model) -> torch.dtype | None:

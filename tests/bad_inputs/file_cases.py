@@ -407,3 +407,32 @@ def _(w):
     StudyStore.open(w.root / "votes.sqlite", build_design(folders, str(write_prompts(w.root / "prompts.txt"))))
     (w.root / "report.md").write_text("an earlier report")
     return ["study-report", "db=votes.sqlite", "out=report.md"]
+
+
+# --- long videos: refused before anything is allocated -----------------------------------------------
+BLOCKS_OF_3 = "model={type: causal_wan, attention: sdpa, frames_per_block: 3}"
+
+
+@case("generate_window_smaller_than_a_block", r"sampler\.local_attn_size: generate: a block of 3 latent frames does not fit local_attn_size=2")
+def _(w):
+    return generate(w, "sampler={type: causal_inference, local_attn_size: 2}", "num_frames=21", BLOCKS_OF_3)
+
+
+@case("generate_sink_leaves_no_room_for_a_block", r"need local_attn_size >= sink_size \+ 3")
+def _(w):
+    return generate(w, "sampler={type: causal_inference, local_attn_size: 4, sink_size: 2}", "num_frames=21", BLOCKS_OF_3)
+
+
+@case("generate_absurd_window", r"sampler\.local_attn_size: generate: the KV cache of 100000000000 latent frames needs .* TiB, more than")
+def _(w):
+    return generate(w, "sampler={type: causal_inference, local_attn_size: 100000000000, sink_size: 1}")
+
+
+@case("generate_absurd_frame_count", r"num_frames: generate: a decoded video of 4000000001 frames .* TiB as float32, more than")
+def _(w):
+    return generate(w, "num_frames=4000000001")
+
+
+@case("generate_absurd_size", r"height: generate: one decoded frame at 400000x400000 \(batch of 1\) needs .* TiB")
+def _(w):
+    return generate(w, "height=400000", "width=400000")
