@@ -436,3 +436,25 @@ def _(w):
 @case("generate_absurd_size", r"height: generate: one decoded frame at 400000x400000 \(batch of 1\) needs .* TiB")
 def _(w):
     return generate(w, "height=400000", "width=400000")
+
+
+# --- curvature: the teacher and the prompts, named by curvature's own keys ---------------------------
+def curvature(*extra: str) -> list[str]:
+    return ["curvature", "teacher=${assets:toy_teacher}", "split=test", "num_prompts=2", "batch_size=2",
+            "sampler={type: teacher_ode, num_steps: 10}", "out=curv", "plot=false", TOY_TEXT, *extra]
+
+
+@case("curvature_teacher_missing", r"teacher: 'no_teacher' does not exist")
+def _(w):
+    return curvature("teacher=no_teacher")
+
+
+@case("curvature_too_few_prompts", r"num_prompts: num_prompts=10 but prompts_from 'shards' holds 4")
+def _(w):
+    copy(w.shards, w.root / "shards")
+    return curvature("split=null", "prompts_from=shards", "num_prompts=10")
+
+
+@case("curvature_teacher_of_other_channels", r"teacher: teacher has in_channels=4 but the latents have 16 channels")
+def _(w):
+    return curvature(f"teacher={w.wan}", "model={causal: false, attention: sdpa}")
