@@ -181,3 +181,34 @@ def test_a_contract_breaking_entry_point_plugin_is_reported_on_one_line(tmp_path
     assert proc.returncode == 0 and "acme_probe" not in proc.stdout
     lines = [ln for ln in proc.stderr.splitlines() if "acme" in ln]
     assert lines and "breaks the critics contract: has no method 'denoise'" in lines[0]
+
+
+def test_a_sampler_returning_a_bare_tensor_is_one_line(tmp_path, capsys, monkeypatch):
+    """The contract checks names at registration; what a sampler returns is checked where it is called."""
+    from oneforcing.cli import main
+    from oneforcing.registry import SAMPLERS
+
+    @SAMPLERS.register("bare_tensor_sampler")
+    class BareTensor:
+        needs_context = False
+
+        def __init__(self, scheduler=None):
+            self.scheduler = scheduler
+
+        def __call__(self, model, noise, text, *, generator=None, exit_generator=None, negative_text=None,
+                     context=None, on_block=None):
+            return noise  # not a Rollout
+
+    monkeypatch.chdir(tmp_path)
+    try:
+        code = main(["generate", "checkpoint=${assets:toy_student_base}", "prompt=a red ball", "out_dir=videos",
+                     "text_encoder={type: umt5, path: '${assets:toy_text_encoder}', max_length: 16}",
+                     "vae={type: toy_codec}", "num_frames=3", "height=32", "width=32", "progress=false",
+                     "model={type: causal_wan, attention: sdpa}", "sampler={type: bare_tensor_sampler}"])
+    finally:
+        SAMPLERS.unregister("bare_tensor_sampler")
+    err = capsys.readouterr().err.strip()  # the log's info lines go there too
+    errors = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert code == 2 and len(errors) == 1 and "Traceback" not in err, err
+    assert "sampler: sampler " in err and "BareTensor returned Tensor; a sampler returns a Rollout" in err
+    assert not any((tmp_path / "videos").glob("*.mp4"))

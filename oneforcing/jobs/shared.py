@@ -14,6 +14,7 @@ from oneforcing.data.loader import LatentShards
 from oneforcing.data.pipeline import encode_text
 from oneforcing.errors import UserError
 from oneforcing.registry import DATASETS, MODELS, VAES, build, check_kwargs, validate
+from oneforcing.samplers.common import checked_rollout
 from oneforcing.schedulers.build import build_flow
 from oneforcing.speed import sync
 from oneforcing.weights import resolve_weights
@@ -49,8 +50,8 @@ def rollout(sampler, model, noise: torch.Tensor, text: torch.Tensor, device: tor
         if on_block is not None:
             on_block(a, b, x0)
 
-    out = sampler(model, noise, text, generator=generator, negative_text=negative_text, context=context,
-                  on_block=block_ready)
+    out = checked_rollout(sampler(model, noise, text, generator=generator, negative_text=negative_text,
+                                  context=context, on_block=block_ready), sampler)
     return out.x0, first[0]
 
 
