@@ -122,3 +122,19 @@ def test_nan_and_infinity_in_a_body_are_a_400_not_a_500(study, tmp_path):
     reply = client.post("/api/vote", json={"name": "a", "pair_id": 1, "choice": "up"})
     assert reply.status_code == 422 and reply.json()["detail"][0]["loc"] == ["body", "choice"]
     assert store.votes() == []
+
+
+@pytest.mark.parametrize("damage,expect", [
+    (lambda b: b[: len(b) // 2], "truncated: box 'mdat'"),
+    (lambda b: b"<html>not found</html>" * 10, "not an mp4 file"),
+    (lambda b: b[:-8] + b"\x00\x00\x00\x08", "truncated: box"),
+], ids=["truncated", "an_html_page", "trailing_bytes"])
+def test_a_corrupt_clip_is_refused_before_its_hash_is_committed(tmp_path, capsys, damage, expect):
+    folders = write_study_folders(tmp_path / "videos", encode=True)  # real mp4s: they pass
+    prompts = write_prompts(tmp_path / "prompts.txt")
+    build_design(folders, str(prompts))
+    clip = next(iter(sorted((tmp_path / "videos" / "baseline").iterdir())))
+    clip.write_bytes(damage(clip.read_bytes()))
+    err = study_cli(capsys, folders, prompts, tmp_path / "db.sqlite")
+    assert "systems.baseline: " in err and "is not a playable mp4" in err and expect in err
+    assert not (tmp_path / "db.sqlite").exists()
