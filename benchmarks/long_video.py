@@ -61,7 +61,7 @@ def main(argv=None) -> None:
     shape = (frames, *codec.latent_shape(TRAINED_FRAMES, 32, 32)[1:])
     with torch.no_grad():
         text = build(dict(DEFAULT_TEXT_ENCODER), TEXT_ENCODERS).encode(prompts).float()
-    weights = resolve_model_dir(args.checkpoint, use_ema=True)
+    weights = resolve_model_dir(args.checkpoint, "ema")
     model = load_generator_model(model_config({"frames_per_block": 1}), weights, None).float().eval()
     model.requires_grad_(False)
     bench = ToyBench(fd=True)

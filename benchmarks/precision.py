@@ -1,6 +1,6 @@
 """bf16 vs fp32 training speed of toy recipes on this machine's CPU, side by side.
 
-    python benchmarks/precision.py [--steps 6] [--repeats 2] [--recipes ode_init one_forcing_framewise]
+    python benchmarks/precision.py [--steps 6] [--repeats 2] [--recipes causvid_ode_init one_forcing_framewise]
 
 Per recipe and precision: CPU seconds of one training step (one thread), measured as the CPU time
 of a run of 1 + `steps` steps minus that of a 1-step run (start-up, model loading, the first step
@@ -89,7 +89,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--recipes", nargs="+", default=["ode_init", "one_forcing_framewise"])
+    parser.add_argument("--recipes", nargs="+", default=["causvid_ode_init", "one_forcing_framewise"])
     args = parser.parse_args()
     matmul_speedups()
     with tempfile.TemporaryDirectory() as tmp:

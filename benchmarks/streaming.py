@@ -95,6 +95,9 @@ class DecodeAtTheEnd:
     def __init__(self, vae):
         self.decode = vae.decode
 
+    def stream_decoder(self):
+        return None  # the VAE contract: None = this codec decodes whole clips only
+
 
 def speed_report(model, noise, text, device, dtype, real: bool) -> None:
     vae = random_wan_vae(real, device, dtype)
@@ -129,6 +132,8 @@ def main(argv=None) -> None:
     ap.add_argument("--speed-only", action="store_true", help="only the speed figure (generate's path)")
     ap.add_argument("--threads", type=int, default=1,
                     help="CPU threads (default 1: stable medians on a shared machine)")
+    ap.add_argument("--smoke", action="store_true",
+                    help="every figure's code path at a toy size in seconds (the test suite's run; no figures)")
     args = ap.parse_args(argv)
     if not args.real:
         torch.set_num_threads(args.threads)
@@ -141,6 +146,9 @@ def main(argv=None) -> None:
     else:
         device, dtype, cfg, shape = torch.device("cpu"), torch.float32, CPU_CONFIG, CPU_SHAPE
         repeats, teacher_steps = args.repeats or 5, args.teacher_steps or 50
+    if args.smoke:
+        cfg, shape = {**cfg, "num_layers": 1, "ffn_dim": 64}, dict(frames=3, height=8, width=16, text_len=8)
+        repeats, teacher_steps = 1, 1
     torch.manual_seed(0)
     with torch.device(device):
         model = CausalWan.from_config(cfg, frames_per_block=1, attention=args.attention)

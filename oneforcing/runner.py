@@ -9,6 +9,7 @@ import sys
 from oneforcing.config import load_recipe
 from oneforcing.errors import RecipeError, UserError, report
 from oneforcing.registry import JOBS, build, import_modules, load_plugins
+from oneforcing.runtime import check_seed
 
 log = logging.getLogger("oneforcing")
 
@@ -24,9 +25,10 @@ def split_recipe(recipe: dict, file: str | None) -> tuple[dict, dict]:
         raise RecipeError(f"missing 'job' (one of: {', '.join(JOBS.names())})", file=file)
     if not isinstance(job, str):
         raise RecipeError(f"'job' must be a job name, got {job!r}", file=file, key="job")
-    seed = meta.get("seed", 0)
-    if not isinstance(seed, int) or isinstance(seed, bool):
-        raise RecipeError(f"'seed' must be an integer, got {seed!r}", file=file, key="seed")
+    try:
+        check_seed(meta.get("seed", 0), "seed")
+    except UserError as err:
+        raise err.at(file=file) from None
     imports = meta.get("imports", [])
     import_modules(imports, file=file)
     job_cfg = {"type": job.replace("-", "_")}

@@ -13,6 +13,29 @@ from typing import Any
 
 import torch
 
+from oneforcing.errors import UserError
+
+
+MAX_SEED = 2**64 - 1  # torch's generators take seeds of 64 bits
+
+
+def check_seed(value: Any, key: str) -> int:
+    """A seed as a recipe gives it: an integer in [0, 2^64) (a generator would refuse any other
+    with a traceback, at the first video or example that uses it)."""
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise UserError(f"'{key.rpartition('.')[2]}' must be an integer, got {value!r}", key=key)
+    if not 0 <= value <= MAX_SEED:
+        raise UserError(f"a seed is an integer in [0, 2^64), got {value}", key=key)
+    return value
+
+
+def device_memory(device: torch.device) -> int:
+    """Bytes of memory on `device` (a GPU's whole memory; the machine's RAM for the CPU): what no
+    single job can exceed, whatever else runs."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).total_memory
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
 
 def derive_seed(seed: int, *parts: Any) -> int:
     """A 63-bit seed derived from the recipe seed and any labels (rank, purpose, step ...)."""

@@ -82,7 +82,11 @@ def test_registered_build_and_user_errors(wan_dir, tmp_path):
     assert m.weights_folder == str(wan_dir) and m.frames_per_block == 3
     ref_sd = CausalWan.from_pretrained(wan_dir).state_dict()
     assert not all(torch.equal(v, ref_sd[k]) for k, v in m.state_dict().items())  # built, not loaded
+    x, t, text = torch.randn(1, 3, 4, 4, 4), torch.tensor([500.0]), torch.randn(1, 5, 24)
+    with pytest.raises(UserError, match="names the weights folder .* but they were never loaded"):
+        m(x, t, text)  # random weights never produce output
     assert load_pretrained(m) == len(ref_sd)
+    assert m(x, t, text).shape == x.shape
     assert all(torch.equal(v, ref_sd[k]) for k, v in m.state_dict().items())
     with pytest.raises(UserError, match="not found"):
         CausalWan(pretrained=str(tmp_path / "nope"))

@@ -107,6 +107,30 @@ def test_recipe_imports_register_components(tmp_path, capsys):
         sys.modules.pop("my_jobs", None)
 
 
+@pytest.mark.parametrize("source,message", [
+    ("from oneforcing.registry import LOSSES\n\ndef broken(:\n    pass\n",
+     r"imports\[0\]: cannot import module 'my_broken': SyntaxError: .*my_broken\.py, line 3"),
+    ("raise RuntimeError('needs a GPU driver')\n", r"imports\[0\]: cannot import module 'my_broken': RuntimeError: needs a GPU"),
+    ("from oneforcing.registry import LOSSES\n\n@LOSSES.register('my_no_call')\nclass NoCall:\n    def forward(self, s):\n"
+     "        return s\n", r"loss 'my_no_call' .* breaks the losses contract: is not callable \(no __call__\)"),
+], ids=["syntax_error", "raises_at_import", "breaks_a_contract"])
+def test_a_broken_recipe_import_is_one_line(tmp_path, capsys, source, message):
+    import re
+
+    from oneforcing.cli import main
+
+    (tmp_path / "my_broken.py").write_text(source)
+    (tmp_path / "r.yaml").write_text("job: toy_data\nimports: [my_broken]\nout: o\n")
+    sys.path.insert(0, str(tmp_path))
+    try:
+        assert main(["show", str(tmp_path / "r.yaml")]) == 2
+    finally:
+        sys.path.remove(str(tmp_path))
+        sys.modules.pop("my_broken", None)
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("error: ") and re.search(message, err), err
+
+
 BAD_PLUGINS = [
     # (kind, class body, what the one-line error names)
     ("LOSSES", "def __call__(self, s, extra):\n        return s", "is called with 1 positional argument(s), its __call__ takes (s, extra)"),
@@ -118,6 +142,11 @@ BAD_PLUGINS = [
     ("CRITICS", "def forward(self, x, t, text):\n        return x", "has no method 'denoise'"),
     ("TIMESTEP_SAMPLERS", "def __init__(self, scheduler=None): pass\n    def __call__(self, n):\n        return n",
      "its __call__ takes no keyword 'generator'"),
+    ("LOSSES", "def forward(self, s):\n        return s", "is not callable (no __call__)"),
+    ("CRITICS", "def denoise(self, x_t, t):\n        return x_t\n    def logit(self, x_t, t, text):\n        return x_t",
+     "denoise() is called with 3 positional argument(s), it takes (x_t, t)"),
+    ("CRITICS", "def denoise(self, x_t, t, text, scale):\n        return x_t\n    def logit(self, x_t, t, text):\n        return x_t",
+     "denoise() is called with 3 positional argument(s), it takes (x_t, t, text, scale)"),
 ]
 
 
@@ -152,3 +181,34 @@ def test_a_contract_breaking_entry_point_plugin_is_reported_on_one_line(tmp_path
     assert proc.returncode == 0 and "acme_probe" not in proc.stdout
     lines = [ln for ln in proc.stderr.splitlines() if "acme" in ln]
     assert lines and "breaks the critics contract: has no method 'denoise'" in lines[0]
+
+
+def test_a_sampler_returning_a_bare_tensor_is_one_line(tmp_path, capsys, monkeypatch):
+    """The contract checks names at registration; what a sampler returns is checked where it is called."""
+    from oneforcing.cli import main
+    from oneforcing.registry import SAMPLERS
+
+    @SAMPLERS.register("bare_tensor_sampler")
+    class BareTensor:
+        needs_context = False
+
+        def __init__(self, scheduler=None):
+            self.scheduler = scheduler
+
+        def __call__(self, model, noise, text, *, generator=None, exit_generator=None, negative_text=None,
+                     context=None, on_block=None):
+            return noise  # not a Rollout
+
+    monkeypatch.chdir(tmp_path)
+    try:
+        code = main(["generate", "checkpoint=${assets:toy_student_base}", "prompt=a red ball", "out_dir=videos",
+                     "text_encoder={type: umt5, path: '${assets:toy_text_encoder}', max_length: 16}",
+                     "vae={type: toy_codec}", "num_frames=3", "height=32", "width=32", "progress=false",
+                     "model={type: causal_wan, attention: sdpa}", "sampler={type: bare_tensor_sampler}"])
+    finally:
+        SAMPLERS.unregister("bare_tensor_sampler")
+    err = capsys.readouterr().err.strip()  # the log's info lines go there too
+    errors = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert code == 2 and len(errors) == 1 and "Traceback" not in err, err
+    assert "sampler: sampler " in err and "BareTensor returned Tensor; a sampler returns a Rollout" in err
+    assert not any((tmp_path / "videos").glob("*.mp4"))

@@ -120,6 +120,28 @@ def test_int_to_float_inside_containers():
     assert opt.lrs == [1.0, 2.5] and type(opt.lrs[0]) is float
 
 
+def test_a_string_that_reads_as_a_finite_float_is_a_float_where_one_is_expected():
+    """YAML reads `1e-5` (no dot) as a string; every user types it."""
+    from oneforcing.config.recipe import apply_overrides
+
+    r = Registry("opts")
+
+    @r.register("adamw")
+    class Opt:
+        def __init__(self, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float | None = None,
+                     name: str = "x"):
+            self.lr, self.betas, self.eps, self.name = lr, betas, eps, name
+
+    cfg = apply_overrides({"type": "adamw"}, ["lr=1e-5", "betas=[0, 1e-3]", "eps=1E-8", "name=1e-5"])
+    assert cfg["lr"] == "1e-5"  # as YAML reads it
+    opt = build(cfg, r)
+    assert (opt.lr, opt.betas, opt.eps) == (1e-5, (0.0, 1e-3), 1e-8) and type(opt.lr) is float
+    assert opt.name == "1e-5"  # a string stays a string where a string is expected
+    for bad in ("nan", "-inf", "1e-5x", "Infinity"):
+        with pytest.raises(RecipeError, match=f"lr: opt 'adamw': expected float, got str '{bad}'"):
+            build({"type": "adamw", "lr": bad}, r)
+
+
 def test_validate_checks_without_building(reg):
     from oneforcing.registry import validate
 

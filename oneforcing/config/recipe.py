@@ -19,6 +19,7 @@ Every user error raises `RecipeError` with one line naming the file and key.
 from __future__ import annotations
 
 import copy
+import math
 import os
 import re
 from pathlib import Path
@@ -274,7 +275,23 @@ def finish_recipe(data: dict, overrides: list[str] | tuple[str, ...], shown: str
         data = resolve_references(data, file=shown)
     except RecursionError:
         raise RecipeError("the recipe is nested too deeply", file=shown) from None
-    return {k: v for k, v in data.items() if not (isinstance(k, str) and k.startswith("_"))}
+    data = {k: v for k, v in data.items() if not (isinstance(k, str) and k.startswith("_"))}
+    check_finite(data, file=shown)
+    return data
+
+
+def check_finite(data: Any, *, file: str | None = None, where: str = "") -> None:
+    """Every number of a recipe is finite, checked once for all jobs: a YAML `.nan` or `.inf` in a
+    cfg_scale, a shift or a learning rate passes every range check (comparisons with NaN are false)
+    and would silently write NaN data or black videos."""
+    if isinstance(data, float) and not math.isfinite(data):
+        raise RecipeError(f"must be a finite number, got {data}", file=file, key=where or None)
+    if isinstance(data, dict):
+        for k, v in data.items():
+            check_finite(v, file=file, where=f"{where}.{k}" if where else str(k))
+    elif isinstance(data, list):
+        for i, v in enumerate(data):
+            check_finite(v, file=file, where=f"{where}[{i}]")
 
 
 def dump_recipe(recipe: dict) -> str:

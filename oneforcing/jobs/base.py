@@ -10,9 +10,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from oneforcing.errors import UserError
-from oneforcing.runtime import RunContext, derive_seed, env_int
+from oneforcing.runtime import RunContext, check_seed, derive_seed, env_int
 
-__all__ = ["Job", "RunContext", "derive_seed", "env_int", "missing_path"]  # runtime's names, for jobs
+__all__ = ["Job", "RunContext", "check_seed", "derive_seed", "env_int", "missing_path"]  # runtime's names, for jobs
 
 
 def missing_path(path: str, key: str, recipe_file: str | None) -> UserError:

@@ -36,7 +36,7 @@ from oneforcing.eval.curvature import (
 )
 from oneforcing.jobs.base import Job, RunContext, derive_seed
 from oneforcing.jobs.shared import (DEFAULT_ODE_TEXT_ENCODER, ShardPrompts, ToyPrompts, build_sampler,
-                                    load_generator_model, model_config, resolve_model_dir)
+                                    check_teacher_paths, check_teacher_shapes, load_generator_model, model_config, resolve_model_dir)
 from oneforcing.models.text_encoder import parse_dtype
 from oneforcing.registry import JOBS, TEXT_ENCODERS, build, validate
 from oneforcing.samplers.teacher_ode import TeacherODE
@@ -95,7 +95,7 @@ class CurvatureJob(Job):
         self.text_cfg = text_encoder or dict(DEFAULT_ODE_TEXT_ENCODER)
         validate(self.text_cfg, TEXT_ENCODERS, path="text_encoder")
         if split is not None:
-            ToyPrompts(split, num_prompts, 0, frames, size)  # validate now
+            ToyPrompts(split, num_prompts, 0, frames, size, key="num_prompts")  # validate now
         if dtype != "auto":
             parse_dtype(dtype, key="curvature.dtype")
         self.teacher, self.weights, self.prompts_from, self.split = teacher, check_weights(weights), prompts_from, split
@@ -122,12 +122,16 @@ class CurvatureJob(Job):
         device = ctx.device
         dtype = (torch.bfloat16 if device.type == "cuda" else torch.float32) if self.dtype == "auto" \
             else parse_dtype(self.dtype)
-        source = (ShardPrompts(self.prompts_from, self.num_prompts) if self.prompts_from is not None
-                  else ToyPrompts(self.split, self.num_prompts, ctx.seed, self.frames, self.size))
+        weights_dir = check_teacher_paths(self.teacher, self.weights, self.prompts_from, ctx.recipe_file)
+        source = (ShardPrompts(self.prompts_from, self.num_prompts, key="num_prompts") if self.prompts_from is not None
+                  else ToyPrompts(self.split, self.num_prompts, ctx.seed, self.frames, self.size, key="num_prompts"))
         encoder = build(self.text_cfg, TEXT_ENCODERS, path="text_encoder", file=ctx.recipe_file)
         negative_text = encoder.negative_prompt if self.negative_prompt is None else self.negative_prompt
         negative = encode_text(encoder, [negative_text])[0]
-        model = load_generator_model(self.model_cfg, self.weights_dir, ctx.recipe_file).to(device, dtype)
+        model = load_generator_model(self.model_cfg, weights_dir, ctx.recipe_file)
+        check_teacher_shapes(model, source.shape, source.batch(range(1), encoder).embed, negative,
+                             self.prompts_from or "toy codec")
+        model = model.to(device, dtype)
         model.eval().requires_grad_(False)
         log.info("curvature: %d prompts, %d-step teacher ODE (shift %s, cfg_scale %s) from %s", self.num_prompts,
                  self.sampler.num_steps, self.sampler.scheduler.shift, self.sampler.cfg_scale, self.weights_dir)

@@ -33,11 +33,13 @@ from pathlib import Path
 
 import torch
 
-from oneforcing.data.pipeline import is_plain_name
+from oneforcing.data.output import is_plain_name
 from oneforcing.errors import UserError
-from oneforcing.jobs.base import Job, RunContext, derive_seed
+from oneforcing.jobs.base import Job, RunContext, check_seed, derive_seed
 from oneforcing.jobs.shared import build_sampler, load_generator_model, resolve_model_dir, rollout
 from oneforcing.registry import JOBS, TEXT_ENCODERS, VAES, build
+from oneforcing.runtime import device_memory
+from oneforcing.samplers.common import PlansItsCache
 from oneforcing.speed import Timing, sync
 from oneforcing.weights import WEIGHTS_RENAMED, check_weights, weights_kind
 
@@ -134,6 +136,8 @@ class Generate(Job):
             if value < 1:
                 raise UserError(f"generate: '{key}' must be >= 1, got {value}")
         n_videos = len(self.prompts) * samples_per_prompt
+        for i, seed in enumerate(seeds or ()):
+            check_seed(seed, f"seeds[{i}]")
         if seeds is not None and len(seeds) != n_videos:
             raise UserError(f"generate: 'seeds' has {len(seeds)} entries for {n_videos} videos "
                             f"({len(self.prompts)} prompts x {samples_per_prompt} samples)")
@@ -202,6 +206,7 @@ class Generate(Job):
             model = load_generator_model(self.model_cfg, self.weights_dir, ctx.recipe_file)
             _check_model_fits(model, latent_shape, self.height, self.width, ctx.recipe_file)
             sampler = self.sampler
+            self._check_memory(model, sampler, latent_shape, device, dtype)
             text = self._encode_prompts(ctx, sorted({it.prompt for it in mine}))  # before the model moves
             model = model.to(device, dtype)
             model.eval().requires_grad_(False)
@@ -211,6 +216,32 @@ class Generate(Job):
         if ctx.is_main:  # last: the manifest lists only videos that were written
             self.out_dir.mkdir(parents=True, exist_ok=True)
             self._write_manifest(items)
+
+    def _check_memory(self, model, sampler, latent_shape: tuple[int, int, int, int], device: torch.device,
+                      dtype: torch.dtype) -> None:
+        """Refuse, before anything is allocated, a batch whose decoded video or KV cache is larger
+        than the device's whole memory (an absurd num_frames, size or window), and a window no
+        block fits."""
+        limit, batch = device_memory(device), min(self.batch_size, len(self.prompts) * self.samples_per_prompt)
+        frame = batch * 3 * self.height * self.width * 4  # decoded float32 pixels of one frame of the batch
+        size = f"{self.height}x{self.width} (batch of {batch})"
+        for key, need, what in (("height", frame, f"one decoded frame at {size}"),
+                                ("num_frames", frame * self.num_frames,
+                                 f"a decoded video of {self.num_frames} frames at {size}")):
+            if need > limit:
+                raise UserError(f"generate: {what} needs {_size(need)} as float32, more than the "
+                                f"{_size(limit)} of {device}", key=key)
+        if isinstance(sampler, PlansItsCache):
+            f_lat, _, h_lat, w_lat = latent_shape
+            try:
+                cache = sampler.new_cache(model, batch, f_lat)
+            except ValueError as exc:
+                raise UserError(f"generate: {exc}", key="sampler.local_attn_size") from None
+            need = cache.planned_nbytes(model.tokens_per_frame(h_lat, w_lat), dtype)
+            if need > limit:
+                raise UserError(f"generate: the KV cache of {cache.max_frames} latent frames needs {_size(need)}, "
+                                f"more than the {_size(limit)} of {device}: lower local_attn_size (or num_frames)",
+                                key="sampler.local_attn_size" if self.sampler_cfg.get("local_attn_size") else "num_frames")
 
     def _render(self, ctx: RunContext, mine: list[Item], vae, model, sampler, text: dict,
                 latent_shape: tuple[int, int, int, int], dtype: torch.dtype) -> None:
@@ -273,6 +304,10 @@ class Generate(Job):
         tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
         tmp.write_text(json.dumps(data, indent=1, ensure_ascii=False), encoding="utf-8")
         os.replace(tmp, path)
+
+
+def _size(nbytes: int) -> str:
+    return f"{nbytes / 2**40:.1f} TiB" if nbytes >= 2**40 else f"{nbytes / 2**30:.1f} GiB"
 
 
 def _latent_shape(vae, frames: int, height: int, width: int) -> tuple[int, int, int, int]:

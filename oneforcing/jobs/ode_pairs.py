@@ -37,12 +37,14 @@ from pathlib import Path
 import safetensors.torch
 import torch
 
-from oneforcing.data.pipeline import all_shard_names, encode_text, plan_shards, prepare_output, shard_name
+from oneforcing.data.output import claim_output
+from oneforcing.data.pipeline import all_shard_names, encode_text, plan_shards, shard_name
 from oneforcing.data.shards import ShardWriter, dtype_from_name, write_index
 from oneforcing.errors import UserError
 from oneforcing.weights import WEIGHTS_RENAMED, check_weights
-from oneforcing.jobs.base import Job, RunContext, derive_seed, missing_path
+from oneforcing.jobs.base import Job, RunContext, derive_seed
 from oneforcing.jobs.shared import (DEFAULT_ODE_TEXT_ENCODER, ShardPrompts, ToyPrompts, build_sampler,
+                                    check_teacher_paths, check_teacher_shapes,
                                     load_generator_model, model_config, resolve_model_dir)
 from oneforcing.models.text_encoder import parse_dtype
 from oneforcing.registry import JOBS, TEXT_ENCODERS, build, validate
@@ -119,15 +121,7 @@ class OdePairsJob(Job):
         return ToyPrompts(self.split, self.num_examples, seed, self.frames, self.size)
 
     def check_paths(self, recipe_file: str | None) -> None:
-        """Fail before writing anything if the teacher or the prompts are missing (one line naming
-        the recipe key, and the toy twin of the recipe)."""
-        for key, path in (("teacher", self.teacher), ("prompts_from", self.prompts_from)):
-            if path is not None and not Path(path).expanduser().exists():
-                raise missing_path(path, key, recipe_file)
-        try:
-            self.weights_dir
-        except UserError as err:  # a folder that holds no weights
-            raise UserError(err.message.removeprefix("generate: "), key="teacher") from None
+        check_teacher_paths(self.teacher, self.weights, self.prompts_from, recipe_file)
 
     def run(self, ctx: RunContext) -> None:
         from tqdm.auto import tqdm
@@ -142,17 +136,17 @@ class OdePairsJob(Job):
                                              if self.overwrite or not (Path(self.out) / shard_name(j)).exists()]))
         todo = [p for p in plan if p[0] in missing]
         built = self._build(ctx, source) if todo else None  # before the folder is claimed: a failed load leaves it
-        out = prepare_output(self.out, settings, self.overwrite, ctx, "ode_pairs", shards)
-        log.info("ode_pairs: %d examples in shards of %d -> %s (%d shards to write, batches split over "
-                 "%d rank%s)", source.num, self.per_shard, out, len(todo), ctx.world_size,
-                 "s" if ctx.world_size > 1 else "")
-        if todo:
-            self._write(ctx, source, out, todo, tqdm, *built)
-        ctx.barrier()
-        if ctx.is_main:
-            write_index(out, info={"source": self.prompts_from or f"toy_world:{self.split}", **settings},
-                        kind="ode_pairs", files=shards)
-        ctx.barrier()
+        with claim_output(self.out, settings, self.overwrite, ctx, "ode_pairs", shards) as out:
+            log.info("ode_pairs: %d examples in shards of %d -> %s (%d shards to write, batches split over "
+                     "%d rank%s)", source.num, self.per_shard, out, len(todo), ctx.world_size,
+                     "s" if ctx.world_size > 1 else "")
+            if todo:
+                self._write(ctx, source, out, todo, tqdm, *built)
+            ctx.barrier()
+            if ctx.is_main:
+                write_index(out, info={"source": self.prompts_from or f"toy_world:{self.split}", **settings},
+                            kind="ode_pairs", files=shards)
+            ctx.barrier()
 
     def _build(self, ctx: RunContext, source) -> tuple:
         """(text encoder, negative prompt embedding, teacher), shapes checked on every rank."""
@@ -162,7 +156,8 @@ class OdePairsJob(Job):
         model = load_generator_model(self.model_cfg, self.weights_dir, ctx.recipe_file)
         model = model.to(ctx.device, self._dtype(ctx.device))
         model.eval().requires_grad_(False)
-        self._check_shapes(model, source.shape, source.batch(range(1), encoder).embed, negative)  # every rank
+        check_teacher_shapes(model, source.shape, source.batch(range(1), encoder).embed, negative,
+                             self.prompts_from or "toy codec")  # every rank
         return encoder, negative, model
 
     def _write(self, ctx: RunContext, source, out, todo, tqdm, encoder, negative, model) -> None:
@@ -216,19 +211,6 @@ class OdePairsJob(Job):
                 "states": res.states.float().cpu(), "clean": res.x0.float().cpu(),
                 "timesteps": res.timesteps.float().expand(len(idx), -1), "prompt_embed": embed, "prompt_mask": mask,
                 **({"context": real} if self.teacher_forcing else {})}
-
-    def _check_shapes(self, model, shape: tuple, embed: torch.Tensor, negative: torch.Tensor) -> None:
-        cfg = model.config  # the models contract (empty for a model without an architecture)
-        if cfg.get("in_channels") not in (None, shape[1]):
-            raise UserError(f"ode_pairs: teacher has in_channels={cfg['in_channels']} but the latents have "
-                            f"{shape[1]} channels ({self.prompts_from or 'toy codec'})")
-        if embed.shape[-1] != negative.shape[-1]:
-            raise UserError(f"ode_pairs: text_encoder gives dim {negative.shape[-1]}, the prompts' embeddings "
-                            f"{embed.shape[-1]}: set 'text_encoder' to the encoder that made prompts_from")
-        if cfg.get("text_dim") not in (None, embed.shape[-1]):
-            raise UserError(f"ode_pairs: teacher has text_dim={cfg['text_dim']}, prompt embeddings "
-                            f"{embed.shape[-1]}")
-
 
 def _gather(ctx: RunContext, parts: list, dst: int) -> list:
     """Every rank's `parts` ([(first example, batch dict)]) concatenated on rank `dst` (other ranks

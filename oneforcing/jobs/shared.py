@@ -14,6 +14,7 @@ from oneforcing.data.loader import LatentShards
 from oneforcing.data.pipeline import encode_text
 from oneforcing.errors import UserError
 from oneforcing.registry import DATASETS, MODELS, VAES, build, check_kwargs, validate
+from oneforcing.samplers.common import checked_rollout
 from oneforcing.schedulers.build import build_flow
 from oneforcing.speed import sync
 from oneforcing.weights import resolve_weights
@@ -49,8 +50,8 @@ def rollout(sampler, model, noise: torch.Tensor, text: torch.Tensor, device: tor
         if on_block is not None:
             on_block(a, b, x0)
 
-    out = sampler(model, noise, text, generator=generator, negative_text=negative_text, context=context,
-                  on_block=block_ready)
+    out = checked_rollout(sampler(model, noise, text, generator=generator, negative_text=negative_text,
+                                  context=context, on_block=block_ready), sampler)
     return out.x0, first[0]
 
 
@@ -126,14 +127,14 @@ class PromptBatch(NamedTuple):
 
 
 class ShardPrompts:
-    """Prompts, embeddings and metadata of a latent_shards folder (latents are not needed)."""
+    """Prompts, embeddings and metadata of a latent_shards folder (latents are not needed).
+    `key`: the job's recipe key for how many prompts it takes (named in errors)."""
 
-    def __init__(self, path: str, num_examples: int | None):
+    def __init__(self, path: str, num_examples: int | None, key: str = "num_examples"):
         self.ds = LatentShards(path, shuffle=False, rank=0, world_size=1, check_finite=False)
         self.num = self.ds.num_examples if num_examples is None else num_examples
         if self.num > self.ds.num_examples:
-            raise UserError(f"ode_pairs: num_examples={self.num} but prompts_from '{path}' holds "
-                            f"{self.ds.num_examples}")
+            raise UserError(f"{key}={self.num} but prompts_from '{path}' holds {self.ds.num_examples}", key=key)
         self.shape = tuple(self.ds.fields["latent"]["shape"])
 
     def batch(self, indices: range, encoder) -> PromptBatch:
@@ -152,9 +153,10 @@ class PromptWorld(Protocol):
 class ToyPrompts:
     """Prompts of a toy-world split, encoded by the job's text encoder (no real latents)."""
 
-    def __init__(self, split: str, num_examples: int | None, seed: int, frames: int, size: int):
+    def __init__(self, split: str, num_examples: int | None, seed: int, frames: int, size: int,
+                 key: str = "num_examples"):
         if num_examples is None:
-            raise UserError("ode_pairs: set 'num_examples' for a toy-world split")
+            raise UserError("set it for a toy-world split", key=key)
         self.world: PromptWorld = build({"type": TOY_WORLD, "split": split, "num_examples": num_examples,
                                          "seed": seed, "frames": frames, "size": size}, DATASETS)
         self.num = num_examples
@@ -165,3 +167,32 @@ class ToyPrompts:
         prompts = [s["prompt"] for s in scenes]
         embed, mask = encode_text(encoder, prompts)
         return PromptBatch(prompts, embed, mask, scenes, None)  # no real latents: prompts only
+
+
+# --- what the teacher jobs (ode_pairs, curvature) check before they load the teacher ---------------
+def check_teacher_paths(teacher: str, weights: str, prompts_from: str | None, recipe_file: str | None) -> Path:
+    """The teacher's weights folder; fails before anything is written if the teacher or the prompts
+    are missing (one line naming the recipe key, and the toy twin of the recipe)."""
+    from oneforcing.jobs.base import missing_path  # here: jobs.base imports nothing of the jobs
+
+    for key, path in (("teacher", teacher), ("prompts_from", prompts_from)):
+        if path is not None and not Path(path).expanduser().exists():
+            raise missing_path(path, key, recipe_file)
+    try:
+        return resolve_model_dir(teacher, weights)
+    except UserError as err:  # a folder that holds no weights
+        raise UserError(err.message.removeprefix("generate: "), key="teacher") from None
+
+
+def check_teacher_shapes(model, shape: tuple, embed: torch.Tensor, negative: torch.Tensor, source: str) -> None:
+    """The teacher reads the latents' channels and the prompts' embedding width; `source` names
+    where the latents come from (prompts_from, or the toy codec)."""
+    cfg = model.config  # the models contract (empty for a model without an architecture)
+    if cfg.get("in_channels") not in (None, shape[1]):
+        raise UserError(f"teacher has in_channels={cfg['in_channels']} but the latents have {shape[1]} channels "
+                        f"({source})", key="teacher")
+    if embed.shape[-1] != negative.shape[-1]:
+        raise UserError(f"text_encoder gives dim {negative.shape[-1]}, the prompts' embeddings {embed.shape[-1]}: "
+                        "set 'text_encoder' to the encoder that made prompts_from", key="text_encoder")
+    if cfg.get("text_dim") not in (None, embed.shape[-1]):
+        raise UserError(f"teacher has text_dim={cfg['text_dim']}, prompt embeddings {embed.shape[-1]}", key="teacher")

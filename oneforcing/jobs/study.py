@@ -93,6 +93,9 @@ class StudyReportJob(Job):
 
         self.store = StudyStore(db)  # checked now: a missing or foreign file fails before anything is written
         self.out = Path(out).expanduser() if out else None
+        if self.out is not None and self.out.exists() and not self.out.is_dir():
+            raise UserError(f"{out} exists and is not a folder (the report writes table2.md and table2.csv "
+                            "into a folder)", key="out")
 
     def run(self, ctx: RunContext) -> None:
         from oneforcing.study.report import csv_text, markdown

@@ -194,6 +194,7 @@ class CausalWan(PretrainedWeights, nn.Module):
     def forward(self, x: torch.Tensor, t, text: torch.Tensor, *, kv_cache: WanKVCache | None = None,
                 frame_offset: int = 0, write_cache: bool = False, clean_x: torch.Tensor | None = None,
                 clean_t=None, causal: bool | None = None, return_hidden=()):
+        self.require_weights()
         B, F, C, H, W = x.shape
         pt, ph, pw = self.patch_size
         if F % pt or H % ph or W % pw:

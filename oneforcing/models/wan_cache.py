@@ -54,6 +54,11 @@ class WanKVCache:
         self.frames = 0
         self.cross = None
 
+    def planned_nbytes(self, tokens_per_frame: int, dtype: torch.dtype) -> int:
+        """What `allocate(tokens_per_frame, dtype, ...)` will take: known before allocating."""
+        itemsize = torch.empty(0, dtype=dtype).element_size()
+        return 2 * self.num_layers * self.batch_size * self.max_frames * tokens_per_frame * self.heads * self.head_dim * itemsize
+
     @property
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in (*self.k, *self.v))

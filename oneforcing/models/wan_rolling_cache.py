@@ -55,13 +55,15 @@ class RollingKVCache(WanKVCache):
         super().__init__(num_layers, batch_size, max_frames=local_attn_size, heads=heads, head_dim=head_dim)
         self.local_attn_size, self.sink_size, self.sink_rope = local_attn_size, sink_size, sink_rope
         self.ring_size = local_attn_size - sink_size
-        self.slot_frame = [-1] * local_attn_size  # absolute frame index held by each slot (-1: empty)
+        # Absolute frame index held by each written slot (a dict: sized by what is written, not by
+        # the window, so a window far larger than any video costs nothing before it is checked).
+        self.slot_frame: dict[int, int] = {}
         self._plan: dict = {}
 
     def reset(self) -> None:
         """Forget the video and the prompt (keeps the buffers): reuse for a new sample."""
         super().reset()
-        self.slot_frame = [-1] * self.local_attn_size
+        self.slot_frame = {}
         self._plan = {}
 
     # --- which frames a block sees ----------------------------------------------------------------
@@ -89,7 +91,7 @@ class RollingKVCache(WanKVCache):
         block; the same for every layer of a forward, so computed once."""
         if (f0, n) not in self._plan:
             frames = self.context_frames(f0, n)
-            missing = [f for f in frames if self.slot_frame[self.slot(f)] != f]
+            missing = [f for f in frames if self.slot_frame.get(self.slot(f)) != f]
             if missing:
                 raise ValueError(f"rolling KV cache: frames {missing[:4]} needed by the block at frame {f0} "
                                  "were never written or were evicted (blocks must be generated in order)")

@@ -26,9 +26,19 @@ from oneforcing.models.wan_io import load_state_dict
 
 class PretrainedWeights:
     """Mixin for an nn.Module whose own parameter names match the folder `weights_folder`
-    (None: randomly initialised, nothing to load)."""
+    (None: randomly initialised, nothing to load). Until its weights are loaded (load_pretrained,
+    or the trainer's placement, which set `weights_loaded`) such a module holds a random init:
+    `require_weights()`, called by its forward, refuses to run it rather than produce output
+    from random weights."""
 
     weights_folder: str | None = None
+    weights_loaded: bool = False
+
+    def require_weights(self) -> None:
+        if self.weights_folder is not None and not self.weights_loaded:
+            raise UserError(f"{type(self).__name__} names the weights folder {self.weights_folder} but they were "
+                            "never loaded (it holds a random init): load them with "
+                            "oneforcing.models.weights.load_pretrained(model), or build it with from_pretrained")
 
 
 def weight_owners(module: nn.Module) -> list[tuple[str, nn.Module]]:
@@ -69,5 +79,6 @@ def load_pretrained(module: nn.Module) -> int:
     for _, owner in weight_owners(module):
         sd = checked_state_dict(owner, owner.weights_folder)
         owner.load_state_dict(sd, strict=True, assign=True)
+        owner.weights_loaded = True
         loaded += len(sd)
     return loaded

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import collections.abc
 import inspect
+import math
 import os
 import types
 import typing
@@ -111,14 +112,26 @@ def _matches(value: Any, ann: Any) -> bool:
 
 def _coerce(value: Any, ann: Any) -> Any:
     """Small lossless conversions YAML cannot express: int -> float (also inside lists and
-    tuples, so `betas: [0, 0.999]` becomes (0.0, 0.999)), list -> tuple, str -> Path."""
+    tuples, so `betas: [0, 0.999]` becomes (0.0, 0.999)), list -> tuple, str -> Path, and a
+    string that reads as a finite float -> float where a float is expected (YAML reads `1e-5`,
+    a number without a dot, as a string)."""
     origin, args = get_origin(ann), get_args(ann)
     if ann is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if ann is float and isinstance(value, str):
+        try:
+            number = float(value)
+        except ValueError:
+            return value
+        return number if math.isfinite(number) else value
     if origin in (Union, types.UnionType):
         for option in args:
             if _matches(value, option):
                 return _coerce(value, option)
+        for option in args:  # none takes it as it is: the first that takes it converted
+            converted = _coerce(value, option)
+            if converted is not value and _matches(converted, option):
+                return converted
         return value
     if origin is tuple and isinstance(value, (list, tuple)):
         if len(args) == 2 and args[1] is Ellipsis:

@@ -23,6 +23,7 @@ class Contract:
     methods: tuple[str, ...] = ()        # callables the component must have
     attributes: tuple[str, ...] = ()     # class-level attributes (or properties) it must declare
     forward_keywords: tuple[str, ...] = ()  # keyword parameters forward() must accept (models)
+    method_positional: tuple[tuple[str, int], ...] = ()  # (method, positional arguments it is called with)
 
     def problems(self, obj) -> list[str]:
         out = []
@@ -40,25 +41,46 @@ class Contract:
         if self.forward_keywords and callable(getattr(obj, "forward", None)):
             out += [f"forward() takes no keyword '{k}'" for k in self.forward_keywords
                     if not _accepts(obj.forward, k)]
+        for name, n in self.method_positional:
+            method = _own(obj, name) if is_class else None
+            if callable(method):
+                out += [f"{name}() is called with {n} positional argument(s), it takes ({taken})"
+                        for taken in _positional_mismatch(method, n, is_class)]
         if self.call_positional is not None or self.call_keywords:
-            call = getattr(obj, "__call__", None) if is_class else obj
-            if is_class and call is object.__call__:
+            # An instance's __call__ comes from its class (object's own is type.__call__: constructing).
+            call = _own(obj, "__call__") if is_class else obj
+            if call is None:
                 return out + ["is not callable (no __call__)"]
-            sig = _signature(call)
-            if sig is None:
-                return out
-            params = list(sig.parameters.values())
-            if is_class and params and params[0].name == "self":
-                params = params[1:]
             if self.call_positional is not None:
-                positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
-                required = [p for p in positional if p.default is p.empty]
-                var = any(p.kind is p.VAR_POSITIONAL for p in params)
-                if len(required) > self.call_positional or (len(positional) < self.call_positional and not var):
-                    out.append(f"is called with {self.call_positional} positional argument(s), its __call__ takes "
-                               f"({', '.join(p.name for p in positional)})")
+                out += [f"is called with {self.call_positional} positional argument(s), its __call__ takes ({taken})"
+                        for taken in _positional_mismatch(call, self.call_positional, is_class)]
             out += [f"its __call__ takes no keyword '{k}'" for k in self.call_keywords if not _accepts(call, k)]
         return out
+
+
+def _own(cls, name: str):
+    """`name` as the class (or a base other than object) defines it, unbound; None if none does."""
+    for klass in cls.__mro__[:-1]:
+        if name in vars(klass):
+            return vars(klass)[name]
+    return None
+
+
+def _positional_mismatch(fn, n: int, is_method: bool) -> list[str]:
+    """[its positional parameters, joined] if `fn` cannot be called with `n` positional arguments
+    (after self, for a method); [] if it can."""
+    sig = _signature(fn)
+    if sig is None:
+        return []
+    params = list(sig.parameters.values())
+    if is_method and params and not isinstance(fn, (staticmethod, classmethod)):
+        params = params[1:]  # self
+    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    required = [p for p in positional if p.default is p.empty]
+    var = any(p.kind is p.VAR_POSITIONAL for p in params)
+    if len(required) > n or (len(positional) < n and not var):
+        return [", ".join(p.name for p in positional)]
+    return []
 
 
 def _signature(fn) -> inspect.Signature | None:
@@ -90,7 +112,7 @@ CONTRACTS: dict[str, Contract] = {
                                   call_positional=1, call_keywords=("generator", "device"),
                                   init_keywords=("scheduler",)),
     "critics": Contract("critic.denoise(x_t, t, text) -> v; critic.logit(x_t, t, text) -> [B] (may raise TypeError)",
-                        methods=("denoise", "logit")),
+                        methods=("denoise", "logit"), method_positional=(("denoise", 3), ("logit", 3))),
     "models": Contract("model(x, t, text, *, causal=None, clean_x=None, ...) -> v; Model.from_pretrained(dir, **kw); "
                        "declares `config: dict` (architecture keys such as in_channels, patch_size; may be empty)",
                        methods=("forward", "from_pretrained"), forward_keywords=("causal", "clean_x"),

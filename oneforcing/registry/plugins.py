@@ -7,7 +7,7 @@ import importlib.metadata
 import importlib.util
 import logging
 
-from oneforcing.errors import RecipeError
+from oneforcing.errors import RecipeError, UserError
 
 log = logging.getLogger("oneforcing")
 
@@ -73,5 +73,11 @@ def import_modules(modules: list[str] | tuple[str, ...], *, file: str | None = N
             raise RecipeError(f"expected a module name, got {name!r}", file=file, key=f"imports[{i}]")
         try:
             importlib.import_module(name)
-        except ImportError as exc:
-            raise RecipeError(f"cannot import module '{name}': {exc}", file=file, key=f"imports[{i}]") from None
+        except UserError:
+            raise  # e.g. a component breaking its contract: already one line naming it
+        except SyntaxError as exc:
+            raise RecipeError(f"cannot import module '{name}': SyntaxError: {exc.msg} ({exc.filename}, line "
+                              f"{exc.lineno})", file=file, key=f"imports[{i}]") from None
+        except Exception as exc:  # noqa: BLE001 - whatever the module's own code raises at import
+            what = f"{type(exc).__name__}: {exc}" if not isinstance(exc, ImportError) else str(exc)
+            raise RecipeError(f"cannot import module '{name}': {what}", file=file, key=f"imports[{i}]") from exc

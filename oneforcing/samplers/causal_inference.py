@@ -56,6 +56,19 @@ class CausalInference:
                              {"local_attn_size": int(local_attn_size), "sink_size": int(sink_size),
                               "sink_rope": sink_rope})
 
+    def new_cache(self, model, batch_size: int, num_frames: int):
+        """The KV cache of a rollout of this size, not yet allocated (a job sizes it up before any
+        tensor exists: `planned_nbytes`); ValueError when a block does not fit the window."""
+        cache = model.new_kv_cache(batch_size, num_frames, **self.cache_kwargs)
+        if self.cache_kwargs:
+            largest = max(b - a for a, b in model.block_ranges(num_frames))
+            ring = self.cache_kwargs["local_attn_size"] - self.cache_kwargs["sink_size"]
+            if ring < largest:
+                raise ValueError(f"a block of {largest} latent frames does not fit local_attn_size="
+                                 f"{self.cache_kwargs['local_attn_size']} with sink_size={self.cache_kwargs['sink_size']}: "
+                                 f"need local_attn_size >= sink_size + {largest}")
+        return cache
+
     def steps_for_block(self, index: int) -> list[float]:
         return self.first_block_steps if index == 0 else self.steps
 
@@ -70,7 +83,7 @@ class CausalInference:
         noise, text = in_model_dtype(model, noise, text)
         B, F = noise.shape[:2]
         blocks = model.block_ranges(F)
-        cache = model.new_kv_cache(B, F, **self.cache_kwargs)
+        cache = self.new_cache(model, B, F)
         for i, (a, b) in enumerate(blocks):
             x, steps = noise[:, a:b], self.steps_for_block(i)
             for s, t in enumerate(steps):

@@ -20,8 +20,11 @@ t / 1000 (schedulers/flow_match.py).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
 
 import torch
+
+from oneforcing.errors import UserError
 
 CALL_KEYWORDS = ("generator", "exit_generator", "negative_text", "context", "on_block")
 
@@ -42,6 +45,25 @@ class Rollout:
         if self.frame_mask is None:
             return list(range(self.x0.shape[1]))
         return torch.nonzero(self.frame_mask).flatten().tolist()
+
+
+def checked_rollout(out, sampler) -> Rollout:
+    """`out` if it is the `Rollout` the sampler contract promises; else one line naming the sampler
+    (a plugin returning a bare tensor would otherwise fail later, far from its cause)."""
+    if not isinstance(out, Rollout):
+        kind = type(sampler)
+        raise UserError(f"sampler {kind.__module__}.{kind.__qualname__} returned {type(out).__name__}; a sampler "
+                        "returns a Rollout (oneforcing.samplers.common.Rollout: x0 [B, F, C, H, W], ...; "
+                        "docs/architecture.md)", key="sampler")
+    return out
+
+
+@runtime_checkable
+class PlansItsCache(Protocol):
+    """A sampler that streams through a KV cache it can size up before allocating it (a job refuses
+    a rollout that cannot fit, or a window no block fits, before any tensor exists)."""
+
+    def new_cache(self, model, batch_size: int, num_frames: int): ...
 
 
 def model_dtype(model) -> torch.dtype | None:

@@ -10,13 +10,15 @@ Clip URLs and the page name no system: annotators are blind to which side is whi
 from __future__ import annotations
 
 import html
+import math
 import os
 import unicodedata
 from pathlib import Path
 from typing import Literal
 
-from fastapi import FastAPI, HTTPException
-from fastapi.responses import FileResponse, HTMLResponse, PlainTextResponse
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, PlainTextResponse
 from pydantic import BaseModel
 
 from oneforcing.study import QUESTION
@@ -59,6 +61,16 @@ def create_app(store: StudyStore, design: StudyDesign) -> FastAPI:
     page = (Path(__file__).with_name("page.html").read_text(encoding="utf-8")
             .replace("{{QUESTION}}", html.escape(QUESTION)))
     videos = video_table(store, design)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        """A body that does not fit the API: 422 naming each field, without echoing its value (the
+        default echoes it, and a NaN or Infinity in a JSON body then fails to serialise: a 500)."""
+        errors = exc.errors()
+        if any(isinstance(e.get("input"), float) and not math.isfinite(e["input"]) for e in errors):
+            return JSONResponse({"detail": "NaN and Infinity are not JSON numbers"}, status_code=400)
+        return JSONResponse({"detail": [{"loc": [str(p) for p in e.get("loc", ())], "msg": str(e.get("msg"))}
+                                        for e in errors]}, status_code=422)
 
     def state(name: str) -> dict:
         pair, rated = store.next_pair(name)

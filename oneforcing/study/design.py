@@ -6,8 +6,9 @@ is drawn per pair from the seed and the pair's identity (prompt, sample, baselin
 move when prompts are added or reordered, and two studies with the same seed agree.
 
 Everything a user gives is checked here, before the database is touched: folders exist, every
-`{prompt}-{i}.mp4` exists in every folder, and each resolves to a file directly inside its folder
-(a prompt such as "../x" or a symlink leading out of the folder is refused).
+`{prompt}-{i}.mp4` exists in every folder, each resolves to a file directly inside its folder
+(a prompt such as "../x" or a symlink leading out of the folder is refused), and each is a whole
+mp4 container (a truncated or foreign file is refused before its hash is committed).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from pathlib import Path
 
 from oneforcing.errors import UserError
 from oneforcing.jobs.base import derive_seed
+from oneforcing.video import mp4_problem
 
 VIDEO_NAME = "{prompt}-{sample}.mp4"  # VBench's layout, as `generate` and `toy_eval` write it
 
@@ -131,6 +133,9 @@ def check_video(folder: Path, name: str, system: str) -> Path:
     real = Path(os.path.realpath(path))
     if real.parent != folder:  # folder is already resolved: a symlink or '..' led outside it
         raise UserError(f"{folder}: '{name}' leads outside the folder (to {real})", key=f"systems.{system}")
+    problem = mp4_problem(path)  # before its hash is committed: a broken clip would be voted on blind
+    if problem is not None:
+        raise UserError(f"{folder}: '{name}' is not a playable mp4 ({problem})", key=f"systems.{system}")
     return path
 
 

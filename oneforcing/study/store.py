@@ -24,6 +24,9 @@ from oneforcing.study import CHOICES
 from oneforcing.study.design import StudyDesign, file_sha256
 
 SCHEMA_VERSION = "1"
+# What every study's meta table holds (created by _create), and how each value must parse.
+META = {"prompts_sha256": "text", "prompts_file": "text", "prompts": "a JSON list", "systems": "a JSON object",
+        "seed": "an integer", "samples_per_prompt": "an integer"}
 SCHEMA = """
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE videos (system TEXT NOT NULL, file TEXT NOT NULL, sha256 TEXT NOT NULL, PRIMARY KEY (system, file));
@@ -78,9 +81,26 @@ class StudyStore:
                 meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
         except sqlite3.DatabaseError:
             raise UserError(f"not a study database: {self.path}", key="db") from None
-        if meta.get("schema") != SCHEMA_VERSION:
+        if "schema" not in meta:
+            raise UserError(f"not a study database: {self.path} (its meta table names no schema)", key="db")
+        if meta["schema"] != SCHEMA_VERSION:
             raise UserError(f"{self.path}: study schema {meta.get('schema')!r}, expected {SCHEMA_VERSION}", key="db")
+        for key, kind in META.items():
+            if not _parses(meta.get(key), kind):
+                what = "missing" if key not in meta else f"not {kind}"
+                raise UserError(f"{self.path}: damaged study: meta key {key!r} is {what}", key="db")
         return meta
+
+    def _check_writable(self) -> None:
+        """A vote must be saved: try a write that changes nothing, and roll it back."""
+        try:
+            with self._connect() as conn:
+                conn.execute("BEGIN IMMEDIATE")
+                conn.execute("UPDATE meta SET value = value WHERE key = 'schema'")
+                conn.execute("ROLLBACK")
+        except sqlite3.OperationalError as err:
+            raise UserError(f"{self.path}: votes cannot be saved ({err}); make it writable, with its folder",
+                            key="db") from None
 
     @classmethod
     def open(cls, path: str | Path, design: StudyDesign) -> "StudyStore":
@@ -95,6 +115,7 @@ class StudyStore:
                 raise UserError(f"cannot create the study database {path}: {err}", key="db") from None
         store = cls(path)
         store._check(design, hashes)
+        store._check_writable()
         return store
 
     def _check(self, design: StudyDesign, hashes: dict) -> None:
@@ -162,17 +183,38 @@ class StudyStore:
             return [r[0] for r in conn.execute("SELECT name FROM annotators ORDER BY created")]
 
 
+def _parses(value, kind: str) -> bool:
+    """Whether a meta value is `kind` (one of META's)."""
+    if not isinstance(value, str):
+        return False
+    try:
+        if kind == "an integer":
+            int(value)
+        elif kind != "text":
+            return isinstance(json.loads(value), list if kind == "a JSON list" else dict)
+    except ValueError:
+        return False
+    return True
+
+
 def _has_meta(path: Path) -> bool:
+    """Whether `path` holds a study (its meta table); False for no file or an empty database.
+    An SQLite file of another application is refused: the study never adds its tables to it."""
     if not path.exists():
         return False
     try:
         conn = sqlite3.connect(path)
         try:
-            return conn.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='meta'").fetchone() is not None
+            tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type IN ('table', 'view')")}
         finally:
             conn.close()
     except sqlite3.DatabaseError:
         raise UserError(f"not a study database: {path}", key="db") from None
+    if tables and "meta" not in tables:
+        shown = ", ".join(sorted(tables)[:5])
+        raise UserError(f"not a study database: {path} holds another application's tables ({shown}); "
+                        "give the study a file of its own", key="db")
+    return "meta" in tables
 
 
 def _create(path: Path, design: StudyDesign, hashes: dict) -> None:

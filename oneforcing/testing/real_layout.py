@@ -43,6 +43,15 @@ MODEL_INDEX = {"_class_name": "WanPipeline", "scheduler": ["diffusers", "UniPCMu
                "text_encoder": ["transformers", "UMT5EncoderModel"], "tokenizer": ["transformers", "T5TokenizerFast"],
                "transformer": ["diffusers", "WanTransformer3DModel"], "vae": ["diffusers", "AutoencoderKLWan"]}
 FOLDER = {"1.3B": "Wan2.1-T2V-1.3B-Diffusers", "14B": "Wan2.1-T2V-14B-Diffusers"}
+# `narrow=True`: the same layout and keys at a width a CPU runs in seconds (the test suite's copy of
+# the real chain): 2 heads x 64 (4 x 32 for the 14B folder), a 64-wide UMT5 and the transformer's
+# text_dim to match, a VAE of base_dim 8 (its z_dim stays Wan's 16).
+NARROW = {"1.3B": {"num_attention_heads": 2, "attention_head_dim": 64, "ffn_dim": 128, "freq_dim": 32,
+                   "text_dim": 64},
+          "14B": {"num_attention_heads": 4, "attention_head_dim": 32, "ffn_dim": 128, "freq_dim": 32,
+                  "text_dim": 64}}
+NARROW_UMT5 = {"d_model": 64, "d_kv": 16, "d_ff": 128, "num_heads": 4}
+NARROW_VAE = {"base_dim": 8, "z_dim": 16}
 
 
 @contextlib.contextmanager
@@ -55,19 +64,19 @@ def _default_dtype(dtype: torch.dtype):
         torch.set_default_dtype(previous)
 
 
-def wan_config(size: str = "1.3B", layers: int | None = None) -> dict:
-    """The released transformer config of `size`, optionally with fewer layers."""
-    cfg = {**WAN_TRANSFORMER, **WAN_SIZES[size]}
+def wan_config(size: str = "1.3B", layers: int | None = None, narrow: bool = False) -> dict:
+    """The released transformer config of `size`, optionally with fewer layers (or `narrow`)."""
+    cfg = {**WAN_TRANSFORMER, **WAN_SIZES[size], **(NARROW[size] if narrow else {})}
     return cfg if layers is None else {**cfg, "num_layers": layers}
 
 
 def save_real_layout(root: str | Path, size: str = "1.3B", *, layers: int = 1, text_layers: int = 1,
                      words: list[str] | tuple[str, ...] = DEFAULT_WORDS, dtype: torch.dtype = torch.bfloat16,
-                     seed: int = 0, transformer_only: bool = False) -> Path:
+                     seed: int = 0, transformer_only: bool = False, narrow: bool = False) -> Path:
     """Write root/Wan2.1-T2V-{size}-Diffusers with random weights stored in `dtype` (the released
     files are bf16 for the transformer; fp32 for the VAE); returns the folder. `transformer_only`
     leaves out text_encoder/, tokenizer/ and vae/ (the caller links them: they are the same
-    files in both released folders)."""
+    files in both released folders). `narrow`: see NARROW."""
     from diffusers import AutoencoderKLWan, WanTransformer3DModel
     from transformers import UMT5Config, UMT5EncoderModel
 
@@ -75,16 +84,17 @@ def save_real_layout(root: str | Path, size: str = "1.3B", *, layers: int = 1, t
     (out / "scheduler").mkdir(parents=True, exist_ok=True)
     (out / "model_index.json").write_text(json.dumps(MODEL_INDEX, indent=2) + "\n")
     (out / "scheduler" / "scheduler_config.json").write_text(json.dumps(SCHEDULER, indent=2) + "\n")
-    cfg = {k: v for k, v in wan_config(size, layers).items() if k != "_class_name"}
+    cfg = {k: v for k, v in wan_config(size, layers, narrow).items() if k != "_class_name"}
     with _seeded(seed), _default_dtype(dtype):  # born in bf16: a 14B-width block is 1.4 GB in fp32
         WanTransformer3DModel(**cfg).save_pretrained(str(out / "transformer"), safe_serialization=True)
     if transformer_only:
         return out
     tokenizer = build_tiny_tokenizer(words)
     tokenizer.save_pretrained(out / "tokenizer")
-    text_cfg = UMT5Config(**{**UMT5_XXL, "num_layers": text_layers, "vocab_size": len(tokenizer)})
+    text_cfg = UMT5Config(**{**UMT5_XXL, **(NARROW_UMT5 if narrow else {}), "num_layers": text_layers,
+                             "vocab_size": len(tokenizer)})
     with _seeded(seed + 1), _default_dtype(dtype):
         UMT5EncoderModel(text_cfg).save_pretrained(out / "text_encoder", safe_serialization=True)
     with _seeded(seed + 2):
-        AutoencoderKLWan().save_pretrained(str(out / "vae"), safe_serialization=True)
+        AutoencoderKLWan(**(NARROW_VAE if narrow else {})).save_pretrained(str(out / "vae"), safe_serialization=True)
     return out

@@ -27,7 +27,8 @@ def clip(colour: tuple[int, int, int], frames: int = 16, size: int = 64, seed: i
 def write_study_folders(root: str | Path, systems=("ours", "baseline"), prompts=PROMPTS, samples: int = 1,
                         encode: bool = True) -> dict:
     """{system: folder} with one clip per (prompt, sample) in every folder; encode=False writes a few
-    distinct bytes instead of an mp4 (enough for tests that never play them, and much quicker)."""
+    distinct bytes in mp4 boxes instead of a video (enough for tests that never play them, and much
+    quicker)."""
     root = Path(root)
     folders = {}
     for s, name in enumerate(systems):
@@ -39,9 +40,18 @@ def write_study_folders(root: str | Path, systems=("ours", "baseline"), prompts=
                     write_mp4(path, clip(COLOURS[s % len(COLOURS)], seed=p + i))
                 else:
                     path.parent.mkdir(parents=True, exist_ok=True)
-                    path.write_bytes(f"not an mp4: {name} {prompt} {i}".encode() * 20)
+                    path.write_bytes(stub_mp4(f"{name} {prompt} {i}".encode() * 20))
         folders[name] = str(folder)
     return folders
+
+
+def stub_mp4(payload: bytes) -> bytes:
+    """The boxes of an mp4 container (ftyp, an empty moov, mdat holding `payload`) and no playable
+    stream: passes the study's container check, never decoded."""
+    def box(kind: bytes, body: bytes) -> bytes:
+        return (8 + len(body)).to_bytes(4, "big") + kind + body
+
+    return box(b"ftyp", b"isom\0\0\2\0isomiso2") + box(b"moov", b"") + box(b"mdat", payload)
 
 
 def write_prompts(path: str | Path, prompts=PROMPTS) -> Path:

@@ -143,4 +143,5 @@ def stream_pretrained_weights(module: torch.nn.Module, rank: int) -> int:
         finally:
             for h in handles.values():
                 h.__exit__(None, None, None)
+        sub.weights_loaded = True
     return loaded

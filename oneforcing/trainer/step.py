@@ -13,6 +13,7 @@ import torch
 
 from oneforcing.data.batch import Batch
 from oneforcing.runtime import RunContext
+from oneforcing.samplers.common import checked_rollout
 
 
 class StepContext:
@@ -84,6 +85,6 @@ class StepContext:
             noise = self.cache.setdefault("rollout_noise", self.randn(shape))
             exits = self.ctx.generator("exits", self.step, self.phase, key, per_rank=False)
             with torch.set_grad_enabled(self.phase == "generator"):
-                self.cache[key] = sampler(self.generator, noise, self.text, generator=self.rng,
-                                          exit_generator=exits)
+                self.cache[key] = checked_rollout(sampler(self.generator, noise, self.text, generator=self.rng,
+                                                          exit_generator=exits), sampler)
         return self.cache[key]

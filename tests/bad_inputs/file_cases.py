@@ -350,3 +350,111 @@ def _(w):
     (w.root / "videos").mkdir()
     (w.root / "videos" / "generate_manifest.json").write_text(json.dumps({"clips": []}))
     return ["eval", "videos=videos", "out=scores"]
+
+
+# --- jobs that replace data: the old set survives a failed overwrite -------------------------------
+def clips(w, rows: str, **videos: bytes) -> list[str]:
+    """A clips/ folder with `videos` (name -> bytes) and a captions.csv of `rows`; the prepare-data
+    command line that reads them (toy codec, 32x32, 5 frames)."""
+    (w.root / "clips").mkdir()
+    for name, data in videos.items():
+        (w.root / "clips" / name).write_bytes(data)
+    (w.root / "clips" / "captions.csv").write_text("video,caption\n" + rows)
+    return ["prepare-data", "videos=clips", "captions=clips/captions.csv", "out=shards",
+            "vae={type: toy_codec}", TOY_TEXT, "height=32", "width=32", "frames=5"]
+
+
+@case("prepare_data_overwrite_keeps_old_set", r"a\.mp4: cannot decode video")
+def _(w):
+    copy(w.shards, w.root / "shards")  # a complete data set, to be replaced
+    return [*clips(w, "a.mp4,a red ball\n", **{"a.mp4": b"not a video"}), "overwrite=true", "progress=false"]
+
+
+@case("prepare_data_caption_escapes_videos", r"captions\.csv:2: video '\.\./outside/clip\.mp4' is not a path inside videos=clips")
+def _(w):
+    (w.root / "outside").mkdir()
+    (w.root / "outside" / "clip.mp4").write_bytes(b"someone else's video")
+    return clips(w, "../outside/clip.mp4,a red ball\n")
+
+
+@case("prepare_data_caption_absolute_path", r"captions\.csv:2: video '/etc/hostname' is not a path inside")
+def _(w):
+    return clips(w, "/etc/hostname,a red ball\n")
+
+
+@case("prepare_data_jsonl_row_not_an_object", r"captions\.jsonl:2: a row must be a JSON object .*got list")
+def _(w):
+    argv = clips(w, "", **{"a.mp4": b"x"})
+    (w.root / "clips" / "captions.jsonl").write_text('{"video": "a.mp4", "caption": "one"}\n["a.mp4", "two"]\n')
+    return [a.replace("captions.csv", "captions.jsonl") for a in argv]
+
+
+@case("prepare_data_captions_not_utf8", r"captions\.csv: not UTF-8 text")
+def _(w):
+    argv = clips(w, "", **{"a.mp4": b"x"})
+    (w.root / "clips" / "captions.csv").write_bytes("video,caption\na.mp4,caf\u00e9\n".encode("latin-1"))
+    return argv
+
+
+# --- the study's report -----------------------------------------------------------------------------
+@case("study_report_out_is_a_file", r"out: report\.md exists and is not a folder")
+def _(w):
+    from oneforcing.study.design import build_design
+    from oneforcing.study.store import StudyStore
+    from oneforcing.testing.study_videos import write_prompts, write_study_folders
+
+    folders = write_study_folders(w.root / "videos", encode=False)
+    StudyStore.open(w.root / "votes.sqlite", build_design(folders, str(write_prompts(w.root / "prompts.txt"))))
+    (w.root / "report.md").write_text("an earlier report")
+    return ["study-report", "db=votes.sqlite", "out=report.md"]
+
+
+# --- long videos: refused before anything is allocated -----------------------------------------------
+BLOCKS_OF_3 = "model={type: causal_wan, attention: sdpa, frames_per_block: 3}"
+
+
+@case("generate_window_smaller_than_a_block", r"sampler\.local_attn_size: generate: a block of 3 latent frames does not fit local_attn_size=2")
+def _(w):
+    return generate(w, "sampler={type: causal_inference, local_attn_size: 2}", "num_frames=21", BLOCKS_OF_3)
+
+
+@case("generate_sink_leaves_no_room_for_a_block", r"need local_attn_size >= sink_size \+ 3")
+def _(w):
+    return generate(w, "sampler={type: causal_inference, local_attn_size: 4, sink_size: 2}", "num_frames=21", BLOCKS_OF_3)
+
+
+@case("generate_absurd_window", r"sampler\.local_attn_size: generate: the KV cache of 100000000000 latent frames needs .* TiB, more than")
+def _(w):
+    return generate(w, "sampler={type: causal_inference, local_attn_size: 100000000000, sink_size: 1}")
+
+
+@case("generate_absurd_frame_count", r"num_frames: generate: a decoded video of 4000000001 frames .* TiB as float32, more than")
+def _(w):
+    return generate(w, "num_frames=4000000001")
+
+
+@case("generate_absurd_size", r"height: generate: one decoded frame at 400000x400000 \(batch of 1\) needs .* TiB")
+def _(w):
+    return generate(w, "height=400000", "width=400000")
+
+
+# --- curvature: the teacher and the prompts, named by curvature's own keys ---------------------------
+def curvature(*extra: str) -> list[str]:
+    return ["curvature", "teacher=${assets:toy_teacher}", "split=test", "num_prompts=2", "batch_size=2",
+            "sampler={type: teacher_ode, num_steps: 10}", "out=curv", "plot=false", TOY_TEXT, *extra]
+
+
+@case("curvature_teacher_missing", r"teacher: 'no_teacher' does not exist")
+def _(w):
+    return curvature("teacher=no_teacher")
+
+
+@case("curvature_too_few_prompts", r"num_prompts: num_prompts=10 but prompts_from 'shards' holds 4")
+def _(w):
+    copy(w.shards, w.root / "shards")
+    return curvature("split=null", "prompts_from=shards", "num_prompts=10")
+
+
+@case("curvature_teacher_of_other_channels", r"teacher: teacher has in_channels=4 but the latents have 16 channels")
+def _(w):
+    return curvature(f"teacher={w.wan}", "model={causal: false, attention: sdpa}")

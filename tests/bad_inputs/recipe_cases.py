@@ -178,3 +178,51 @@ def _(w):
 @case("toy_data_bad_latent_dtype", r"latent_dtype: unknown dtype 'float8'")
 def _(w):
     return toy_data(w, "latent_dtype=float8")
+
+
+# --- numbers: finite, and a float YAML reads as a string ---------------------------------------
+@case("recipe_nan_learning_rate", r"tiny_teacher\.yaml: optim\.generator\.lr: must be a finite number, got nan")
+def _(w):
+    return train("optim.generator.lr=.nan", command="show")
+
+
+@case("recipe_infinite_value_in_a_list", r"optim\.generator\.betas\[1\]: must be a finite number, got inf")
+def _(w):
+    return train("optim.generator.betas=[0.0, .inf]")
+
+
+@case("generate_nan_shift", r"\(command line\): scheduler\.shift: must be a finite number, got nan")
+def _(w):
+    from bad_inputs.common import generate
+
+    return generate(w, "scheduler={type: flow_match, shift: .nan}")
+
+
+@case("nan_through_a_reference", r"generator_losses\[0\]\.text_dropout: must be a finite number, got -inf")
+def _(w):
+    return train("_p=-.inf", "generator_losses[0].text_dropout=${_p}", command="show")
+
+
+@case("float_that_is_not_a_number", r"optim\.generator\.lr: .*expected float, got str 'nan'")
+def _(w):
+    return train("optim.generator.lr='nan'", command="show")
+
+
+# --- seeds: what a generator takes ---------------------------------------------------------------
+@case("seed_past_2_to_the_64", r"seed: a seed is an integer in \[0, 2\^64\), got 18446744073709551617")
+def _(w):
+    return train("seed=18446744073709551617")
+
+
+@case("generate_seeds_past_2_to_the_64", r"seeds\[1\]: a seed is an integer in \[0, 2\^64\)")
+def _(w):
+    from bad_inputs.common import generate
+
+    return generate(w, "samples_per_prompt=2", "seeds=[1, 18446744073709551617]")
+
+
+@case("generate_negative_seed", r"seeds\[0\]: a seed is an integer in \[0, 2\^64\), got -1")
+def _(w):
+    from bad_inputs.common import generate
+
+    return generate(w, "seeds=[-1]")

@@ -12,11 +12,14 @@ its metadata, so ToyBench and later jobs know the ground truth.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from tqdm import tqdm
 
 from oneforcing.config.assets import TOY_TEXT_ENCODER
-from oneforcing.data.pipeline import all_shard_names, encode_text, encode_video, plan_shards, prepare_output, shard_name
+from oneforcing.data.output import claim_output
+from oneforcing.data.pipeline import all_shard_names, encode_text, encode_video, plan_shards, shard_name
 from oneforcing.data.shards import dtype_from_name, write_index, write_shard
 from oneforcing.errors import UserError
 from oneforcing.jobs.base import Job, RunContext
@@ -57,8 +60,17 @@ class ToyDataJob(Job):
         codec = build(self.codec_cfg, VAES, file=ctx.recipe_file, path="codec")
         encoder = build(self.text_cfg, TEXT_ENCODERS, file=ctx.recipe_file, path="text_encoder")
         # Claim the folder only now that everything it needs has loaded.
-        out = prepare_output(self.out, settings, self.overwrite, ctx, "toy_data",
-                             all_shard_names(len(world), self.per_shard))
+        with claim_output(self.out, settings, self.overwrite, ctx, "toy_data",
+                          all_shard_names(len(world), self.per_shard)) as out:
+            self.write(ctx, world, out, codec, encoder)
+            ctx.barrier()
+            if ctx.is_main:
+                write_index(out, info={"source": "toy_world", **settings}, kind="latents",
+                            files=all_shard_names(len(world), self.per_shard))
+            ctx.barrier()
+
+    def write(self, ctx: RunContext, world: ToyWorld, out: Path, codec, encoder) -> None:
+        """This rank's shards that `out` does not hold yet."""
         dtype = dtype_from_name(self.latent_dtype)
         todo = [p for p in plan_shards(len(world), self.per_shard, ctx.rank, ctx.world_size)
                 if not (out / shard_name(p[0])).exists()]
@@ -80,8 +92,3 @@ class ToyDataJob(Job):
             tensors = {k: torch.cat(v) for k, v in parts.items()}
             write_shard(out / shard_name(j), tensors, prompts, "latents", metadata)
         bar.close()
-        ctx.barrier()
-        if ctx.is_main:
-            write_index(out, info={"source": "toy_world", **settings}, kind="latents",
-                        files=all_shard_names(len(world), self.per_shard))
-        ctx.barrier()

@@ -1,0 +1,70 @@
+"""Every benchmark script runs, at its smallest size: a renamed recipe, key or API breaks the suite,
+not the next person who runs the README's command. The figures are not checked (benchmarks/ is
+where they are measured); only that each script gets through every code path and prints them."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT),
+       "TOKENIZERS_PARALLELISM": "false", "WANDB_MODE": "disabled"}
+
+SMOKE = [  # (script and its smallest arguments, a line its output must hold)
+    (["streaming.py", "--smoke"], "VAE decode at the end:"),
+    (["toy_teacher_gap.py", "--num", "1", "--t", "500"], "learned x0 mse"),
+    (["long_video.py", "--videos", "1", "--windows", "1", "--batch-size", "1"], "window 21 + sink 1"),
+    (["memory.py", "plan"], "optimizer + params"),
+]
+SLOW = [
+    (["training.py", "--recipe", "tests/recipes/tiny_distill.yaml", "--steps", "2", "--warmup", "1"], "P4 critic:"),
+    (["precision.py", "--steps", "1", "--repeats", "1", "--recipes", "causvid_ode_init"], "| causvid_ode_init |"),
+]
+
+
+def run_script(args: list[str], cwd: Path, timeout: int = 600) -> str:
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / args[0]), *args[1:]], cwd=cwd, env=ENV,
+                          capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    return proc.stdout
+
+
+@pytest.mark.parametrize("args,expect", SMOKE, ids=[a[0] for a, _ in SMOKE])
+def test_benchmark_runs(args, expect, tmp_path):
+    assert expect in run_script(args, ROOT)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("args,expect", SLOW, ids=[a[0] for a, _ in SLOW])
+def test_slower_benchmark_runs(args, expect, tmp_path):
+    assert expect in run_script(args, ROOT)
+
+
+@pytest.mark.slow
+def test_the_readme_real_chain_runs_on_narrow_folders(tmp_path):
+    """README "Real runs": prepare-data -> causal_forcing_ar_diffusion -> causal_forcing_ode_pairs ->
+    causal_forcing_ode_init -> one_forcing_framewise -> generate, by the README's commands on folders
+    of the real Wan layout (narrow: 2 heads, 1 block), 2 ranks. ~2 min on 2 shared cores."""
+    out = run_script(["real_chain.py", "--narrow", "--ranks", "2", "--work", str(tmp_path / "work")], ROOT)
+    stages = [line.split(":")[0].removeprefix("== ") for line in out.splitlines() if line.startswith("== ")]
+    assert stages == ["prepare-data", "causal_forcing_ar_diffusion", "causal_forcing_ode_pairs",
+                      "causal_forcing_ode_init", "one_forcing_framewise", "generate"]
+    assert "vbench/: [" in out and "FAILED" not in out
+
+
+def test_the_real_chain_is_the_readmes():
+    """The chain the script runs is the one the README's "Real runs" block lists, in order."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import real_chain
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    readme = (ROOT / "README.md").read_text()
+    block = readme[readme.index("## Real runs"):]
+    block = block[block.index("```bash"):block.index("```", block.index("```bash") + 3)]
+    recipes = [line.split("recipes/run.py ")[1].split()[0] for line in block.splitlines() if "recipes/run.py" in line]
+    ours = [cmd.split("recipes/run.py ")[1].split()[0] for _, cmd in real_chain.stages(1) if "recipes/run.py" in cmd]
+    assert ours == recipes and all((ROOT / r).is_file() for r in recipes)
