@@ -3,6 +3,7 @@
 import os
 import subprocess
 import sys
+import re
 import textwrap
 
 import pytest
@@ -212,3 +213,19 @@ def test_a_sampler_returning_a_bare_tensor_is_one_line(tmp_path, capsys, monkeyp
     assert code == 2 and len(errors) == 1 and "Traceback" not in err, err
     assert "sampler: sampler " in err and "BareTensor returned Tensor; a sampler returns a Rollout" in err
     assert not any((tmp_path / "videos").glob("*.mp4"))
+
+
+def test_a_loss_returning_other_than_a_scalar_and_figures_is_one_line():
+    """A plugin loss that returns a float (or a vector, or no figures dict) is stopped where the trainer
+    calls it, with one line naming it and the contract, not deep inside backward."""
+    import torch
+
+    from oneforcing.errors import UserError
+    from oneforcing.trainer.loop import _loss_result
+
+    value, figures = _loss_result("mine", "generator", (torch.tensor(1.0), {"a": 1.0}))
+    assert value.item() == 1.0 and figures == {"a": 1.0}
+    for bad, got in ((0.5, "returned float"), ((torch.ones(2), {}), "returned (Tensor, dict)"),
+                     ((torch.tensor(1.0), [1]), "returned (Tensor, list)")):
+        with pytest.raises(UserError, match=f"generator_losses: loss 'mine' {re.escape(got)}; a loss returns"):
+            _loss_result("mine", "generator", bad)

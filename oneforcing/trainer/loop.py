@@ -174,7 +174,7 @@ class Trainer:
         total = None
         figures: dict[str, float] = {}
         for item in self.losses[phase]:
-            value, extra = item.fn(s)
+            value, extra = _loss_result(item.name, phase, item.fn(s))
             figures[item.name] = float(value.detach())
             figures.update({f"{item.name}/{k}": float(v) for k, v in (extra or {}).items()})
             term = item.weight * value.float()
@@ -228,6 +228,9 @@ class Trainer:
             states["ema"] = self.ema.state_dict()
         states["trainer"] = {
             "step": self.step, "bad_in_a_row": self.bad_in_a_row,
+            # each phase's latest figures: a resumed run logs, at a step where one phase does not
+            # update, the same figures as an uninterrupted run (metrics continuity)
+            "latest": {phase: dict(figures) for phase, figures in self._latest.items()},
             "torch_rng": torch.get_rng_state(), "python_rng": _python_rng_state(),
             "data": self.data.state_dict() if hasattr(self.data, "state_dict") else {},
             "ode_data": self.ode_data.state_dict() if hasattr(self.ode_data, "state_dict") else {},
@@ -262,6 +265,7 @@ class Trainer:
             self.ema.load_state_dict(states["ema"])
         t = states["trainer"]
         self.step, self.bad_in_a_row = int(t["step"]), int(t["bad_in_a_row"])
+        self._latest = {phase: {k: float(v) for k, v in figures.items()} for phase, figures in t.get("latest", {}).items()}
         torch.set_rng_state(t["torch_rng"])
         random.setstate(_python_rng_from(t["python_rng"]))
         if hasattr(self.data, "load_state_dict"):
@@ -269,6 +273,19 @@ class Trainer:
         if hasattr(self.ode_data, "load_state_dict"):
             self.ode_data.load_state_dict(t["ode_data"])
         self._data_iter = self._ode_iter = None
+
+
+def _loss_result(name: str, phase: str, result) -> tuple[torch.Tensor, dict]:
+    """A loss returns (scalar tensor, figures dict): anything else is one line naming it (a plugin's
+    loss returning a float would otherwise fail deep inside backward)."""
+    ok = (isinstance(result, tuple) and len(result) == 2 and isinstance(result[0], torch.Tensor)
+          and result[0].dim() == 0 and (result[1] is None or isinstance(result[1], dict)))
+    if not ok:
+        got = type(result).__name__ if not isinstance(result, tuple) else \
+            f"({', '.join(type(r).__name__ for r in result)})"
+        raise UserError(f"{phase}_losses: loss '{name}' returned {got}; a loss returns (a scalar tensor, "
+                        f"a dict of figures) (docs/plugins.md)")
+    return result
 
 
 def _batches(data, batch_size: int):
