@@ -159,6 +159,29 @@ def test_a_folder_not_made_by_the_report_is_never_touched(tmp_path):
     assert (task.dir / "precious.txt").read_text() == "keep"
 
 
+def test_foreign_folders_damaged_records_and_a_file_as_runs_dir_stop_it_before_any_work(tmp_path):
+    """Checked before the prepare stages render data: a folder the report did not make, a task.json
+    that does not parse (one line, the folder kept), and a runs_dir that is a file."""
+    from oneforcing.jobs.base import RunContext
+
+    job = _job(tmp_path)
+    job.prepare = None
+    tasks = job.plan(ROOT / "recipes" / "toy")
+    tasks[1].dir.mkdir(parents=True)
+    (tasks[1].dir / "precious.txt").write_text("keep")
+    with pytest.raises(UserError, match="not made by this report"):
+        job._run(RunContext())
+    (tasks[1].dir / "precious.txt").unlink()
+    (tasks[1].dir / "task.json").write_text('{"key": "abc", "sta')   # cut short
+    with pytest.raises(UserError, match="task.json is unreadable .JSONDecodeError.; delete its folder"):
+        job._run(RunContext())
+    assert (tasks[1].dir / "task.json").exists()
+    runs_file = tmp_path / "runs_file"
+    runs_file.write_text("not a folder")
+    with pytest.raises(UserError, match="is a file, not a folder"):
+        _job(tmp_path, runs_dir=str(runs_file))._run(RunContext())
+
+
 def test_a_finished_task_with_the_same_key_is_not_run_again(tmp_path):
     job = _job(tmp_path)
     task = job.plan(ROOT / "recipes" / "toy")[0]

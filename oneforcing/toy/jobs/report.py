@@ -229,7 +229,7 @@ class ToyReport(Job):
         """Run one task unless it finished before with the same key."""
         meta = task.dir / "task.json"
         if meta.exists():
-            old = json.loads(meta.read_text(encoding="utf-8"))
+            old = read_task_record(meta)
             if old.get("key") == task.key and old.get("state") == "done":
                 task.seconds, task.cached = old.get("seconds", {}), True
                 task.record = {k: old[k] for k in task.record if k in old}  # the commit it was made at
@@ -249,6 +249,16 @@ class ToyReport(Job):
         atomic_write_text(meta, json.dumps(record, indent=1) + "\n")
         return task
 
+    def check_task_dirs(self, tasks: list[Task]) -> None:
+        """Before any work: every task folder is absent, empty, or this report's (a readable task.json)."""
+        for task in tasks:
+            meta = task.dir / "task.json"
+            if meta.exists():
+                read_task_record(meta)
+            elif task.dir.exists() and (not task.dir.is_dir() or any(task.dir.iterdir())):
+                raise UserError(f"toy_report: {task.dir} exists and was not made by this report "
+                                "(no task.json); move it or choose another runs_dir")
+
     def run(self, ctx: RunContext) -> None:
         if ctx.distributed:
             raise UserError("toy_report runs on one process (it starts its own runs as child processes); "
@@ -256,6 +266,8 @@ class ToyReport(Job):
         self._run(ctx)
 
     def _run(self, ctx: RunContext) -> None:
+        if self.runs_dir.exists() and not self.runs_dir.is_dir():
+            raise UserError(f"toy_report: runs_dir {self.runs_dir} is a file, not a folder", key="runs_dir")
         # Locked from the start: a second report on this runs_dir stops at once, before any work.
         with RunsLock(self.runs_dir / LOCK):
             self._run_locked(ctx)
@@ -266,6 +278,7 @@ class ToyReport(Job):
         t_start = time.perf_counter()
         base = Path(ctx.recipe_file).parent if ctx.recipe_file else Path(".")
         tasks = self.plan(base)
+        self.check_task_dirs(tasks)  # a folder it did not make stops it before data is rendered
         if self.prepare is not None:
             self.prepare.prepare_stages(base)
         self.validate(tasks)
@@ -300,3 +313,17 @@ class ToyReport(Job):
 
 def _fmt_seconds(seconds: dict) -> str:
     return ", ".join(f"{k} {v / 60:.1f} min" for k, v in seconds.items())
+
+
+def read_task_record(meta: Path) -> dict:
+    """A task folder's task.json; unreadable (damaged by hand, or by a crash of an older version)
+    is one line: the folder is not deleted on a guess."""
+    try:
+        record = json.loads(meta.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise UserError(f"toy_report: {meta} is unreadable ({type(exc).__name__}); delete its folder to "
+                        "run that task again") from None
+    if not isinstance(record, dict):
+        raise UserError(f"toy_report: {meta} is not a task record (a JSON object); delete its folder to "
+                        "run that task again")
+    return record
