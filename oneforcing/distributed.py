@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import random
+import sys
 from datetime import timedelta
 
 import torch
@@ -30,10 +31,23 @@ def detect_launcher() -> str:
     return "python"
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever sys.stderr is at each record, not the stream of the first setup (which an
+    embedding program, or a test's capture, may since have replaced and closed)."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
 def setup_logging(rank: int) -> None:
     logger = logging.getLogger("oneforcing")
     if not logger.handlers:
-        handler = logging.StreamHandler()
+        handler = _StderrHandler()
         prefix = "[oneforcing]" if rank == 0 else f"[oneforcing rank {rank}]"
         handler.setFormatter(logging.Formatter(f"{prefix} %(message)s"))
         logger.addHandler(handler)

@@ -92,7 +92,7 @@ def test_eval_job_reads_vbench_folder(real, tmp_path):
     assert result["name"] == "real" and result["num_videos"] == 12
     assert all(result["raw"][k] >= 0.98 for k in ACCURACIES)
     table = (tmp_path / "eval" / "toybench.md").read_text().splitlines()
-    assert table[0].startswith("| name |") and table[2].startswith("| real | 12 |")
+    assert table[0].startswith("| name |") and table[2].startswith("| real | - | 12 |")
     # the generate job's manifest names the prompts of slug-named files
     (tmp_path / "samples" / "generate_manifest.json").write_text(json.dumps(
         {"videos": [{"file": p.name, "prompt": "a small red circle moving up slowly on a gray background"}
