@@ -5,7 +5,7 @@ sliced W2: sqrt(mean over random unit directions u of W2^2 of the 1-D projection
            they agree; with finite samples its floor is the target-vs-target value (`floor`).
 modes:     a point belongs to its nearest mode if it lies within `radius_std` (3) of the mode's
            std of it (98.9 % of a 2-D Gaussian's mass); mode k is captured when at least
-           `min_share` (1/4) of its fair share pi_k of the points belong to it. `on_mode` is the
+           `min_share` (1/2) of its fair share pi_k of the points belong to it. `on_mode` is the
            fraction of points that belong to some mode (precision-like: 0.99 for the target);
            `balance` the total-variation distance between the on-mode points' histogram over the
            modes and the weights pi (0 = perfectly balanced, 1 - 1/K = all on one mode).
@@ -40,7 +40,7 @@ class ModeStats:
 
 
 def mode_stats(x: torch.Tensor, target: MixtureOfGaussians, radius_std: float = 3.0,
-               min_share: float = 0.25) -> ModeStats:
+               min_share: float = 0.5) -> ModeStats:
     d = torch.cdist(x.float(), target.means)                   # [N, K]
     dist, nearest = d.min(dim=1)
     belongs = dist <= radius_std * target.std

@@ -44,27 +44,47 @@ def mlp(inp: int, hidden: int, depth: int) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
-class _PointNet(nn.Module):
-    """trunk(point, time embedding) -> features; `velocity` maps them to v."""
+class FourierFeatures(nn.Module):
+    """[p, sin(p W), cos(p W)] with a fixed random W ~ N(0, scale^2): lets a small MLP bend sharply."""
 
-    def __init__(self, dim: int, hidden: int, depth: int, time_dim: int = 16):
+    def __init__(self, dim: int, count: int, scale: float):
+        super().__init__()
+        self.register_buffer("w", torch.randn(dim, count) * scale)
+
+    @property
+    def out_dim(self) -> int:
+        return self.w.shape[0] + 2 * self.w.shape[1]
+
+    def forward(self, p: torch.Tensor) -> torch.Tensor:
+        if self.w.shape[1] == 0:
+            return p
+        z = p @ self.w
+        return torch.cat([p, z.sin(), z.cos()], dim=-1)
+
+
+class _PointNet(nn.Module):
+    """trunk(point features, time embedding) -> features; `velocity` maps them to v."""
+
+    def __init__(self, dim: int, hidden: int, depth: int, fourier: int = 0, fourier_scale: float = 1.0,
+                 time_dim: int = 16):
         super().__init__()
         self.time = TimeEmbedding(time_dim)
-        self.trunk = mlp(dim + time_dim, hidden, depth)
+        self.inputs = FourierFeatures(dim, fourier, fourier_scale)
+        self.trunk = mlp(self.inputs.out_dim + time_dim, hidden, depth)
         self.velocity = nn.Linear(hidden, dim)
 
     def features(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """x [B, F, C, H, W], t [B] or [B, F] -> features [points, hidden]."""
         p = as_points(x.float())
-        return self.trunk(torch.cat([p, self.time(point_t(t, x))], dim=-1))
+        return self.trunk(torch.cat([self.inputs(p), self.time(point_t(t, x))], dim=-1))
 
 
 class UnitGenerator(_PointNet):
     frames_per_block = 1
     config: dict = {}
 
-    def __init__(self, dim: int = 2, hidden: int = 128, depth: int = 3):
-        super().__init__(dim, hidden, depth)
+    def __init__(self, dim: int = 2, hidden: int = 128, depth: int = 3, fourier: int = 0, fourier_scale: float = 1.0):
+        super().__init__(dim, hidden, depth, fourier, fourier_scale)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, text: torch.Tensor | None = None, *,
                 causal: bool | None = None, clean_x: torch.Tensor | None = None, kv_cache=None,
@@ -83,8 +103,9 @@ class UnitGenerator(_PointNet):
 class UnitCritic(_PointNet):
     """`head=False`: a plain fake score (`logit` raises TypeError, as `fake_score`'s)."""
 
-    def __init__(self, dim: int = 2, hidden: int = 128, depth: int = 3, head: bool = True):
-        super().__init__(dim, hidden, depth)
+    def __init__(self, dim: int = 2, hidden: int = 128, depth: int = 3, head: bool = True, fourier: int = 0,
+                 fourier_scale: float = 1.0):
+        super().__init__(dim, hidden, depth, fourier, fourier_scale)
         self.head = nn.Sequential(nn.LayerNorm(hidden), nn.Linear(hidden, hidden), nn.SiLU(),
                                   nn.Linear(hidden, 1)) if head else None
 
