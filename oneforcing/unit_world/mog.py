@@ -35,14 +35,15 @@ def posterior_x0(x_t: torch.Tensor, sigma: torch.Tensor, means: torch.Tensor, st
     sigma = sigma.clamp_min(MIN_SIGMA)[:, None]
     a = 1 - sigma
     var = a ** 2 * std ** 2 + sigma ** 2                                   # [N, 1]
-    d2 = ((x_t[:, None, :] - a[:, None] * means[None]) ** 2).sum(-1)      # [N, K]
-    logits = -d2 / (2 * var)
+    # |x_t - a mu_k|^2 expanded, and sum_k w_k (mu_k + gain (x_t - a mu_k)) = m + gain (x_t - a m) with
+    # m = sum_k w_k mu_k: no [N, K, D] tensor (the empirical score's bank has thousands of points).
+    d2 = (x_t ** 2).sum(-1, keepdim=True) - 2 * a * (x_t @ means.T) + a ** 2 * (means ** 2).sum(-1)[None]
+    logits = -d2 / (2 * var)                                               # [N, K]
     if log_weights is not None:
         logits = logits + log_weights[None]
-    w = torch.softmax(logits, dim=-1)                                      # [N, K]
+    m = torch.softmax(logits, dim=-1) @ means                              # [N, D]
     gain = a * std ** 2 / var                                              # [N, 1]
-    per_mode = means[None] + gain[:, None] * (x_t[:, None, :] - a[:, None] * means[None])
-    return (w[..., None] * per_mode).sum(1)
+    return m + gain * (x_t - a * m)
 
 
 def velocity_from_x0(x_t: torch.Tensor, x0: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
