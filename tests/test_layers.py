@@ -30,7 +30,7 @@ TIERS: tuple[tuple[str, ...], ...] = (
     ("losses",),
     ("trainer", "study"),
     ("jobs",),
-    ("testing", TOY),                                         # test fixtures; the toy world
+    ("testing", TOY, "unit_world"),                           # test fixtures; the toy world; the 2-D unit world
     ("runner",),                                              # entry points
     ("cli",),
     ("__main__",),
