@@ -33,19 +33,19 @@ from oneforcing.eval.report_stats import mean_ci  # noqa: E402
 from oneforcing.unit_world import MixtureOfGaussians, UnitConfig, UnitWorld, score  # noqa: E402
 from oneforcing.unit_world.fidelity import BANDS, gradient_fidelity  # noqa: E402
 
-OBJECTIVES = [  # (row, objective, what it is)
-    ("dmd", "dmd", "DMD, exact real score, learned fake score"),
-    ("dmd_exact_fake", "dmd_exact_fake", "DMD, fake score exact for 2048 current samples (control)"),
-    ("dmd_gan", "dmd_gan", "DMD + GAN on real samples (weight 0.03)"),
-    ("dmd_gan w0.3", "dmd_gan", "DMD + GAN on real samples, GAN weight 0.3"),
-    ("gan", "gan", "GAN alone on real samples"),
-    ("fkl", "fkl", "forward-KL surrogate alone (regression onto the 48-step teacher ODE)"),
-    ("dmd_fkl", "dmd_fkl", "DMD + forward-KL surrogate"),
-    ("dmd_gan_fkl", "dmd_gan_fkl", "DMD + GAN + forward-KL surrogate"),
-    ("asd", "asd", "ASD: DMD + GAN whose real side is the 2-step student"),
-    ("dmd_flipped", "dmd_flipped", "DMD with its gradient sign flipped (must diverge)"),
+OBJECTIVES = [  # (row, UnitConfig overrides, what it is)
+    ("dmd", {"objective": "dmd"}, "DMD, exact real score, learned fake score"),
+    ("dmd_exact_fake", {"objective": "dmd_exact_fake"}, "DMD, fake score exact for 2048 current samples (control)"),
+    ("dmd_gan", {"objective": "dmd_gan"}, "DMD + GAN on real samples (weight 0.03)"),
+    ("dmd_gan w0.3", {"objective": "dmd_gan", "gan_weight": 0.3}, "DMD + GAN on real samples, GAN weight 0.3"),
+    ("gan", {"objective": "gan"}, "GAN alone on real samples"),
+    ("fkl", {"objective": "fkl"}, "forward-KL surrogate alone (regression onto the 48-step teacher ODE)"),
+    ("dmd_fkl", {"objective": "dmd_fkl"}, "DMD + forward-KL surrogate"),
+    ("dmd_gan_fkl", {"objective": "dmd_gan_fkl"}, "DMD + GAN + forward-KL surrogate"),
+    ("asd", {"objective": "asd"}, "ASD: DMD + GAN whose real side is the 2-step student"),
+    ("dmd_flipped", {"objective": "dmd_flipped"}, "DMD with its gradient sign flipped (must diverge)"),
 ]
-FAKE_SCORE = [  # (row, overrides of the DMD run, what changes)
+FAKE_SCORE = [  # DMD with a learned fake score: (row, overrides, what changes)
     ("ratio 1", {"generator_every": 1}, "1 critic update per generator update"),
     ("ratio 5", {}, "5 (the recipes)"),
     ("ratio 20", {"generator_every": 20}, "20"),
@@ -57,6 +57,26 @@ FAKE_SCORE = [  # (row, overrides of the DMD run, what changes)
     ("batch 64", {"batch": 64}, "64 samples per update instead of 1024"),
     ("batch 8", {"batch": 8}, "8 samples per update"),
 ]
+HALF = {"generator_init": "half"}
+DROPPED = [  # from a generator that covers modes 0-3 only: (row, overrides, what)
+    ("init", {**HALF, "objective": "dmd", "steps": 0}, "the half-ring init itself (no training)"),
+    ("dmd", {**HALF, "objective": "dmd"}, "DMD"),
+    ("dmd_gan", {**HALF, "objective": "dmd_gan"}, "DMD + GAN on real samples (0.03)"),
+    ("dmd_gan w0.3", {**HALF, "objective": "dmd_gan", "gan_weight": 0.3}, "DMD + GAN on real samples (0.3)"),
+    ("dmd_fkl", {**HALF, "objective": "dmd_fkl"}, "DMD + forward-KL surrogate (full-target ODE pairs)"),
+    ("asd", {**HALF, "objective": "asd"}, "ASD"),
+]
+PARTS = {  # part -> (title, rows, budget argument, fidelity column, figure)
+    "objectives": ("Objectives", OBJECTIVES, "updates", False, True),
+    "fake_score": ("DMD's fake score", FAKE_SCORE, "study_updates", True, False),
+    "dropped_modes": ("From a generator that dropped modes 4-7", DROPPED, "study_updates", False, False),
+}
+
+
+def run_key(fields: dict) -> str:
+    """A run's cache key: its seed and every UnitConfig field (a record written before a field
+    existed gets that field's default, so adding a field keeps the earlier records)."""
+    return json.dumps({**asdict(UnitConfig()), **fields}, sort_keys=True)
 
 
 def machine() -> str:
@@ -162,7 +182,7 @@ def figure(out: Path, samples: dict[str, torch.Tensor], fractions: dict[str, lis
         mean = torch.tensor(fractions[name]).mean(0)
         axes[1, i].bar(range(cfg.modes), mean.tolist())
         axes[1, i].axhline(1 / cfg.modes, color="red", lw=0.8)
-        axes[1, i].set_ylim(0, 0.5), axes[1, i].set_xticks(range(cfg.modes))
+        axes[1, i].set_ylim(0, max(0.2, float(mean.max()) * 1.1)), axes[1, i].set_xticks(range(cfg.modes))
         axes[1, i].tick_params(labelsize=6)
     axes[1, 0].set_ylabel("share per mode\n(mean over seeds)", fontsize=7)
     fig.tight_layout()
@@ -172,10 +192,10 @@ def figure(out: Path, samples: dict[str, torch.Tensor], fractions: dict[str, lis
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--part", choices=["all", "objectives", "fake_score"], default="all")
+    p.add_argument("--part", choices=["all", *PARTS], default="all")
     p.add_argument("--seeds", type=int, default=5)
     p.add_argument("--updates", type=int, default=1000, help="generator updates per objective run")
-    p.add_argument("--study-updates", type=int, default=600, help="generator updates per fake-score study run")
+    p.add_argument("--study-updates", type=int, default=600, help="generator updates per run of the other parts")
     p.add_argument("--quick", action="store_true", help="2 seeds, 60 updates (a smoke run)")
     p.add_argument("--out", default="runs/unit_world")
     p.add_argument("--figure", default=None, help="where the PNG goes (default: OUT/unit_world.png)")
@@ -186,7 +206,8 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     cache_file = out / "results.json"
-    cache = json.loads(cache_file.read_text()) if cache_file.exists() else {}
+    cache = {run_key(json.loads(k)): v for k, v in json.loads(cache_file.read_text()).items()} \
+        if cache_file.exists() else {}
     seeds = list(range(args.seeds))
     print(f"machine: {machine()}", flush=True)
     t_start = time.perf_counter()
@@ -194,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
     def runs(cfg: UnitConfig) -> list[dict]:
         recs = []
         for seed in seeds:
-            key = json.dumps({"seed": seed, **asdict(cfg)}, sort_keys=True)
+            key = run_key({"seed": seed, **asdict(cfg)})
             if key not in cache:
                 cache[key] = run_one(cfg, seed)
                 cache_file.write_text(json.dumps(cache))
@@ -203,28 +224,23 @@ def main(argv: list[str] | None = None) -> int:
 
     sections = [f"machine: {machine()}"]
     base = UnitConfig()
-    if args.part in ("all", "objectives"):
-        rows, samples, fractions = references(base, seeds), {}, {}
-        for name, objective, what in OBJECTIVES:
-            cfg = replace(base, objective=objective, steps=args.updates * base.generator_every,
-                          gan_weight=0.3 if name.endswith("w0.3") else base.gan_weight)
+    for part in (PARTS if args.part == "all" else [args.part]):
+        title, spec, budget, with_fidelity, with_figure = PARTS[part]
+        updates = getattr(args, budget)
+        rows = references(base, seeds) if part == "objectives" else []
+        samples, fractions = {}, {}
+        for name, overrides, what in spec:
+            every = overrides.get("generator_every", base.generator_every)
+            cfg = replace(base, **{"steps": updates * every, **overrides})
             recs = runs(cfg)
             rows.append((name, what, recs))
             samples[name], fractions[name] = torch.tensor(recs[0]["samples"]), [r["fractions"] for r in recs]
-            print(f"{name}: sw2 {fmt([r['sw2'] for r in recs])}, modes {fmt([r['captured'] for r in recs], 1)} "
+            print(f"{part} / {name}: sw2 {fmt([r['sw2'] for r in recs])}, modes {fmt([r['captured'] for r in recs], 1)} "
                   f"({time.perf_counter() - t_start:.0f} s)", flush=True)
-        figure(Path(args.figure) if args.figure else out / "unit_world.png", samples, fractions, base)
-        sections.append(f"### Objectives ({args.updates} generator updates, {len(seeds)} seeds)\n\n" + table(rows))
-    if args.part in ("all", "fake_score"):
-        rows = []
-        for name, overrides, what in FAKE_SCORE:
-            cfg = replace(base, steps=args.study_updates * overrides.get("generator_every", base.generator_every),
-                          **overrides)
-            recs = runs(cfg)
-            rows.append((name, what, recs))
-            print(f"{name}: sw2 {fmt([r['sw2'] for r in recs])} ({time.perf_counter() - t_start:.0f} s)", flush=True)
-        sections.append(f"### DMD's fake score ({args.study_updates} generator updates, {len(seeds)} seeds)\n\n"
-                        + table(rows, with_fidelity=True))
+        if with_figure:
+            figure(Path(args.figure) if args.figure else out / "unit_world.png", samples, fractions, base)
+        sections.append(f"### {title} ({updates} generator updates, {len(seeds)} seeds)\n\n"
+                        + table(rows, with_fidelity=with_fidelity))
     sections.append(f"total {(time.perf_counter() - t_start) / 60:.1f} min")
     text = "\n\n".join(sections)
     (out / "tables.md").write_text(text + "\n")

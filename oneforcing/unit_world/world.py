@@ -38,6 +38,7 @@ from oneforcing.unit_world.objectives import FLOW_DENOISE, objectives
 from oneforcing.unit_world.points import as_latents, as_points
 
 CRITIC_INITS = ("random", "target", "far")
+GENERATOR_INITS = ("random", "half")
 
 
 def adamw(module: torch.nn.Module, lr: float, beta1: float = 0.0) -> torch.optim.AdamW:
@@ -63,6 +64,8 @@ class UnitConfig:
     gan_weight: float = 0.03          # One-Forcing framewise
     fkl_weight: float = 1.0
     critic_init: str = "random"       # random | target (pretrained on the target, as a teacher init) | far
+    generator_init: str = "random"    # random | half: pre-trained onto the first half of the modes only
+    generator_pretrain: int = 600     # fkl_surrogate updates for the half init
     critic_pretrain: int = 500        # flow_denoise updates for the target / far inits
     far_offset: float = 4.0           # the "far" init's distribution: the target moved by (d, d)
     bank: int = 2048                  # generator samples behind the exact fake score (dmd_exact_fake)
@@ -104,6 +107,8 @@ class UnitWorld:
     def __init__(self, cfg: UnitConfig, seed: int = 0):
         if cfg.critic_init not in CRITIC_INITS:
             raise ValueError(f"critic_init must be one of {', '.join(CRITIC_INITS)}, got {cfg.critic_init!r}")
+        if cfg.generator_init not in GENERATOR_INITS:
+            raise ValueError(f"generator_init must be one of {', '.join(GENERATOR_INITS)}, got {cfg.generator_init!r}")
         table = objectives(cfg.gan_weight, cfg.fkl_weight)
         if cfg.objective not in table:
             raise ValueError(f"unknown objective {cfg.objective!r} (known: {', '.join(table)})")
@@ -123,7 +128,9 @@ class UnitWorld:
         self.optim = {"generator": adamw(self.generator, cfg.lr_generator, cfg.beta1)}
         if isinstance(self.critic, UnitCritic):
             self.optim["critic"] = adamw(self.critic, cfg.lr_critic, cfg.beta1)
-        self.ode = self._ode_pairs() if self.objective.needs_ode_pairs else None
+        self.ode = self._ode_pairs(self.real_score) if self.objective.needs_ode_pairs else None
+        if cfg.generator_init == "half":
+            self._pretrain_generator()
         if isinstance(self.critic, UnitCritic) and cfg.critic_init != "random":
             self._pretrain_critic()
 
@@ -138,14 +145,26 @@ class UnitWorld:
             return EmpiricalScore(self.sample(self.cfg.bank))
         return None
 
-    def _ode_pairs(self) -> dict[str, torch.Tensor]:
+    def _ode_pairs(self, teacher: ExactScore) -> dict[str, torch.Tensor]:
         """The exact teacher's ODE from fresh noise: start state (t = 1000) and endpoint, as ode_pairs stores them."""
         g = self.ctx.generator("ode_pairs")
         noise = as_latents(torch.randn(self.cfg.ode_pairs, self.target.dim, generator=g))
         text = torch.zeros(noise.shape[0], 1, 1)
         out = TeacherODE(num_steps=self.cfg.ode_steps, cfg_scale=1.0, keep_indices=[0],
-                         scheduler=self.scheduler)(self.real_score, noise, text)
+                         scheduler=self.scheduler)(teacher, noise, text)
         return {"states": out.states, "t": out.timesteps, "x0": out.x0}
+
+    def _pretrain_generator(self) -> None:
+        """A generator that has dropped half the modes: `generator_pretrain` fkl_surrogate updates
+        onto the ODE of a mixture of the first K/2 modes (a half ring), then a fresh optimizer."""
+        half = MixtureOfGaussians(self.target.means[: self.target.num_modes // 2], self.target.std)
+        saved = (self.ode, self.losses["generator"])
+        self.ode = self._ode_pairs(ExactScore(half))
+        self.losses["generator"] = _losses([{"type": "fkl_surrogate", "index": 0}], "generator_init")
+        for i in range(self.cfg.generator_pretrain):
+            self._phase("generator", step=-1 - i)
+        self.ode, self.losses["generator"] = saved
+        self.optim["generator"] = adamw(self.generator, self.cfg.lr_generator, self.cfg.beta1)
 
     def _pretrain_critic(self) -> None:
         """The critic's init: `critic_pretrain` flow_denoise updates on the target (a teacher-like
