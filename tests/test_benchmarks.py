@@ -69,3 +69,14 @@ def test_the_real_chain_is_the_readmes():
     recipes = [line.split("recipes/run.py ")[1].split()[0] for line in block.splitlines() if "recipes/run.py" in line]
     ours = [cmd.split("recipes/run.py ")[1].split()[0] for _, cmd in real_chain.stages(1) if "recipes/run.py" in cmd]
     assert ours == recipes and all((ROOT / r).is_file() for r in recipes)
+
+
+def test_toy_one_step_fit_runs(tmp_path):
+    """benchmarks/toy_one_step_fit.py on an 8-example deterministic tier, fresh and fixed noise."""
+    subprocess.run([sys.executable, str(ROOT / "recipes" / "run.py"), str(ROOT / "recipes" / "toy" / "data.yaml"),
+                    f"out={tmp_path / 'tier'}", "num_examples=8", "start_positions=1"],
+                   cwd=ROOT, env=ENV, check=True, capture_output=True, timeout=300)
+    for extra in ([], ["--fixed-noise"]):
+        out = run_script(["toy_one_step_fit.py", str(tmp_path / "tier"), "--steps", "1", "--every", "1",
+                          "--frames", "3", "--batch", "2", *extra], ROOT)
+        assert "step     1  x0 error train: frame 0" in out and "held-out: frame 0" in out

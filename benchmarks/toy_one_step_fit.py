@@ -1,0 +1,139 @@
+"""Can a toy causal Wan learn a toy world's one-step map (pure noise -> video), and generalise it?
+
+    OMP_NUM_THREADS=1 python benchmarks/toy_one_step_fit.py FOLDER [--frames 21] [--lr 1e-3] [--steps 600]
+        [--batch 8] [--layers 3 --heads 3 --ffn 384 | --pretrained] [--context clean|none] [--fixed-noise]
+
+FOLDER is either a toy_data folder of a tier with one start position per object (`toy_data
+start_positions: 1`: the video is a function of the prompt, so the exact teacher's ODE endpoint from
+any noise IS the data latent) or an ode_pairs folder (each pair's own start noise -> the teacher's
+endpoint). The model predicts x0 from t = 1000, teacher-forced on the clean earlier frames
+(`--context clean`, the causal ODE init's set-up) or from noise alone (`--context none`). It trains
+on all but the last 200 examples (a quarter, for small folders) and prints the x0 error per latent
+coordinate (the latents have unit variance) for frame 0 and frames 1+, on train and held-out examples.
+
+`--fixed-noise` feeds one noise tensor to every example. The Wan patch embedding and 3-D RoPE make
+the network translation-equivariant (nothing in it says where a token is except relative offsets), so
+on fresh noise it cannot put an object at a position the prompt fixes; a fixed noise tensor hands it
+absolute positions. The pair of runs measures that (docs/toy_world.md, issue 19).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+from oneforcing.config.assets import packaged_asset
+from oneforcing.jobs.shared import load_generator_model
+from oneforcing.registry.plugins import load_builtins
+from oneforcing.schedulers import FlowMatchScheduler
+
+HELD_OUT = 200
+
+
+def load_tier(folder: str, frames: int):
+    """(x0, text, noise): a toy_data folder (noise None: fresh per draw) or an ode_pairs folder (each
+    pair's own start state at t = 1000 and the teacher's ODE endpoint from it)."""
+    shards = [load_file(str(p)) for p in sorted(Path(folder).glob("shard-*.safetensors"))]
+    text = torch.cat([s["prompt_embed"] for s in shards]).float()
+    if "clean" in shards[0]:
+        x0 = torch.cat([s["clean"] for s in shards]).float()[:, :frames]
+        return x0, text, torch.cat([s["states"][:, 0] for s in shards]).float()[:, :frames]
+    return torch.cat([s["latent"] for s in shards]).float()[:, :frames], text, None
+
+
+def build_model(args) -> torch.nn.Module:
+    if args.pretrained:
+        return load_generator_model({"type": "causal_wan", "frames_per_block": 1},
+                                    packaged_asset("toy_student_base"), None).float().train()
+    from oneforcing.models.causal_wan import CausalWan
+    cfg = dict(patch_size=[1, 2, 2], in_channels=16, out_channels=16, text_dim=32, freq_dim=64,
+               num_attention_heads=args.heads, attention_head_dim=32, ffn_dim=args.ffn, num_layers=args.layers,
+               rope_max_seq_len=64)
+    torch.manual_seed(args.seed)
+    return CausalWan(config=cfg, frames_per_block=1).float().train()
+
+
+def x0_error(model, flow, x0, text, context: str, fixed: torch.Tensor | None, pairs: torch.Tensor | None,
+             noise_seed: int = 123) -> torch.Tensor:
+    """Per-frame x0 error from pure noise (t = 1000), [F]: fresh noise, the `fixed` tensor, or each pair's own."""
+    g = torch.Generator().manual_seed(noise_seed)
+    errs = []
+    with torch.no_grad():
+        for i in range(0, x0.shape[0], 25):
+            x, c = x0[i:i + 25], text[i:i + 25]
+            noise = torch.randn(x.shape, generator=g) if fixed is None else fixed.expand(x.shape)
+            if pairs is not None:
+                noise = pairs[i:i + 25]
+            t = torch.full((x.shape[0],), 1000.0)
+            pred = predict(model, flow, noise, t, c, x, context)
+            errs.append(((pred - x) ** 2).mean(dim=(2, 3, 4)))
+    return torch.cat(errs).mean(0)
+
+
+def predict(model, flow, x_t, t, text, x0, context):
+    clean = x0 if context == "clean" else None
+    return flow.x0_from_v(x_t, model(x_t, t, text, clean_x=clean, causal=True), t)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("data", help="a toy_data folder of a start_positions: 1 tier, e.g. data/toy_s1/train")
+    ap.add_argument("--frames", type=int, default=21)
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--steps", type=int, default=600)
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--layers", type=int, default=3)
+    ap.add_argument("--heads", type=int, default=3)
+    ap.add_argument("--ffn", type=int, default=384)
+    ap.add_argument("--pretrained", action="store_true", help="start from the shipped toy student base")
+    ap.add_argument("--context", choices=["clean", "none"], default="clean")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--every", type=int, default=100)
+    ap.add_argument("--fixed-noise", action="store_true",
+                    help="one noise tensor for every example: it gives the tokens their absolute positions")
+    args = ap.parse_args()
+    load_builtins()
+    x0, text, pair_noise = load_tier(args.data, args.frames)
+    held_out = min(HELD_OUT, x0.shape[0] // 4)
+    train, held = (x0[:-held_out], text[:-held_out]), (x0[-held_out:], text[-held_out:])
+    model = build_model(args)
+    params = sum(p.numel() for p in model.parameters())
+    print(f"{params / 1e6:.2f} M parameters, {train[0].shape[0]} train / {held_out} held-out examples, "
+          f"{args.frames} frames, lr {args.lr}, batch {args.batch}, context {args.context}", flush=True)
+    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.99), weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 50))
+    fixed = torch.randn((1, *x0.shape[1:]), generator=torch.Generator().manual_seed(7)) if args.fixed_noise else None
+    flow, g, t0 = FlowMatchScheduler(), torch.Generator().manual_seed(args.seed), time.perf_counter()
+    for step in range(args.steps + 1):
+        if step % args.every == 0:
+            model.eval()
+            tr = x0_error(model, flow, train[0][:held_out], train[1][:held_out], args.context, fixed,
+                          None if pair_noise is None else pair_noise[:held_out])
+            he = x0_error(model, flow, *held, args.context, fixed,
+                          None if pair_noise is None else pair_noise[-held_out:])
+            model.train()
+            print(f"step {step:5d}  x0 error train: frame 0 {tr[0]:.3f} frames 1+ {tr[1:].mean():.3f} | "
+                  f"held-out: frame 0 {he[0]:.3f} frames 1+ {he[1:].mean():.3f}  ({time.perf_counter() - t0:.0f} s)",
+                  flush=True)
+        if step == args.steps:
+            break
+        idx = torch.randint(0, train[0].shape[0], (args.batch,), generator=g)
+        x, c = train[0][idx], train[1][idx]
+        noise = torch.randn(x.shape, generator=g) if fixed is None else fixed.expand(x.shape)
+        if pair_noise is not None:
+            noise = pair_noise[idx]
+        t = torch.full((args.batch,), 1000.0)
+        loss = ((predict(model, flow, noise, t, c, x, args.context) - x) ** 2).mean()
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+
+
+if __name__ == "__main__":
+    main()
