@@ -201,3 +201,25 @@ def test_from_config_random_init_and_two_models_coexist():
         va2 = a(x, torch.tensor([100.0]), text)
     assert type(a.attn).__name__ == "SDPAAttention" and type(b.attn).__name__ == "FlexAttention"
     assert torch.equal(va, va2) and va.shape == vb.shape
+
+
+@torch.no_grad()
+def test_no_absolute_position_within_a_frame(wan_dir):
+    """The Wan patch embedding and 3-D RoPE give a token only relative offsets: where every token of a
+    frame carries the same content, every token gets the same output. So from pure noise a Wan-shaped
+    generator can place an object only where the noise breaks the symmetry, never where a prompt
+    alone fixes it (the toy world's motion-dependent starts: docs/toy_world.md, issue 19). Exact for
+    a first frame, which attends only to itself; later frames mix earlier frames in proportions that
+    differ near the border, a weak leak."""
+    model = load(wan_dir)
+    _, text = tiny_inputs(1, 1, 4, 4)
+    token = torch.randn(1, 1, TINY_WAN_CONFIG["in_channels"], 2, 2)        # one (1, 2, 2) patch
+    x = token.repeat(1, 1, 1, 3, 4)                                         # a frame of 3 x 4 identical tokens
+    v = model(x, torch.tensor([1000.0]), text, causal=True)
+    patches = v.unfold(3, 2, 2).unfold(4, 2, 2)                             # [B, F, C, 3, 4, 2, 2]
+    spread = (patches - patches[:, :, :, :1, :1]).abs().amax().item()
+    assert spread < 1e-5 * v.abs().amax().item()
+    x[:, :, :, :2, :2] += 1.0                                               # one distinct token breaks it
+    v = model(x, torch.tensor([1000.0]), text, causal=True)
+    patches = v.unfold(3, 2, 2).unfold(4, 2, 2)
+    assert (patches - patches[:, :, :, :1, :1]).abs().amax().item() > 1e-3
