@@ -19,6 +19,7 @@ SMOKE = [  # (script and its smallest arguments, a line its output must hold)
     (["long_video.py", "--videos", "1", "--windows", "1", "--batch-size", "1"], "window 21 + sink 1"),
     (["memory.py", "plan"], "optimizer + params"),
     (["toy_frame_stats.py", "--prompts", "1", "--steps", "1"], "toy_causal_ode_init, one-step rollout"),
+    (["toy_placement_ceiling.py", "--videos", "4"], "| blind_both |"),
 ]
 SLOW = [
     (["training.py", "--recipe", "tests/recipes/tiny_distill.yaml", "--steps", "2", "--warmup", "1"], "P4 critic:"),
