@@ -185,7 +185,7 @@ class Generate(Job):
         return items
 
     # --- building ---------------------------------------------------------------------------
-    def _dtype(self, device: torch.device) -> torch.dtype:
+    def compute_dtype(self, device: torch.device) -> torch.dtype:
         from oneforcing.models.text_encoder import parse_dtype
 
         if self.dtype == "auto":
@@ -197,7 +197,7 @@ class Generate(Job):
         mine = items[ctx.rank::ctx.world_size]
         if self.skip_existing:
             mine = [it for it in mine if not it.path.is_file()]
-        device, dtype = ctx.device, self._dtype(ctx.device)
+        device, dtype = ctx.device, self.compute_dtype(ctx.device)
         log.info("generate: %d videos (%d on this rank, %d ranks) from %s (%s weights) -> %s",
                  len(items), len(mine), ctx.world_size, self.weights_dir, self.weights_kind, self.out_dir)
         if mine:
