@@ -21,8 +21,9 @@ is the resolved recipe: `oneforcing run out_dir/recipe.yaml out_dir=NEW` reruns 
 
 The videos are rendered into a hidden sibling `.NAME.partial/` and the folder becomes out_dir only
 once every video and the manifest are in it: out_dir is never half-written. A rerun after an
-interruption resumes the partial folder (each mp4 is itself written atomically). An out_dir that
-already exists and is not empty is refused.
+interruption resumes the partial folder (each mp4 is itself written atomically) if its settings
+are the same (the folder keeps their hash); a partial folder of other settings, and an out_dir
+that already exists and is not empty, are refused.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 from pathlib import Path
 
 from oneforcing.config import dump_recipe
@@ -44,6 +46,7 @@ from oneforcing.weights import check_weights, weights_label
 
 MANIFEST = "vbench_manifest.json"
 RECIPE = "recipe.yaml"
+RESUME_KEY = ".settings_sha256"
 PROMPT_SETS = ("official", "extended")
 # sha256 of the raw bytes of published prompt files, so a manifest says which one it read (a file
 # that matches none is recorded as such: a reader sees at once that it is not the published set).
@@ -130,11 +133,33 @@ class VBenchExport(Job):
             if path is not None and not Path(path).expanduser().exists():
                 raise missing_path(path, key, recipe_file)
 
+    def settings_key(self, seed: int) -> str:
+        """What decides the videos' pixels (not out_dir, not the progress bar): a partial folder is
+        resumed only by a run with the same key, so no export mixes videos of two settings."""
+        decides = {k: v for k, v in self.generate_kwargs.items() if k != "progress"}
+        return hashlib.sha256(json.dumps({**decides, "seed": seed}, sort_keys=True, default=str).encode()).hexdigest()
+
+    def claim_partial(self, key: str, is_main: bool) -> None:
+        partial, stamp = self.partial_dir, self.partial_dir / RESUME_KEY
+        if stamp.is_file() and stamp.read_text(encoding="utf-8").strip() != key or \
+                not stamp.is_file() and partial.is_dir() and any(partial.iterdir()):
+            raise UserError(f"{partial} holds videos of an interrupted export with other settings; remove it "
+                            "(or rerun with those settings to finish it)", key="out_dir")
+        if is_main and not stamp.is_file():
+            partial.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(stamp, key + "\n")
+
     def run(self, ctx: RunContext) -> None:
         self.check(ctx.recipe_file)
         gen = Generate(out_dir=str(self.partial_dir), **self.generate_kwargs)
         items = gen.plan(ctx.seed)
-        gen.run(ctx)  # renders into the partial folder; resumes one left by an interrupted run
+        self.claim_partial(self.settings_key(ctx.seed), ctx.is_main)
+        try:
+            gen.run(ctx)  # renders into the partial folder; resumes one left by an interrupted run
+        except BaseException:
+            if ctx.is_main and [p.name for p in self.partial_dir.iterdir()] == [RESUME_KEY]:
+                shutil.rmtree(self.partial_dir)  # a failed start leaves nothing behind
+            raise
         if not ctx.is_main:
             return
         missing = [it.path.name for it in items if not it.path.is_file()]
@@ -144,6 +169,7 @@ class VBenchExport(Job):
         manifest = self.manifest(ctx, gen, items)
         atomic_write_text(self.partial_dir / RECIPE, dump_recipe(ctx.recipe) if ctx.recipe else "")
         atomic_write_text(self.partial_dir / MANIFEST, json.dumps(manifest, indent=1, ensure_ascii=False) + "\n")
+        (self.partial_dir / RESUME_KEY).unlink()
         if self.out_dir.is_dir():  # the empty folder check() allowed: replaced by the finished one
             self.out_dir.rmdir()
         os.replace(self.partial_dir, self.out_dir)
