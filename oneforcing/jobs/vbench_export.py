@@ -133,11 +133,17 @@ class VBenchExport(Job):
             if path is not None and not Path(path).expanduser().exists():
                 raise missing_path(path, key, recipe_file)
 
-    def settings_key(self, seed: int) -> str:
-        """What decides the videos' pixels (not out_dir, not the progress bar): a partial folder is
-        resumed only by a run with the same key, so no export mixes videos of two settings."""
+    def settings_key(self, seed: int, gen: Generate) -> str:
+        """What decides the videos' pixels: the settings (not out_dir, not the progress bar), the
+        prompt files' bytes and the weights files' sizes and times. A partial folder is resumed only
+        by a run with the same key, so no export mixes videos of two settings or two trainings."""
         decides = {k: v for k, v in self.generate_kwargs.items() if k != "progress"}
-        return hashlib.sha256(json.dumps({**decides, "seed": seed}, sort_keys=True, default=str).encode()).hexdigest()
+        decides["prompt_bytes"] = [file_sha256(Path(self.generate_kwargs[k]).expanduser())
+                                   for k in ("prompts_file", "names_file") if self.generate_kwargs[k]]
+        decides["weights_files"] = sorted((f.name, f.stat().st_size, f.stat().st_mtime_ns)
+                                          for f in gen.weights_dir.iterdir() if f.is_file())
+        text = json.dumps({**decides, "seed": seed}, sort_keys=True, default=str)
+        return hashlib.sha256(text.encode()).hexdigest()
 
     def claim_partial(self, key: str, is_main: bool) -> None:
         partial, stamp = self.partial_dir, self.partial_dir / RESUME_KEY
@@ -153,11 +159,12 @@ class VBenchExport(Job):
         self.check(ctx.recipe_file)
         gen = Generate(out_dir=str(self.partial_dir), **self.generate_kwargs)
         items = gen.plan(ctx.seed)
-        self.claim_partial(self.settings_key(ctx.seed), ctx.is_main)
+        self.claim_partial(self.settings_key(ctx.seed, gen), ctx.is_main)
         try:
             gen.run(ctx)  # renders into the partial folder; resumes one left by an interrupted run
         except BaseException:
-            if ctx.is_main and [p.name for p in self.partial_dir.iterdir()] == [RESUME_KEY]:
+            if ctx.is_main and self.partial_dir.is_dir() and \
+                    [p.name for p in self.partial_dir.iterdir()] == [RESUME_KEY]:
                 shutil.rmtree(self.partial_dir)  # a failed start leaves nothing behind
             raise
         if not ctx.is_main:
