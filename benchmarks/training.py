@@ -35,6 +35,21 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
+def run_iteration(trainer, sync=lambda: None) -> float:
+    """One training iteration as the trainer runs it (the generator's phase every
+    `generator_every` steps, then the critic's); returns its wall seconds (`sync`: wait for the
+    device first, e.g. torch.cuda.synchronize)."""
+    sync()
+    t0 = time.perf_counter()
+    if trainer.losses["generator"] and trainer.step % trainer.generator_every == 0:
+        trainer._phase("generator")
+    if trainer.losses["critic"]:
+        trainer._phase("critic")
+    sync()
+    trainer.step += 1
+    return time.perf_counter() - t0
+
+
 def measure_p3(recipe: str, overrides: list[str], steps: int, warmup: int) -> list[float]:
     """In-process, one rank: per-iteration share of time inside model forward/backward."""
     import torch
@@ -84,13 +99,7 @@ def measure_p3(recipe: str, overrides: list[str], steps: int, warmup: int) -> li
     trainer.checkpoints.clean_partial()
     while trainer.step < steps:
         model_time[0] = 0.0
-        t0 = time.perf_counter()
-        if trainer.losses["generator"] and trainer.step % trainer.generator_every == 0:
-            trainer._phase("generator")
-        if trainer.losses["critic"]:
-            trainer._phase("critic")
-        total = time.perf_counter() - t0
-        trainer.step += 1
+        total = run_iteration(trainer)
         if trainer.step > warmup:
             shares.append(model_time[0] / total)
     torch.distributed.destroy_process_group()

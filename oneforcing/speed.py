@@ -3,6 +3,7 @@
     timing = Timing(device)              # resets the peak-memory counter
     timing.add(videos, frames, first, dit, total)
     print(timing.summary("generate"))
+    timing.record()                      # the same figures as numbers (the VBench export's manifest)
 
 Every figure names its device (GPU model, or CPU model and threads). Peak memory is the CUDA
 allocator's peak on a GPU and the process's peak resident set on a CPU (everything the process
@@ -48,14 +49,15 @@ def reset_peak_memory(device: torch.device) -> None:
         torch.cuda.reset_peak_memory_stats(device)
 
 
-def peak_memory(device: torch.device) -> str:
-    """'3.21 GiB peak GPU memory (allocated)' or '0.85 GiB peak process RSS' (the CPU figure cannot
-    be reset: it is the whole process's peak so far)."""
+def peak_memory_bytes(device: torch.device) -> tuple[int, str]:
+    """(bytes, what was measured): the CUDA allocator's peak on a GPU ("GPU memory (allocated)"),
+    the process's peak resident set on a CPU ("process RSS": it cannot be reset, it is the whole
+    process's peak so far)."""
     device = torch.device(device)
     if device.type == "cuda":
-        return f"{torch.cuda.max_memory_allocated(device) / 2**30:.2f} GiB peak GPU memory (allocated)"
+        return torch.cuda.max_memory_allocated(device), "GPU memory (allocated)"
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024)
-    return f"{rss / 2**30:.2f} GiB peak process RSS"
+    return rss, "process RSS"
 
 
 class Timing:
@@ -72,17 +74,31 @@ class Timing:
     def add(self, videos: int, frames: int, first: float, dit: float, total: float) -> None:
         self.rows.append((videos, frames, first, dit, total))
 
-    def summary(self, what: str) -> str:
+    def record(self) -> dict | None:
+        """The figures as numbers (None when nothing was timed): what a manifest stores and the
+        summary prints. Frames/s count every frame of every timed video; the first batch is left
+        out as warm-up when there are more."""
         rows = self.rows[1:] if len(self.rows) > 1 else self.rows
         if not rows:
-            return f"{what}: nothing was generated"
+            return None
         frames = sum(v * f for v, f, *_ in rows)
-        t_dit = sum(r[3] for r in rows)
-        t_all = sum(r[4] for r in rows)
         firsts = sorted(r[2] for r in rows if r[2] == r[2])  # NaN when no frame was timed
-        first = f"{firsts[len(firsts) // 2]:.3f} s" if firsts else "n/a"
-        warm = ", first batch excluded as warm-up" if len(self.rows) > 1 else ""
-        return (f"{what} on {device_name(self.device)}: latency to first frame {first} | DiT "
-                f"{frames / max(t_dit, 1e-9):.2f} frames/s | with VAE decode {frames / max(t_all, 1e-9):.2f} "
-                f"frames/s | {peak_memory(self.device)} ({sum(r[0] for r in rows)} videos x {rows[0][1]} "
-                f"frames{warm})")
+        nbytes, what = peak_memory_bytes(self.device)
+        return {"device": device_name(self.device),
+                "latency_to_first_frame_s": firsts[len(firsts) // 2] if firsts else None,  # the median batch
+                "dit_frames_per_s": frames / max(sum(r[3] for r in rows), 1e-9),
+                "end_to_end_frames_per_s": frames / max(sum(r[4] for r in rows), 1e-9),
+                "peak_memory_gib": nbytes / 2**30, "peak_memory_of": what,
+                "videos_timed": sum(r[0] for r in rows), "frames_per_video": rows[0][1],
+                "warmup_batches_excluded": len(self.rows) - len(rows)}
+
+    def summary(self, what: str) -> str:
+        rec = self.record()
+        if rec is None:
+            return f"{what}: nothing was generated"
+        first = "n/a" if rec["latency_to_first_frame_s"] is None else f"{rec['latency_to_first_frame_s']:.3f} s"
+        warm = ", first batch excluded as warm-up" if rec["warmup_batches_excluded"] else ""
+        return (f"{what} on {rec['device']}: latency to first frame {first} | DiT "
+                f"{rec['dit_frames_per_s']:.2f} frames/s | with VAE decode {rec['end_to_end_frames_per_s']:.2f} "
+                f"frames/s | {rec['peak_memory_gib']:.2f} GiB peak {rec['peak_memory_of']} "
+                f"({rec['videos_timed']} videos x {rec['frames_per_video']} frames{warm})")

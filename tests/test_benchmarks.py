@@ -2,6 +2,7 @@
 not the next person who runs the README's command. The figures are not checked (benchmarks/ is
 where they are measured); only that each script gets through every code path and prints them."""
 
+import json
 import os
 import subprocess
 import sys
@@ -81,3 +82,34 @@ def test_toy_one_step_fit_runs(tmp_path):
         out = run_script(["toy_one_step_fit.py", str(tmp_path / "tier"), "--steps", "1", "--every", "1",
                           "--frames", "3", "--batch", "2", *extra], ROOT)
         assert "step     1  x0 error train: frame 0" in out and "held-out: frame 0" in out
+
+
+def gpu_sh(*args: str, timeout: int = 900) -> subprocess.CompletedProcess:
+    return subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu.sh"), *args], cwd=ROOT,
+                          env={**ENV, "PYTHON": sys.executable}, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.mark.slow
+def test_gpu_script_smoke_runs_every_part_on_a_cpu(tmp_path):
+    """benchmarks/gpu.sh --smoke: the GPU script's every part (real-layout folders, the VBench
+    protocol's speed record with and without first-frame enhancement, a One-Forcing iteration of the
+    real recipe, the attention comparison) at toy sizes on a CPU. ~1-2 min on 2 shared cores."""
+    work = tmp_path / "work"
+    proc = gpu_sh("--smoke", "--work", str(work))
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    out = proc.stdout
+    assert [ln.split(" (")[0] for ln in out.splitlines() if ln.startswith("== ")] == \
+        ["== build", "== speed", "== train", "== attention", "== done: total"]
+    assert "one step per block, the first block too" in out and "(first-frame enhancement)" in out
+    assert "bf16 ZeRO-3 on 1 device" in out and "GiB peak process RSS; real score 1 of the 14B's 40 blocks" in out
+    assert "flash-attn unavailable here" in out and "block-causal forward of 3 latent frames" in out
+    one_step = json.loads((work / "vbench_one_step" / "vbench_manifest.json").read_text())
+    assert one_step["sampler"]["first_frame_enhancement"] is False and one_step["speed"]["videos_timed"] == 2
+
+
+def test_gpu_script_refuses_bad_arguments_in_one_line(tmp_path):
+    proc = gpu_sh("--fast", timeout=60)
+    assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0 and "--fast" in proc.stderr
+    (tmp_path / "x").write_text("")
+    proc = gpu_sh("--smoke", "--work", str(tmp_path), timeout=60)
+    assert proc.returncode == 2 and "not empty" in proc.stderr and not (tmp_path / "data").exists()

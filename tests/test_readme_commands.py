@@ -9,7 +9,7 @@ Each recorded command is then checked in this process, in a scratch folder that 
 (symlinks) with toy stand-ins for what a user would have (prompts.txt, trained exports):
 
 - cheap toy jobs RUN for real (`toy_data` shrunk to 8 examples; `generate` and `eval` with toy
-  weights, as written);
+  weights, as written; `vbench_export` at one sample of 5 frames per prompt);
 - everything else is RESOLVED with `oneforcing show` (bases, overrides, every component validated)
   and must contain no unexpanded `$`. Recipes under recipes/toy/ are run a few steps each by
   tests/test_recipes_all.py; the real recipes need Wan weights or GPUs (the real-layout chain with
@@ -46,7 +46,8 @@ PLACEHOLDER = re.compile(r"(?<![$\w])[A-Z][A-Z0-9_]*(\.yaml)?(?![\w=])|…")
 REAL_ENV = {"WAN_1_3B": "/models/Wan2.1-T2V-1.3B-Diffusers", "WAN_14B": "/models/Wan2.1-T2V-14B-Diffusers",
             "RANK": "0", "HEAD": "127.0.0.1"}
 # Toy jobs cheap enough to run for real, with what shrinks them (appended overrides win).
-RUN_TOY_JOBS = {"toy_data": ["num_examples=8", "examples_per_shard=4", "batch_size=4"], "generate": [], "eval": []}
+RUN_TOY_JOBS = {"toy_data": ["num_examples=8", "examples_per_shard=4", "batch_size=4"], "generate": [], "eval": [],
+                "vbench_export": ["samples_per_prompt=1", "num_frames=5"]}
 TOY_CHECKPOINT = ROOT / "oneforcing" / "assets" / "toy_causal_ode_init"
 
 PRELUDE = r"""
@@ -296,10 +297,11 @@ def test_readme_command(where, shell, checkout, capsys, monkeypatch):
 
 
 def test_toy_commands_really_ran(checkout):
-    """The job table's generate -> eval pair and toy-data wrote their outputs (ran, not resolved)."""
+    """The job table's generate -> eval pair, toy-data and vbench-export wrote their outputs (ran, not resolved)."""
     assert list((checkout / "out").glob("*.mp4")), "generate wrote no video"
     assert list((checkout / "out" / "score").glob("*")), "eval wrote no score"
     assert (checkout / "data" / "toy" / "train").is_dir()
+    assert (checkout / "out" / "vbench" / "vbench_manifest.json").is_file(), "vbench-export wrote no manifest"
 
 
 @pytest.mark.parametrize("bad,why", [

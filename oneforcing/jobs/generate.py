@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
 import time
 from dataclasses import dataclass
@@ -34,6 +33,7 @@ from pathlib import Path
 import torch
 
 from oneforcing.data.output import is_plain_name
+from oneforcing.data.shards import atomic_write_text
 from oneforcing.errors import UserError
 from oneforcing.jobs.base import Job, RunContext, check_seed, derive_seed
 from oneforcing.jobs.shared import build_sampler, load_generator_model, resolve_model_dir, rollout
@@ -46,6 +46,7 @@ from oneforcing.weights import WEIGHTS_RENAMED, check_weights, weights_kind
 log = logging.getLogger("oneforcing")
 
 VBENCH_FILENAME = "{prompt}-{index}.mp4"
+MANIFEST = "generate_manifest.json"
 
 
 def slugify(text: str, max_len: int = 80) -> str:
@@ -159,6 +160,7 @@ class Generate(Job):
         self.filename, self.out_dir = filename, Path(out_dir).expanduser()
         self.dtype, self.batch_size = dtype, batch_size
         self.skip_existing, self.quality, self.progress = skip_existing, quality, progress
+        self.timing: Timing | None = None  # this rank's speed figures, once it has rendered
 
     # --- the plan ---------------------------------------------------------------------------
     def plan(self, recipe_seed: int) -> list[Item]:
@@ -183,7 +185,7 @@ class Generate(Job):
         return items
 
     # --- building ---------------------------------------------------------------------------
-    def _dtype(self, device: torch.device) -> torch.dtype:
+    def compute_dtype(self, device: torch.device) -> torch.dtype:
         from oneforcing.models.text_encoder import parse_dtype
 
         if self.dtype == "auto":
@@ -195,7 +197,7 @@ class Generate(Job):
         mine = items[ctx.rank::ctx.world_size]
         if self.skip_existing:
             mine = [it for it in mine if not it.path.is_file()]
-        device, dtype = ctx.device, self._dtype(ctx.device)
+        device, dtype = ctx.device, self.compute_dtype(ctx.device)
         log.info("generate: %d videos (%d on this rank, %d ranks) from %s (%s weights) -> %s",
                  len(items), len(mine), ctx.world_size, self.weights_dir, self.weights_kind, self.out_dir)
         if mine:
@@ -215,7 +217,7 @@ class Generate(Job):
         ctx.barrier()
         if ctx.is_main:  # last: the manifest lists only videos that were written
             self.out_dir.mkdir(parents=True, exist_ok=True)
-            self._write_manifest(items)
+            atomic_write_text(self.out_dir / MANIFEST, json.dumps(self.manifest(items), indent=1, ensure_ascii=False))
 
     def _check_memory(self, model, sampler, latent_shape: tuple[int, int, int, int], device: torch.device,
                       dtype: torch.dtype) -> None:
@@ -251,7 +253,7 @@ class Generate(Job):
 
         device = ctx.device
         f_lat, c_lat, h_lat, w_lat = latent_shape
-        timing = Timing(device)
+        timing = self.timing = Timing(device)
         bar = tqdm(total=len(mine), desc="generate", unit="video", disable=not (self.progress and ctx.is_main))
         for start in range(0, len(mine), self.batch_size):
             batch = mine[start:start + self.batch_size]
@@ -293,17 +295,13 @@ class Generate(Job):
         """'ema', 'generator' (raw) or 'diffusers' (a plain transformer folder: its own weights)."""
         return weights_kind(self.weights_dir)
 
-    def _write_manifest(self, items: list[Item]) -> None:
-        """Which file holds which prompt and seed (every video, all ranks), written atomically."""
-        data = {"checkpoint": str(self.checkpoint), "weights": str(self.weights_dir),
+    def manifest(self, items: list[Item]) -> dict:
+        """Which file holds which prompt and seed (every video, all ranks)."""
+        return {"checkpoint": str(self.checkpoint), "weights": str(self.weights_dir),
                 "weights_kind": self.weights_kind, "fps": self.fps,
                 "num_frames": self.num_frames, "height": self.height, "width": self.width,
                 "videos": [{"file": it.path.name, "prompt": it.prompt, "prompt_index": it.prompt_index,
                             "index": it.sample, "seed": it.seed} for it in items]}
-        path = self.out_dir / "generate_manifest.json"
-        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-        tmp.write_text(json.dumps(data, indent=1, ensure_ascii=False), encoding="utf-8")
-        os.replace(tmp, path)
 
 
 def _size(nbytes: int) -> str:

@@ -72,11 +72,13 @@ def wan_config(size: str = "1.3B", layers: int | None = None, narrow: bool = Fal
 
 def save_real_layout(root: str | Path, size: str = "1.3B", *, layers: int = 1, text_layers: int = 1,
                      words: list[str] | tuple[str, ...] = DEFAULT_WORDS, dtype: torch.dtype = torch.bfloat16,
-                     seed: int = 0, transformer_only: bool = False, narrow: bool = False) -> Path:
+                     seed: int = 0, transformer_only: bool = False, narrow: bool = False,
+                     device: str | torch.device = "cpu") -> Path:
     """Write root/Wan2.1-T2V-{size}-Diffusers with random weights stored in `dtype` (the released
     files are bf16 for the transformer; fp32 for the VAE); returns the folder. `transformer_only`
     leaves out text_encoder/, tokenizer/ and vae/ (the caller links them: they are the same
-    files in both released folders). `narrow`: see NARROW."""
+    files in both released folders). `narrow`: see NARROW. `device`: where the transformer's
+    random init runs (a GPU draws the 14B's 28 GB of weights in seconds; a CPU takes minutes)."""
     from diffusers import AutoencoderKLWan, WanTransformer3DModel
     from transformers import UMT5Config, UMT5EncoderModel
 
@@ -85,7 +87,7 @@ def save_real_layout(root: str | Path, size: str = "1.3B", *, layers: int = 1, t
     (out / "model_index.json").write_text(json.dumps(MODEL_INDEX, indent=2) + "\n")
     (out / "scheduler" / "scheduler_config.json").write_text(json.dumps(SCHEDULER, indent=2) + "\n")
     cfg = {k: v for k, v in wan_config(size, layers, narrow).items() if k != "_class_name"}
-    with _seeded(seed), _default_dtype(dtype):  # born in bf16: a 14B-width block is 1.4 GB in fp32
+    with _seeded(seed), _default_dtype(dtype), torch.device(device):  # born in bf16: a 14B block is 1.4 GB in fp32
         WanTransformer3DModel(**cfg).save_pretrained(str(out / "transformer"), safe_serialization=True)
     if transformer_only:
         return out

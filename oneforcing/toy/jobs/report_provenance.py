@@ -3,7 +3,8 @@
 A task's cache key hashes what decides its numbers: its resolved recipes, the oneforcing/ source
 files, the contents of the packaged assets it reads, the torch version and the CPU architecture.
 Its record (task.json) adds what identifies the run without deciding it: the git commit (or
-"uncommitted" and a hash of the diff against HEAD), the platform and the CPU count. The commit is
+"uncommitted" and a hash of the diff against HEAD), the platform and the CPU count
+(oneforcing/provenance.py, shared with the VBench export's manifest). The commit is
 not in the key, so committing the code a report ran on does not re-run it; the source hash is.
 """
 
@@ -13,13 +14,12 @@ import functools
 import hashlib
 import json
 import os
-import platform
 import socket
-import subprocess
 from pathlib import Path
 
 from oneforcing.config.assets import ASSETS
 from oneforcing.errors import UserError
+from oneforcing.provenance import code_version, machine
 
 PACKAGE = Path(__file__).resolve().parents[2]           # oneforcing/
 # The report's own text-writing modules: they build the commands (hashed via the resolved recipes)
@@ -73,45 +73,6 @@ def assets_read(resolved: list, implicit: tuple[Path, ...] = ()) -> dict[str, st
 
     walk(resolved)
     return {n: asset_hash(n) for n in sorted(names) if (ASSETS / n).exists()}
-
-
-def _git(*args: str) -> str | None:
-    try:
-        proc = subprocess.run(["git", *args], cwd=PACKAGE.parent, capture_output=True, timeout=30)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return proc.stdout.decode(errors="replace") if proc.returncode == 0 else None
-
-
-@functools.lru_cache(maxsize=1)
-def code_version() -> dict:
-    """{"commit": sha or "uncommitted" or "unknown", "head": sha, "diff_sha256": hash of the diff
-    against HEAD (tracked files) when uncommitted}."""
-    head = (_git("rev-parse", "HEAD") or "").strip()
-    if not head:
-        return {"commit": "unknown"}
-    h = hashlib.sha256((_git("diff", "HEAD", "--binary") or "").encode())
-    untracked = sorted((_git("ls-files", "--others", "--exclude-standard", "-z") or "").split("\0"))
-    for name in filter(None, untracked):   # new files are part of the working tree's state too
-        path = PACKAGE.parent / name
-        h.update(name.encode() + b"\0" + (path.read_bytes() if path.is_file() else b""))
-    if h.hexdigest() == hashlib.sha256(b"").hexdigest():
-        return {"commit": head}
-    return {"commit": "uncommitted", "head": head, "diff_sha256": h.hexdigest()[:16]}
-
-
-def describe_code(version: dict) -> str:
-    if version["commit"] != "uncommitted":
-        return version["commit"][:12]
-    return f"uncommitted (on {version['head'][:12]}, diff sha256 {version['diff_sha256']})"
-
-
-@functools.lru_cache(maxsize=1)
-def machine() -> dict:
-    import torch
-
-    return {"platform": platform.platform(), "arch": platform.machine(), "cpus": os.cpu_count(),
-            "python": platform.python_version(), "torch": torch.__version__, "host": socket.gethostname()}
 
 
 def provenance(resolved: list, implicit: tuple[Path, ...] = ()) -> tuple[str, dict]:
