@@ -31,6 +31,7 @@ from oneforcing.jobs.base import derive_seed  # noqa: E402
 from oneforcing.jobs.shared import (DEFAULT_TEXT_ENCODER, load_generator_model, model_config,  # noqa: E402
                                     resolve_model_dir, rollout)
 from oneforcing.registry import SAMPLERS, TEXT_ENCODERS, VAES, build  # noqa: E402
+from oneforcing.schedulers.flow_match import FlowMatchScheduler  # noqa: E402
 from oneforcing.toy.bench.toybench import ToyBench  # noqa: E402
 from oneforcing.toy.jobs.eval import EVAL_SEED  # noqa: E402
 from oneforcing.toy.world import ToyWorld  # noqa: E402
@@ -69,7 +70,7 @@ def main(argv=None) -> None:
 
     rows = []
     for name, cache in CACHES.items():
-        sampler = build({**SAMPLER, **cache}, SAMPLERS)
+        sampler = build({**SAMPLER, **cache}, SAMPLERS, scheduler=FlowMatchScheduler())
         t0 = time.process_time()
         latents = []
         for k in range(0, args.videos, args.batch_size):

@@ -41,6 +41,7 @@ from oneforcing.jobs.generate import render  # noqa: E402
 from oneforcing.models.causal_wan import CausalWan  # noqa: E402
 from oneforcing.models.wan_vae import WanVAE  # noqa: E402
 from oneforcing.samplers import CausalInference, TeacherODE  # noqa: E402
+from oneforcing.schedulers.flow_match import FlowMatchScheduler  # noqa: E402
 from oneforcing.speed import Timing, device_name  # noqa: E402
 
 CPU_CONFIG = dict(patch_size=[1, 2, 2], num_attention_heads=2, attention_head_dim=64, in_channels=16,
@@ -101,7 +102,7 @@ class DecodeAtTheEnd:
 
 def speed_report(model, noise, text, device, dtype, real: bool) -> None:
     vae = random_wan_vae(real, device, dtype)
-    sampler = CausalInference()  # generate's default: 4-step first block, then one step per block
+    sampler = CausalInference(scheduler=FlowMatchScheduler())  # generate's default: 4-step first block, then one step per block
     # As the other figures: wall time on a GPU, the process's CPU time (one thread) on a shared CPU.
     clock = time.perf_counter if device.type == "cuda" else time.process_time
     for name, codec in (("streaming VAE decode", vae), ("VAE decode at the end", DecodeAtTheEnd(vae))):
@@ -188,7 +189,7 @@ def main(argv=None) -> None:
               f"{per_frame[-1] / single_cached_text:.2f}")
 
         # P1b: one-step streaming generation vs recomputing the prefix for every new frame.
-        one_step = CausalInference(steps=[1000], first_frame_enhancement=False)
+        one_step = CausalInference(steps=[1000], first_frame_enhancement=False, scheduler=FlowMatchScheduler())
         stream = timed(lambda: one_step(model, noise, text), device, repeats)
 
         def recompute():
@@ -207,11 +208,11 @@ def main(argv=None) -> None:
         if args.real:
             print(f"    DiT-only one-step streaming: {F / stream:.1f} latent frames/s "
                   f"= {4 * F / stream:.1f} video frames/s (4x temporal VAE)")
-        ffe = timed(lambda: CausalInference()(model, noise, text), device, repeats)
+        ffe = timed(lambda: CausalInference(scheduler=FlowMatchScheduler())(model, noise, text), device, repeats)
         print(f"    with first-frame enhancement (4 steps on block 0): {ffe * 1e3:.1f} ms")
 
         # P2: one-step causal vs bidirectional 50-step CFG (batched cond/uncond).
-        teacher = TeacherODE(num_steps=50, cfg_scale=6.0, keep_indices=[])
+        teacher = TeacherODE(num_steps=50, cfg_scale=6.0, keep_indices=[], scheduler=FlowMatchScheduler())
         steps_run = min(teacher_steps, 50)
 
         def run_teacher():

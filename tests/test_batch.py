@@ -11,6 +11,8 @@ from oneforcing.jobs.base import RunContext
 from oneforcing.schedulers import FlowMatchScheduler, ShiftedUniformTimesteps
 from oneforcing.trainer.step import StepContext
 
+FLOW = FlowMatchScheduler()  # the recipe's convention (shift 5), handed to every sampler
+
 
 def ode_fields(B=2, K=3):
     return {"prompt_embed": torch.randn(B, 4, 8), "states": torch.randn(B, K, 2, 4, 2, 2),
@@ -20,7 +22,7 @@ def ode_fields(B=2, K=3):
 
 def context(batch):
     return StepContext(step=0, phase="generator", batch=batch, generator=torch.nn.Identity(), critic=None,
-                       real_score=None, scheduler=FlowMatchScheduler(), timesteps=ShiftedUniformTimesteps(),
+                       real_score=None, scheduler=FLOW, timesteps=ShiftedUniformTimesteps(scheduler=FLOW),
                        sampler=None, uncond_text=None, rng=torch.Generator().manual_seed(0), ctx=RunContext())
 
 

@@ -8,7 +8,7 @@ import torch
 import yaml
 
 from oneforcing.config import load_recipe
-from oneforcing.registry import SAMPLERS, build
+from oneforcing.schedulers.build import build_flow
 from oneforcing.testing.tiny_wan import TINY_WAN_CONFIG
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -16,6 +16,12 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def recipe(name: str) -> dict:
     return load_recipe(ROOT / "recipes" / name)
+
+
+def _recipe_sampler(name: str):
+    """The recipe's sampler, built as its jobs build it: with the recipe's scheduler."""
+    r = recipe(name)
+    return build_flow(r.get("scheduler"), r["sampler"]).sampler
 
 
 def test_initialisations_follow_table_3():
@@ -75,23 +81,23 @@ def _tiny(fpb):
 
 
 def test_self_forcing_4step_draws_one_exit_step_for_all_blocks():
-    sampler = build(recipe("self_forcing_4step.yaml")["sampler"], SAMPLERS)
+    sampler = _recipe_sampler("self_forcing_4step.yaml")
     model = _tiny(1)
     noise, text = torch.randn(1, 6, 4, 4, 4), torch.randn(1, 5, 24)
     with torch.no_grad():
         for seed in range(4):
-            exits = sampler(model, noise, text, exit_generator=torch.Generator().manual_seed(seed)).exit_indices
+            exits = sampler(model, noise, text, exit_rng=torch.Generator().manual_seed(seed)).exit_indices
             assert len(set(exits)) == 1
 
 
 def test_causal_forcing_first_block_takes_the_four_step_list():
-    sampler = build(recipe("causal_forcing_dmd.yaml")["sampler"], SAMPLERS)
+    sampler = _recipe_sampler("causal_forcing_dmd.yaml")
     model = _tiny(1)
     noise, text = torch.randn(1, 4, 4, 4, 4), torch.randn(1, 5, 24)
     seen = []
     with torch.no_grad():
         for seed in range(8):
-            out = sampler(model, noise, text, exit_generator=torch.Generator().manual_seed(seed))
+            out = sampler(model, noise, text, exit_rng=torch.Generator().manual_seed(seed))
             assert out.exit_indices[1:] == [0, 0, 0] and out.exit_t[1:] == [1000.0] * 3
             assert out.exit_t[0] == pytest.approx(sampler.first_steps[out.exit_indices[0]])
             assert out.num_forwards == out.exit_indices[0] + 1 + 3 + 3

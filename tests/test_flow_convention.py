@@ -39,7 +39,7 @@ def test_one_scheduler_line_sets_the_shift_of_every_sampler_timestep_sampler_and
     # the training timesteps (_wan.yaml: integer k ~ U{0..999}, u = k / 1000) -> the same shift -> clamp
     assert flow.timesteps.scheduler is flow.scheduler and flow.timesteps.integer
     u = torch.randint(0, 1000, (256,), generator=torch.Generator().manual_seed(0)).float() / 1000
-    t = flow.timesteps(256, generator=torch.Generator().manual_seed(0))
+    t = flow.timesteps(256, rng=torch.Generator().manual_seed(0))
     assert torch.allclose(t, (1000 * shift * u / (1 + (shift - 1) * u)).clamp(20, 980))
     # ASD's real side (a GAN loss's student_rollout): its n+1 step list through s.scheduler
     real = next(w.fn.real_source for w in job.config.critic_losses if hasattr(w.fn, "real_source"))

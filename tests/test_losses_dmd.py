@@ -13,11 +13,13 @@ from oneforcing.samplers import Rollout, SelfForcingRollout
 from oneforcing.schedulers import FlowMatchScheduler, ShiftedUniformTimesteps
 from oneforcing.trainer.step import StepContext
 
+FLOW = FlowMatchScheduler()  # the recipe's convention (shift 5), handed to every sampler
+
 SHAPE = (2, 4, 3, 2, 2)  # B, F, C, H, W
 T_FIXED = torch.tensor([300.0, 700.0])
 
 
-def fixed_t(n, generator=None, device="cpu"):
+def fixed_t(n, rng=None, device="cpu"):
     return T_FIXED[:n].to(device)
 
 
@@ -27,7 +29,7 @@ class FixedRollout:
     def __init__(self, x, mask):
         self.x, self.mask = x, mask
 
-    def __call__(self, model, noise, text, *, generator=None, exit_generator=None):
+    def __call__(self, model, noise, text, *, rng=None, exit_rng=None):
         return Rollout(x0=self.x * 1.0, frame_mask=self.mask, with_grad=torch.is_grad_enabled())
 
 
@@ -59,7 +61,7 @@ def make_ctx(phase, x, mask, *, critic=None, real=None, seed=0, timesteps=fixed_
     text = torch.randn(SHAPE[0], 3, 5, generator=torch.Generator().manual_seed(9)) + 1
     batch = {"latents": torch.zeros(SHAPE), "text": text}
     return StepContext(step=0, phase=phase, batch=Batch(**batch), generator=nn.Identity(), critic=critic,
-                       real_score=real, scheduler=FlowMatchScheduler(), timesteps=timesteps,
+                       real_score=real, scheduler=FLOW, timesteps=timesteps,
                        sampler=FixedRollout(x, mask), uncond_text=uncond,
                        rng=torch.Generator().manual_seed(seed), ctx=RunContext())
 
@@ -79,7 +81,7 @@ def test_dmd_matches_closed_form_and_gradient():
     loss, figs = build({"type": "dmd", "cfg_scale": 6.0}, LOSSES)(s)
     loss.backward()
 
-    # closed form (defaults.md "DMD"): sigma = t / 1000 for sampled model timesteps
+    # closed form (Aurora-edu/One-Forcing model/dmd.py): sigma = t / 1000 for sampled model timesteps
     sig = (T_FIXED / 1000).view(-1, 1, 1, 1, 1)
     eps = expected_eps(3)
     xd = x.detach()
@@ -166,8 +168,8 @@ def test_dmd_through_self_forcing_rollout_on_tiny_models():
     critic = FakeScore(config=TINY_WAN_CONFIG, attention="sdpa").requires_grad_(False)
     batch = {"latents": torch.randn(1, 3, 4, 4, 4), "text": torch.randn(1, 5, 24)}
     s = StepContext(step=0, phase="generator", batch=Batch(**batch), generator=gen, critic=critic, real_score=teacher,
-                    scheduler=FlowMatchScheduler(), timesteps=ShiftedUniformTimesteps(),
-                    sampler=SelfForcingRollout(steps=[1000], grad_frames=2), uncond_text=None,
+                    scheduler=FLOW, timesteps=ShiftedUniformTimesteps(scheduler=FLOW),
+                    sampler=SelfForcingRollout(steps=[1000], grad_frames=2, scheduler=FLOW), uncond_text=None,
                     rng=torch.Generator().manual_seed(0), ctx=RunContext())
     loss, figs = DMDLoss()(s)
     assert torch.isfinite(loss) and 20 <= figs["t_mean"] <= 980

@@ -15,11 +15,13 @@ from oneforcing.samplers import Rollout, SelfForcingRollout
 from oneforcing.schedulers import FlowMatchScheduler
 from oneforcing.trainer.step import StepContext
 
+FLOW = FlowMatchScheduler()  # the recipe's convention (shift 5), handed to every sampler
+
 SHAPE = (2, 3, 2, 2, 2)
 T_FIXED = torch.tensor([250.0, 800.0])
 
 
-def fixed_t(n, generator=None, device="cpu"):
+def fixed_t(n, rng=None, device="cpu"):
     return T_FIXED[:n].to(device)
 
 
@@ -27,7 +29,7 @@ class FixedRollout:
     def __init__(self, x):
         self.x = x
 
-    def __call__(self, model, noise, text, *, generator=None, exit_generator=None):
+    def __call__(self, model, noise, text, *, rng=None, exit_rng=None):
         return Rollout(x0=self.x * 1.0, frame_mask=torch.ones(self.x.shape[1], dtype=torch.bool))
 
 
@@ -52,7 +54,7 @@ class LinearD(nn.Module):
 def make_ctx(phase, fake, real, critic, seed=0):
     batch = {"latents": real, "text": torch.randn(SHAPE[0], 3, 4)}
     return StepContext(step=0, phase=phase, batch=Batch(**batch), generator=nn.Identity(), critic=critic, real_score=None,
-                       scheduler=FlowMatchScheduler(), timesteps=fixed_t, sampler=FixedRollout(fake),
+                       scheduler=FLOW, timesteps=fixed_t, sampler=FixedRollout(fake),
                        uncond_text=None, rng=torch.Generator().manual_seed(seed), ctx=RunContext())
 
 
@@ -199,7 +201,7 @@ def test_student_rollout_source_uses_n_plus_one_steps_same_noise_no_grad():
     gen = Recording()
     batch = {"latents": torch.randn(1, 2, 4, 4, 4), "text": torch.randn(1, 5, 24)}
     s = StepContext(step=0, phase="generator", batch=Batch(**batch), generator=gen, critic=None, real_score=None,
-                    scheduler=FlowMatchScheduler(), timesteps=fixed_t, sampler=SelfForcingRollout(steps=[1000]),
+                    scheduler=FLOW, timesteps=fixed_t, sampler=SelfForcingRollout(steps=[1000], scheduler=FLOW),
                     uncond_text=None, rng=torch.Generator().manual_seed(0), ctx=RunContext())
     source = StudentRolloutReal()
     assert source.step_list(s) == [1000.0, 500.0]
@@ -246,8 +248,9 @@ def test_one_forcing_phases_on_tiny_models():
 
     def ctx(phase):
         return StepContext(step=0, phase=phase, batch=Batch(**batch), generator=gen, critic=critic, real_score=teacher,
-                           scheduler=FlowMatchScheduler(), timesteps=ShiftedUniformTimesteps(),
-                           sampler=SelfForcingRollout(steps=[1000], grad_frames=2), uncond_text=torch.zeros(1, 5, 24),
+                           scheduler=FLOW, timesteps=ShiftedUniformTimesteps(scheduler=FLOW),
+                           sampler=SelfForcingRollout(steps=[1000], grad_frames=2, scheduler=FLOW),
+                           uncond_text=torch.zeros(1, 5, 24),
                            rng=torch.Generator().manual_seed(1), ctx=RunContext())
 
     critic.requires_grad_(False)  # what TrainedRole.frozen() does in the generator phase

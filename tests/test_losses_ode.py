@@ -11,6 +11,8 @@ from oneforcing.registry import LOSSES, build
 from oneforcing.schedulers import FlowMatchScheduler, ShiftedUniformTimesteps
 from oneforcing.trainer.step import StepContext
 
+FLOW = FlowMatchScheduler()  # the recipe's convention (shift 5), handed to every sampler
+
 B, K, F, C, H, W = 3, 4, 4, 2, 2, 2
 
 
@@ -31,7 +33,7 @@ class LinGen(nn.Module):
 
 def make_ctx(batch, gen, seed=0, timesteps=None, uncond=None):
     return StepContext(step=0, phase="generator", batch=Batch(**batch), generator=gen, critic=None, real_score=None,
-                       scheduler=FlowMatchScheduler(), timesteps=timesteps or ShiftedUniformTimesteps(),
+                       scheduler=FLOW, timesteps=timesteps or ShiftedUniformTimesteps(scheduler=FLOW),
                        sampler=None, uncond_text=torch.zeros(1, 2, 3) if uncond is None else uncond,
                        rng=torch.Generator().manual_seed(seed), ctx=RunContext())
 
@@ -119,7 +121,7 @@ def test_teacher_forcing_diffusion_per_block_t_and_clean_context(fpb, per_frame)
     n_blocks = -(-F5 // block)
     # the same draws, in order: one t per (sample, block), then the noise
     rng = torch.Generator().manual_seed(4)
-    t_want = ShiftedUniformTimesteps()(B * n_blocks, generator=rng).reshape(B, n_blocks)
+    t_want = ShiftedUniformTimesteps(scheduler=FLOW)(B * n_blocks, rng=rng).reshape(B, n_blocks)
     t_want = t_want.repeat_interleave(block, dim=1)[:, :F5]
     torch.testing.assert_close(t, t_want)
     eps = torch.randn(batch["latents"].shape, generator=rng)
@@ -229,7 +231,7 @@ def test_teacher_forcing_diffusion_timestep_weighting():
         make_ctx(batch, gen, seed=4))
     (t, _), = gen.calls
     rng = torch.Generator().manual_seed(4)
-    ShiftedUniformTimesteps()(B * 2, generator=rng)
+    ShiftedUniformTimesteps(scheduler=FLOW)(B * 2, rng=rng)
     eps = torch.randn(batch["latents"].shape, generator=rng)
     sig = (t / 1000)[..., None, None, None]
     x_t = (1 - sig) * batch["latents"] + sig * eps

@@ -18,9 +18,12 @@ from oneforcing.jobs.base import RunContext, derive_seed
 from oneforcing.models.causal_wan import CausalWan
 from oneforcing.registry import JOBS, TEXT_ENCODERS, build
 from oneforcing.samplers.teacher_ode import TeacherODE
+from oneforcing.schedulers.flow_match import FlowMatchScheduler
 from oneforcing.testing.tiny_wan import save_toy_shaped_wan
 from oneforcing.toy.text_encoder import TOY_MAX_LENGTH, TOY_TEXT_ENCODER_PATH
 from oneforcing.toy.world import ToyWorld
+
+FLOW = FlowMatchScheduler()  # the recipe's convention (shift 5), handed to every sampler
 
 ROOT = Path(__file__).resolve().parents[1]
 SHAPE = (3, 16, 4, 4)  # frames 3, 16 x 16 pixels through the toy codec (16 PCA channels)
@@ -65,7 +68,8 @@ def test_toy_split_pairs_and_resume(teacher, tmp_path):
     # The endpoint is the CFG ODE against the empty negative prompt (the toy teacher's uncond text).
     enc = build({"type": "umt5", "path": TOY_TEXT_ENCODER_PATH, "max_length": TOY_MAX_LENGTH}, TEXT_ENCODERS)
     model = CausalWan.from_pretrained(teacher, causal=False).eval()
-    ref = TeacherODE()(model, items[0]["states"][0][None], enc.encode([prompts[0]]), negative_text=enc.encode([""]))
+    ref = TeacherODE(scheduler=FLOW)(model, items[0]["states"][0][None], enc.encode([prompts[0]]),
+                                     negative_text=enc.encode([""]))
     assert torch.allclose(ref.x0[0], items[0]["clean"], atol=1e-5)
 
     # Resume: a lost shard is rewritten identically, complete ones are left alone.
@@ -173,7 +177,7 @@ def test_teacher_forced_causal_pairs_see_the_real_frames_not_their_own_noise(tea
     assert torch.equal(torch.stack([it["context"] for it in items]), real)  # the real clip, stored
 
     model = CausalWan.from_pretrained(causal, frames_per_block=1).eval()
-    ode = TeacherODE(**{k: v for k, v in sampler.items() if k != "type"})
+    ode = TeacherODE(**{k: v for k, v in sampler.items() if k != "type"}, scheduler=FLOW)
     enc = build({"type": "umt5", "path": TOY_TEXT_ENCODER_PATH, "max_length": TOY_MAX_LENGTH}, TEXT_ENCODERS)
     neg = enc.encode([""])
     noise = items[0]["states"][0][None]

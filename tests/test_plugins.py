@@ -135,19 +135,55 @@ def test_a_broken_recipe_import_is_one_line(tmp_path, capsys, source, message):
 BAD_PLUGINS = [
     # (kind, class body, what the one-line error names)
     ("LOSSES", "def __call__(self, s, extra):\n        return s", "is called with 1 positional argument(s), its __call__ takes (s, extra)"),
-    ("SAMPLERS", "needs_context = False\n    def __init__(self, scheduler=None): pass\n"
-                 "    def __call__(self, model, noise, text, *, generator=None):\n        return None",
-     "its __call__ takes no keyword 'exit_generator'"),
-    ("SAMPLERS", "needs_context = False\n    def __call__(self, model, noise, text, **kw):\n        return None",
+    ("SAMPLERS", "needs_context = False\n    steps = [1000.0]\n    def __init__(self, scheduler=None): pass\n"
+                 "    def __call__(self, model, noise, text, *, rng=None):\n        return None",
+     "its __call__ takes no keyword 'exit_rng'"),
+    ("SAMPLERS", "needs_context = False\n    steps = [1000.0]\n    def __call__(self, model, noise, text, **kw):\n"
+                 "        return None",
      "its constructor takes no keyword 'scheduler'"),
+    ("SAMPLERS", "needs_context = False\n    def __init__(self, scheduler=None): pass\n"
+                 "    def __call__(self, model, noise, text, **kw):\n        return None",
+     "declares no 'steps'"),
     ("CRITICS", "def forward(self, x, t, text):\n        return x", "has no method 'denoise'"),
     ("TIMESTEP_SAMPLERS", "def __init__(self, scheduler=None): pass\n    def __call__(self, n):\n        return n",
-     "its __call__ takes no keyword 'generator'"),
+     "its __call__ takes no keyword 'rng'"),
     ("LOSSES", "def forward(self, s):\n        return s", "is not callable (no __call__)"),
     ("CRITICS", "def denoise(self, x_t, t):\n        return x_t\n    def logit(self, x_t, t, text):\n        return x_t",
      "denoise() is called with 3 positional argument(s), it takes (x_t, t)"),
     ("CRITICS", "def denoise(self, x_t, t, text, scale):\n        return x_t\n    def logit(self, x_t, t, text):\n        return x_t",
      "denoise() is called with 3 positional argument(s), it takes (x_t, t, text, scale)"),
+    # the kinds that had no contract before: datasets, jobs, text encoders, attention, metrics, loggers
+    ("DATASETS", "def __iter__(self):\n        yield from ()",
+     "is neither a batch stream: ds.batches(batch_size) -> Iterator[Batch], ds.state_dict() -> dict, "
+     "ds.load_state_dict(state) (has no method 'batches'; has no method 'state_dict'; has no method "
+     "'load_state_dict') nor an indexed split: len(ds), ds[i] -> item dict (has no method '__len__'; has no "
+     "method '__getitem__')"),
+    ("DATASETS", "def batches(self):\n        yield from ()\n    def state_dict(self):\n        return {}\n"
+                 "    def load_state_dict(self, state):\n        pass",
+     "batches() is called with 1 positional argument(s), it takes ()"),
+    ("JOBS", "def __init__(self, out: str):\n        self.out = out", "has no method 'run'"),
+    ("JOBS", "def run(self):\n        pass", "run() is called with 1 positional argument(s), it takes ()"),
+    ("TEXT_ENCODERS", "def __call__(self, prompts):\n        return prompts", "has no method 'encode'"),
+    ("TEXT_ENCODERS", "def encode(self, prompts, device):\n        return prompts",
+     "encode() is called with 1 positional argument(s), it takes (prompts, device)"),
+    ("ATTENTION", "@classmethod\n    def unavailable_reason(cls, device):\n        return None\n"
+                  "    def __call__(self, q, k, v):\n        return q", "its __call__ takes no keyword 'mask'"),
+    ("ATTENTION", "def __call__(self, q, k, v, mask=None):\n        return q", "has no method 'unavailable_reason'"),
+    ("ATTENTION", "@classmethod\n    def unavailable_reason(cls):\n        return None\n"
+                  "    def __call__(self, q, k, v, mask=None):\n        return q",
+     "unavailable_reason() is called with 1 positional argument(s), it takes ()"),
+    ("ATTENTION", "def __init__(self, block_size):\n        self.block_size = block_size\n"
+                  "    @classmethod\n    def unavailable_reason(cls, device):\n        return None\n"
+                  "    def __call__(self, q, k, v, mask=None):\n        return q",
+     "is built with no arguments, its constructor requires (block_size)"),
+    ("METRICS", "def __call__(self, videos):\n        return {}",
+     "is called with 2 positional argument(s), its __call__ takes (videos)"),
+    ("METRICS", "def score(self, videos, prompts):\n        return {}", "is not callable (no __call__)"),
+    ("LOGGERS", "def start(self, run_dir, config, total_steps, start_step=0): pass\n"
+                "    def log(self, metrics): pass\n    def close(self): pass",
+     "log() is called with 2 positional argument(s), it takes (metrics)"),
+    ("LOGGERS", "def start(self, run_dir, config, total_steps, start_step=0): pass\n"
+                "    def log(self, step, metrics): pass", "has no method 'close'"),
 ]
 
 
@@ -164,7 +200,7 @@ def test_a_plugin_breaking_its_kinds_contract_fails_at_registration(kind, body, 
             reg.register("bad_plugin")(namespace["BadPlugin"])
     finally:
         reg.unregister("bad_plugin") if "bad_plugin" in reg and reg.find("bad_plugin").obj is namespace["BadPlugin"] else None
-    assert message in str(err.value) and "docs/architecture.md" in str(err.value) and "\n" not in str(err.value)
+    assert message in str(err.value) and "docs/plugins.md" in str(err.value) and "\n" not in str(err.value)
     assert "bad_plugin" not in reg
 
 
@@ -192,11 +228,12 @@ def test_a_sampler_returning_a_bare_tensor_is_one_line(tmp_path, capsys, monkeyp
     @SAMPLERS.register("bare_tensor_sampler")
     class BareTensor:
         needs_context = False
+        steps = [1000.0]
 
         def __init__(self, scheduler=None):
             self.scheduler = scheduler
 
-        def __call__(self, model, noise, text, *, generator=None, exit_generator=None, negative_text=None,
+        def __call__(self, model, noise, text, *, rng=None, exit_rng=None, negative_text=None,
                      context=None, on_block=None):
             return noise  # not a Rollout
 
@@ -229,3 +266,26 @@ def test_a_loss_returning_other_than_a_scalar_and_figures_is_one_line():
                      ((torch.tensor(1.0), [1]), "returned (Tensor, list)")):
         with pytest.raises(UserError, match=f"generator_losses: loss 'mine' {re.escape(got)}; a loss returns"):
             _loss_result("mine", "generator", bad)
+
+
+def test_a_text_encoder_returning_other_than_an_embedding_is_one_line():
+    """What `encode(prompts)` returns is checked where the shard-writing jobs call it."""
+    import torch
+
+    from oneforcing.data.pipeline import encode_text
+    from oneforcing.errors import UserError
+
+    class Returns:
+        def __init__(self, value):
+            self.value = value
+
+        def encode(self, prompts):
+            return self.value
+
+    embed, mask = encode_text(Returns(torch.ones(2, 3, 4)), ["a", "b"])
+    assert embed.shape == (2, 3, 4) and mask.all()
+    for value, got in ((["x", "y"], "list"), (torch.ones(2, 4), "a tensor [2, 4]"), (torch.ones(3, 3, 4), "a tensor [3, 3, 4]")):
+        with pytest.raises(UserError) as err:
+            encode_text(Returns(value), ["a", "b"])
+        text = str(err.value)
+        assert text.startswith("text_encoder: text encoder ") and f"Returns returned {got} for 2 prompt(s)" in text, text

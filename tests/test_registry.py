@@ -175,32 +175,62 @@ def test_optional_list_of_dicts_stays_raw(reg):
 
 
 def test_validate_walks_nested_configs_as_build_does():
-    """A loss with a nested `sampler: {type: ...}` (a component of another kind): build finds it
+    """A loss with a nested `real: {type: ...}` (a component of another kind): build finds it
     in the registry that holds the name, and so must validate (`oneforcing show` used to look
-    the sampler up among the losses and reject a recipe that trains)."""
-    from oneforcing.registry import LOSSES, SAMPLERS, load_builtins, validate
+    a nested sampler up among the losses and reject a recipe that trains)."""
+    from oneforcing.registry import LOSSES, REAL_SOURCES, load_builtins, validate
 
     load_builtins()
     built = []
 
-    @LOSSES.register("_test_nested_sampler_loss")
-    class WithSampler:
-        def __init__(self, sampler: object, weight: float = 1.0):
-            built.append(sampler)
+    @LOSSES.register("_test_nested_real_loss")
+    class WithReal:
+        def __init__(self, real: object, weight: float = 1.0):
+            built.append(real)
 
         def __call__(self, s):
             return s.latents.sum() * 0, {}
 
     try:
-        cfg = {"type": "_test_nested_sampler_loss", "sampler": {"type": "causal_inference"}}
-        assert SAMPLERS.get("causal_inference") and "causal_inference" not in LOSSES
+        cfg = {"type": "_test_nested_real_loss", "real": {"type": "student_rollout"}}
+        assert REAL_SOURCES.get("student_rollout") and "student_rollout" not in LOSSES
         validate(cfg, LOSSES, path="generator_losses[0]")
         assert built == []  # validate constructs nothing
         build(cfg, LOSSES, path="generator_losses[0]")
-        assert len(built) == 1 and type(built[0]).__name__ == "CausalInference"
-        bad = {**cfg, "sampler": {"type": "causal_inference", "stpes": [1000]}}
+        assert len(built) == 1 and type(built[0]).__name__ == "StudentRolloutReal"
+        bad = {**cfg, "real": {"type": "student_rollout", "stpes": [1000]}}
         for check in (validate, build):  # the same error, at the same dotted key, either way
-            with pytest.raises(RecipeError, match=r"generator_losses\[0\]\.sampler\.stpes"):
+            with pytest.raises(RecipeError, match=r"generator_losses\[0\]\.real\.stpes"):
                 check(bad, LOSSES, path="generator_losses[0]")
+        # A sampler takes the recipe's scheduler, which only a job hands in: never nested.
+        nested_sampler = {**cfg, "real": {"type": "causal_inference"}}
+        for check in (validate, build):
+            with pytest.raises(RecipeError, match=r"generator_losses\[0\]\.real: sampler 'causal_inference' needs "
+                                                  r"the recipe's 'scheduler', which the job hands in"):
+                check(nested_sampler, LOSSES, path="generator_losses[0]")
     finally:
-        LOSSES.unregister("_test_nested_sampler_loss")
+        LOSSES.unregister("_test_nested_real_loss")
+
+
+def test_every_kind_has_a_contract():
+    from oneforcing.registry import CONTRACTS, REGISTRIES
+
+    assert sorted(k for k, r in REGISTRIES.items() if r.contract is None) == []
+    assert set(CONTRACTS) == set(REGISTRIES)
+
+
+def test_training_data_must_be_a_batch_stream():
+    """Every dataset registers as a batch stream or an indexed split; the trainer takes only the
+    first (it calls batches(n) and saves state_dict()), refused in one line naming the recipe key."""
+    from oneforcing.errors import UserError
+    from oneforcing.registry import DATASETS
+    from oneforcing.registry.contracts import BATCH_STREAM, require
+
+    world = build({"type": "toy_world", "split": "train", "num_examples": 2}, DATASETS)
+    with pytest.raises(UserError) as err:
+        require(world, BATCH_STREAM, what="dataset 'toy_world'", key="data")
+    text = str(err.value)
+    assert text.startswith("data: dataset 'toy_world' (ToyWorld) has no method 'batches'") and "\n" not in text
+    import oneforcing.testing.train_fixtures  # noqa: F401 - registers random_latents
+
+    require(build({"type": "random_latents"}, DATASETS), BATCH_STREAM, what="x", key="data")  # no error

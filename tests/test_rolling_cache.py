@@ -7,7 +7,10 @@ import torch
 from oneforcing.models.causal_wan import CausalWan
 from oneforcing.models.wan_rope import apply_rope, rope_cos_sin, rope_time_shift
 from oneforcing.samplers import CausalInference
+from oneforcing.schedulers.flow_match import FlowMatchScheduler
 from oneforcing.testing.tiny_wan import tiny_inputs, tiny_wan_config
+
+FLOW = FlowMatchScheduler()  # the recipe's convention (shift 5), handed to every sampler
 
 H, W = 4, 4          # latent frame; 2x2 patches -> 4 tokens per frame
 S = (H // 2) * (W // 2)
@@ -123,7 +126,8 @@ def test_sink_placement_matters_and_absolute_differs():
 def test_memory_flat_in_length_and_sink_kept():
     model = tiny_model(1)
     window, sink = 5, 1
-    sampler = CausalInference(steps=[1000], first_frame_enhancement=False, local_attn_size=window, sink_size=sink)
+    sampler = CausalInference(steps=[1000], first_frame_enhancement=False, local_attn_size=window, sink_size=sink,
+                              scheduler=FLOW)
     sizes = {}
     for F in (2 * window, 6 * window):
         x, noise, text = inputs(F)
@@ -153,17 +157,17 @@ def test_sampler_long_video_and_checks():
     model = tiny_model(1)
     x, noise, text = inputs(6)
     g = lambda: torch.Generator().manual_seed(0)  # noqa: E731
-    base = CausalInference()(model, noise, text, generator=g()).x0
-    rolled = CausalInference(local_attn_size=6, sink_size=1)(model, noise, text, generator=g()).x0
+    base = CausalInference(scheduler=FLOW)(model, noise, text, rng=g()).x0
+    rolled = CausalInference(local_attn_size=6, sink_size=1, scheduler=FLOW)(model, noise, text, rng=g()).x0
     assert (base - rolled).abs().max() <= 1e-6  # a window as long as the clip drops nothing
     with pytest.raises(ValueError, match="sink_size needs local_attn_size"):
-        CausalInference(sink_size=1)
+        CausalInference(sink_size=1, scheduler=FLOW)
     with pytest.raises(ValueError, match="sink_size < local_attn_size"):
-        CausalInference(local_attn_size=2, sink_size=2)
+        CausalInference(local_attn_size=2, sink_size=2, scheduler=FLOW)
     with pytest.raises(ValueError, match="sink_rope"):
-        CausalInference(local_attn_size=4, sink_rope="middle")
+        CausalInference(local_attn_size=4, sink_rope="middle", scheduler=FLOW)
     with pytest.raises(ValueError, match="does not fit"):
-        CausalInference(local_attn_size=4, sink_size=2)(tiny_model(3), *inputs(6)[1:])
+        CausalInference(local_attn_size=4, sink_size=2, scheduler=FLOW)(tiny_model(3), *inputs(6)[1:])
 
 
 def test_rope_time_shift_composes():

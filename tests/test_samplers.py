@@ -9,6 +9,8 @@ from oneforcing.samplers import CausalInference, SelfForcingRollout, TeacherODE,
 from oneforcing.schedulers import FlowMatchScheduler
 from oneforcing.testing.tiny_wan import TINY_WAN_CONFIG, tiny_inputs
 
+FLOW = FlowMatchScheduler()  # the recipe's convention (shift 5), handed to every sampler
+
 
 FLOW = FlowMatchScheduler()  # sigma = t / 1000 (the conversions never apply the shift)
 
@@ -39,7 +41,8 @@ class Counting(torch.nn.Module):
 def test_causal_inference_one_step_equals_manual_blocks():
     model = tiny_model(fpb=1).eval()
     noise, text = tiny_inputs(2, 4, 4, 4, seed=1)
-    sampler = build({"type": "causal_inference", "steps": [1000], "first_frame_enhancement": False}, SAMPLERS)
+    sampler = build({"type": "causal_inference", "steps": [1000], "first_frame_enhancement": False}, SAMPLERS,
+                    scheduler=FLOW)
     out = sampler(model, noise, text).x0
     with torch.no_grad():
         cache = model.new_kv_cache(2, 4)
@@ -55,19 +58,19 @@ def test_causal_inference_one_step_equals_manual_blocks():
 def test_causal_inference_ffe_schedule_stream_and_determinism(fpb):
     model = Counting(tiny_model(fpb=fpb).eval())
     noise, text = tiny_inputs(1, 6, 4, 4, seed=2)
-    sampler = CausalInference()  # FFE: [1000, 750, 500, 250] then [1000], shift 5
+    sampler = CausalInference(scheduler=FLOW)  # FFE: [1000, 750, 500, 250] then [1000], shift 5
     assert sampler.first_block_steps == pytest.approx([1000.0, 937.5, 833.333, 625.0], abs=1e-3)
     seen = []
-    out = sampler(model, noise, text, generator=torch.Generator().manual_seed(0),
+    out = sampler(model, noise, text, rng=torch.Generator().manual_seed(0),
                   on_block=lambda a, b, x0: seen.append((a, b, x0.shape[1]))).x0
     nb = 6 // fpb
     assert seen == [(a, a + fpb, fpb) for a in range(0, 6, fpb)]
     assert len(model.calls) == sampler.num_forwards(nb) == 4 + (nb - 1) * 2
     assert [c[2] for c in model.calls[:4]] == pytest.approx([1000.0, 937.5, 833.333, 625.0], abs=1e-3)
     assert all(c[2] == 0.0 for c in model.calls if c[1])  # cache writes at t = 0
-    again = sampler(model, noise, text, generator=torch.Generator().manual_seed(0)).x0
+    again = sampler(model, noise, text, rng=torch.Generator().manual_seed(0)).x0
     streamed = torch.cat([x0 for _, _, x0 in sampler.stream(model, noise, text,
-                                                            generator=torch.Generator().manual_seed(0))], 1)
+                                                            rng=torch.Generator().manual_seed(0))], 1)
     assert torch.equal(out, again) and torch.equal(out, streamed) and out.shape == noise.shape
 
 
@@ -80,9 +83,9 @@ def test_self_forcing_gradient_window_and_no_grad_through_cache():
     model = tiny_model(fpb=1)
     noise, text = tiny_inputs(1, 6, 4, 4, seed=3)
     noise.requires_grad_(True)
-    rollout = SelfForcingRollout(steps=[1000, 750, 500, 250], grad_frames=4)
-    out = rollout(model, noise, text, generator=torch.Generator().manual_seed(1),
-                  exit_generator=torch.Generator().manual_seed(2))
+    rollout = SelfForcingRollout(steps=[1000, 750, 500, 250], grad_frames=4, scheduler=FLOW)
+    out = rollout(model, noise, text, rng=torch.Generator().manual_seed(1),
+                  exit_rng=torch.Generator().manual_seed(2))
     assert out.x0.shape == noise.shape and out.frame_mask.tolist() == [False] * 2 + [True] * 4
     assert out.grad_frames == [2, 3, 4, 5] and out.with_grad
     assert out.num_forwards == sum(e + 1 for e in out.exit_indices) + 5
@@ -101,14 +104,14 @@ def test_self_forcing_gradient_window_and_no_grad_through_cache():
 def test_self_forcing_chunkwise_all_frames_and_one_step_exit():
     model = tiny_model(fpb=3)
     noise, text = tiny_inputs(1, 6, 4, 4, seed=4)
-    out = SelfForcingRollout(steps=[1000])(model, noise, text)
+    out = SelfForcingRollout(steps=[1000], scheduler=FLOW)(model, noise, text)
     assert out.exit_indices == [0, 0] and out.frame_mask.all() and out.num_forwards == 3
     assert out.x0.requires_grad
     with torch.no_grad():
-        ref = CausalInference(steps=[1000], first_frame_enhancement=False)(model, noise, text).x0
+        ref = CausalInference(steps=[1000], first_frame_enhancement=False, scheduler=FLOW)(model, noise, text).x0
     assert (out.x0.detach() - ref).abs().max() <= 1e-5
     with torch.no_grad():  # critic-side rollout: no graph at all
-        assert not SelfForcingRollout(steps=[1000])(model, noise, text).x0.requires_grad
+        assert not SelfForcingRollout(steps=[1000], scheduler=FLOW)(model, noise, text).x0.requires_grad
 
 
 def test_exit_draws_are_seeded():
@@ -130,8 +133,8 @@ def test_exit_draws_agree_across_ranks_through_the_run_context():
         ctx = RunContext(seed=3, rank=rank, world_size=2)
         noise, text = tiny_inputs(1, 3, 2, 2, seed=rank)
         with torch.no_grad():
-            out = SelfForcingRollout(steps=[1000, 750, 500, 250], same_step_across_blocks=False)(
-                model, noise, text, generator=ctx.generator("train", 0), exit_generator=ctx.generator(
+            out = SelfForcingRollout(steps=[1000, 750, 500, 250], same_step_across_blocks=False, scheduler=FLOW)(
+                model, noise, text, rng=ctx.generator("train", 0), exit_rng=ctx.generator(
                     "exits", 0, "generator", "rollout", per_rank=False))
         outs.append((out.exit_indices, out.num_forwards))
     assert outs[0] == outs[1]
@@ -147,7 +150,7 @@ def test_teacher_ode_grid_states_and_exact_straight_flow():
         return (x - target) / s  # = eps - target, constant along the path
 
     noise = torch.randn_like(target)
-    sampler = build({"type": "teacher_ode", "num_steps": 48, "cfg_scale": 6.0}, SAMPLERS)
+    sampler = build({"type": "teacher_ode", "num_steps": 48, "cfg_scale": 6.0}, SAMPLERS, scheduler=FLOW)
     out = sampler(straight, noise, torch.zeros(1, 3, 24), negative_text=torch.zeros(1, 3, 24))
     assert out.timesteps.tolist() == pytest.approx([1000.0, 937.5, 833.333, 625.0], abs=1e-3)
     assert out.states.shape == (1, 4, 2, 4, 4, 4) and torch.equal(out.states[:, 0], noise)
@@ -161,13 +164,13 @@ def test_teacher_ode_cfg_on_tiny_teacher():
     teacher = tiny_model(causal=False).eval()
     noise, text = tiny_inputs(1, 2, 4, 4, seed=6)
     neg = torch.randn_like(text)
-    ode = TeacherODE(num_steps=4, keep_indices=[0, 2], cfg_scale=6.0)
+    ode = TeacherODE(num_steps=4, keep_indices=[0, 2], cfg_scale=6.0, scheduler=FLOW)
     out = ode(teacher, noise, text, negative_text=neg)
     # batched cond/uncond == two separate calls
     t = torch.full((1,), ode.timesteps[0])
     cond, unc = teacher(noise, t, text), teacher(noise, t, neg)
     x1 = FLOW.euler_step(noise, unc + 6.0 * (cond - unc), t, torch.full((1,), ode.timesteps[1]))
-    ode1 = TeacherODE(num_steps=4, keep_indices=[1], cfg_scale=6.0)
+    ode1 = TeacherODE(num_steps=4, keep_indices=[1], cfg_scale=6.0, scheduler=FLOW)
     assert (ode1(teacher, noise, text, negative_text=neg).states[:, 0] - x1).abs().max() < 1e-5
     assert out.x0.shape == noise.shape and out.states.shape[1] == 2
     assert torch.equal(out.x0, ode(teacher, noise, text, negative_text=neg).x0)  # deterministic
@@ -178,15 +181,15 @@ def test_samplers_follow_a_bf16_models_dtype():
     trainer's precision) and gradients reach the bf16 parameters through the rollout."""
     model = tiny_model(fpb=1).to(torch.bfloat16)
     noise, text = tiny_inputs(1, 3, 4, 4, seed=7)
-    rollout = SelfForcingRollout(steps=[1000, 500], grad_frames=2)(model, noise, text,
-                                                                   generator=torch.Generator().manual_seed(0))
+    rollout = SelfForcingRollout(steps=[1000, 500], grad_frames=2, scheduler=FLOW)(model, noise, text,
+                                                                   rng=torch.Generator().manual_seed(0))
     assert rollout.x0.dtype == torch.bfloat16 and torch.isfinite(rollout.x0.float()).all()
     rollout.x0.float().square().mean().backward()
     assert model.proj_out.weight.grad is not None and model.proj_out.weight.grad.dtype == torch.bfloat16
     with torch.no_grad():
-        assert CausalInference()(model.eval(), noise, text).x0.dtype == torch.bfloat16
-        ode = TeacherODE(num_steps=2, keep_indices=[0])(tiny_model(causal=False).to(torch.bfloat16), noise, text,
-                                                        negative_text=text)
+        assert CausalInference(scheduler=FLOW)(model.eval(), noise, text).x0.dtype == torch.bfloat16
+        teacher = tiny_model(causal=False).to(torch.bfloat16)
+        ode = TeacherODE(num_steps=2, keep_indices=[0], scheduler=FLOW)(teacher, noise, text, negative_text=text)
     assert ode.x0.dtype == ode.states.dtype == torch.float32 and torch.isfinite(ode.x0).all()  # the ODE state
 
 

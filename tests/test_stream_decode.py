@@ -51,13 +51,14 @@ def test_render_streams_blocks_and_equals_decode_at_the_end(wan_root):
     from oneforcing.jobs.shared import rollout
     from oneforcing.models.causal_wan import CausalWan
     from oneforcing.samplers import CausalInference
+    from oneforcing.schedulers.flow_match import FlowMatchScheduler
     from oneforcing.testing.tiny_wan import tiny_inputs, tiny_wan_config
 
     vae = build({"type": "wan_vae", "path": str(wan_root)}, VAES)
     torch.manual_seed(0)
     model = CausalWan.from_config(tiny_wan_config(), frames_per_block=2, attention="sdpa").eval()
     noise, text = tiny_inputs(1, 4, 2, 4, seed=1)
-    sampler, cpu = CausalInference(), torch.device("cpu")
+    sampler, cpu = CausalInference(scheduler=FlowMatchScheduler()), torch.device("cpu")
     calls = []
     decode = vae.stream_decoder
 

@@ -87,7 +87,7 @@ def resolve_attention(name: str = "auto", device: str | torch.device | None = No
     else:
         chosen, why = name, "requested"
     cls = ATTENTION.get(chosen)  # unknown name -> RegistryError with did-you-mean
-    reason = cls.unavailable_reason(device) if hasattr(cls, "unavailable_reason") else None
+    reason = cls.unavailable_reason(device)  # the attention contract (registry/contracts.py)
     if reason is not None:
         raise UserError(f"attention backend '{chosen}' cannot run on {device.type}: {reason}; "
                         "use attention: auto or sdpa")

@@ -1,6 +1,6 @@
 """`register_gan_critic`: the fake score plus One-Forcing's register-token discriminator head.
 
-defaults.md, "One-Forcing adversarial branch": for each selected block (0-indexed; negative
+The adversarial branch of Aurora-edu/One-Forcing (model/one_forcing.py; docs/fidelity.md): for each selected block (0-indexed; negative
 indices count from the end) one learned register token (init N(0, 0.02), RMS-normed) queries
 that block's hidden tokens [B, N, dim] in a small attention block (heads, q/k RMS-normed, no
 RoPE: the register has no position) with a residual, then an FFN (GELU-tanh) with a residual.

@@ -1,7 +1,7 @@
 """`Batch`: what a training dataset yields and what losses read (`s.batch`, `s.latents`, `s.text`).
 
-Datasets registered for training (`data:` / `ode_data:` of a train recipe) yield `Batch`es, either
-from `__iter__` or from `batches(batch_size)`. A field a loss needs but the dataset did not fill is
+Datasets registered for training (`data:` / `ode_data:` of a train recipe) are batch streams (the
+datasets contract, registry/contracts.py): `batches(batch_size)` yields `Batch`es. A field a loss needs but the dataset did not fill is
 an error naming the recipe key and the dataset, never a silent stand-in:
 
     text         [B, L, D]            prompt embeddings (every batch)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 
 from oneforcing.data.shards import mask_from_embedding
+from oneforcing.errors import UserError
 
 
 def shard_name(j: int) -> str:
@@ -34,10 +35,16 @@ def encode_text(encoder, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor
     embedding alone (padding zeroed, the contract) or (embedding, mask)."""
     with torch.no_grad():
         out = encoder.encode(list(prompts))
-    if isinstance(out, (tuple, list)):
-        embed, mask = out[0], out[1].bool()
-    else:
-        embed, mask = out, mask_from_embedding(out)
+    pair = isinstance(out, tuple) and len(out) == 2 and all(torch.is_tensor(o) for o in out)
+    embed = out[0] if pair else out
+    if not (torch.is_tensor(embed) and embed.dim() == 3 and embed.shape[0] == len(prompts)):
+        # a plugin's encoder returning a list or a pooled [B, D] would otherwise fail deep in a model
+        kind = type(encoder)
+        got = f"a tensor {list(embed.shape)}" if torch.is_tensor(embed) else type(out).__name__
+        raise UserError(f"text encoder {kind.__module__}.{kind.__qualname__} returned {got} for {len(prompts)} "
+                        "prompt(s); encode(prompts) returns an embedding [B, L, D] (docs/plugins.md)",
+                        key="text_encoder")
+    mask = out[1].bool() if pair else mask_from_embedding(embed)
     embed = embed.detach().float().cpu() * mask.cpu()[..., None]
     return embed, mask.cpu()
 

@@ -55,7 +55,7 @@ def integrate(sampler: TeacherODE, model, noise: torch.Tensor, text: torch.Tenso
     out = sampler(model, noise.float(), text, negative_text=negative,
                   callback=lambda i, t, x: states.append(x.float().cpu()))
     states.append(out.x0.float().cpu())
-    sigmas = torch.tensor(sampler.timesteps, dtype=torch.float64) / 1000.0
+    sigmas = sampler.scheduler.sigma(torch.tensor(sampler.timesteps, dtype=torch.float64))
     return torch.stack(states, dim=1), sigmas
 
 
@@ -87,7 +87,7 @@ class CurvatureJob(Job):
         if not isinstance(self.sampler, TeacherODE):
             raise UserError(f"curvature: sampler must be {{type: teacher_ode, ...}} (the teacher's ODE), "
                             f"got '{self.sampler_cfg.get('type')}'")
-        sigmas = torch.tensor(self.sampler.timesteps) / 1000.0
+        sigmas = self.sampler.scheduler.sigma(self.sampler.timesteps)
         starts = sigmas[:-1]
         if not bool((starts >= high_t).any()) or not bool(((starts >= mid_band[0]) & (starts <= mid_band[1])).any()):
             raise UserError(f"curvature: the sampler's {self.sampler.num_steps} steps put no step in the high "

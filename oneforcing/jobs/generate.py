@@ -336,7 +336,7 @@ def _check_model_fits(model, latent_shape: tuple[int, int, int, int], height: in
 
 # --- rollout and timing ----------------------------------------------------------------------
 def render(sampler, model, vae, noise: torch.Tensor, text: torch.Tensor, device: torch.device,
-           generator: torch.Generator | None = None,
+           rng: torch.Generator | None = None,
            clock=time.perf_counter) -> tuple[torch.Tensor, float, float, float]:
     """Generate and decode one batch: (video [B, T, 3, H, W], first, dit, total) with seconds to
     the first decoded frames, in the generator alone, and in all (`clock`: wall time unless a
@@ -357,7 +357,7 @@ def render(sampler, model, vae, noise: torch.Tensor, text: torch.Tensor, device:
             spent["first"] = done - t0
 
     with torch.no_grad():
-        latents, _ = rollout(sampler, model, noise, text, device, generator,
+        latents, _ = rollout(sampler, model, noise, text, device, rng,
                              on_block=decode_block if decoder is not None else None)
     t1 = sync(device, clock)
     if not chunks:

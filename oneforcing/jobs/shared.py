@@ -37,10 +37,10 @@ def build_sampler(cfg: dict, scheduler: dict | None, *, key: str = "sampler", fi
 
 
 def rollout(sampler, model, noise: torch.Tensor, text: torch.Tensor, device: torch.device,
-            generator: torch.Generator | None = None, on_block=None, *,
+            rng: torch.Generator | None = None, on_block=None, *,
             negative_text: torch.Tensor | None = None, context: torch.Tensor | None = None):
     """Run any sampler (one call signature, samplers/common.py); returns (latents [B, F, C, h, w],
-    perf_counter when the first block was ready). `generator`: the re-noising between steps;
+    perf_counter when the first block was ready). `rng`: the re-noising between steps;
     `on_block(a, b, x0)`, if given, is called with each block as soon as it is ready."""
     first = [float("nan")]
 
@@ -50,7 +50,7 @@ def rollout(sampler, model, noise: torch.Tensor, text: torch.Tensor, device: tor
         if on_block is not None:
             on_block(a, b, x0)
 
-    out = checked_rollout(sampler(model, noise, text, generator=generator, negative_text=negative_text,
+    out = checked_rollout(sampler(model, noise, text, rng=rng, negative_text=negative_text,
                                   context=context, on_block=block_ready), sampler)
     return out.x0, first[0]
 

@@ -1,6 +1,6 @@
 """Distribution matching distillation (DMD) for the generator.
 
-defaults.md, "DMD (generator)":
+Aurora-edu/One-Forcing model/dmd.py `compute_distribution_matching_loss` / `_compute_kl_grad` (docs/fidelity.md):
     x_t       = (1 - sigma) x + sigma eps            x = rollout.x0, t = s.sample_t(B), one per sample
     real      = uncond + w (cond - uncond)           frozen teacher s.real_score, w = `cfg_scale`
     fake      = critic.denoise(x_t, t, text)         conditional only

@@ -1,6 +1,6 @@
 """The fake score's (critic's) flow denoising loss on generated latents.
 
-defaults.md, "Critic (fake score)": the rollout is regenerated without gradient (the critic
+Aurora-edu/One-Forcing model/dmd.py `critic_loss` (docs/fidelity.md): the rollout is regenerated without gradient (the critic
 phase's own `s.rollout()`), new t (s.sample_t: shift 5, clamp [20, 980]) and new noise, then
     loss = mean((v_hat - (eps - x))^2),   v_hat = critic.denoise(x_t, t, text).
 The mean runs over all frames by default: the critic must model the generator's whole output,

@@ -1,6 +1,7 @@
 """Non-saturating GAN losses on the critic's discriminator logits (One-Forcing, ASD).
 
-defaults.md, "One-Forcing adversarial branch" (paper Eqs. 5-6), with D = critic.logit:
+Aurora-edu/One-Forcing model/one_forcing.py `_compute_gan_generator_loss` / `_compute_gan_discriminator_loss`
+(paper Eqs. 5-6; docs/fidelity.md), with D = critic.logit:
     generator      softplus(-D(fake_t))                               critic frozen by the trainer
     discriminator  softplus(-D(real_t)) + softplus(D(fake_t))
     relativistic   G: softplus(-(D_f - D_r)),  D: softplus(-(D_r - D_f))

@@ -9,7 +9,7 @@ Batch fields (oneforcing.data.Batch, from the ODE-pairs dataset; the teacher's s
                                      ODE pairs of Causal Forcing only; `teacher_forcing: true`)
     text        [B, L, D]            as in every batch
 
-`ode_regression` (defaults.md, "Initialisation stages"): per sample one kept index k (uniform,
+`ode_regression` (thu-ml/Causal-Forcing model/ode_regression.py; docs/fidelity.md): per sample one kept index k (uniform,
 shared by all its frames), x0_hat = x_k - sigma_k * G(x_k, t_k, text) with the causal student in
 block-causal full-sequence mode (no cache: every frame sees the earlier *noisy* frames, as in
 CausVid / Self Forcing's ODE init), loss = mean((x0_hat - ode_x0)^2) in fp32.
@@ -18,7 +18,7 @@ passes `clean_x=clean_latent`) the student runs in teacher-forcing mode instead:
 REAL clean frames of blocks < i (`ode_context`) and its own noisy state, exactly the context the
 pairs were integrated with, and the clean context it later gets at t = 0 from its own rollout.
 
-`fkl_surrogate` (defaults.md, "Forward-KL surrogate"; paper Eq. 10): the same MSE from ONE fixed
+`fkl_surrogate` (paper Eq. 10; no official code, docs/fidelity.md `one_forcing_fkl.yaml`): the same MSE from ONE fixed
 kept state x_{t0} (`index`, default 0 = t 1000, the one-step generator's input) to the stored
 endpoint, through the generator in causal mode with per-frame t [B, F]. It is added to the DMD
 (+ GAN) generator objective with weight lambda_fkl (recipe `weight: 1.0`).

@@ -21,7 +21,7 @@ from oneforcing.schedulers.flow_match import SHIFT_MOVED
 @REAL_SOURCES.register("dataset")
 class DatasetReal:
     """The batch's clean latents `s.latents`, paired with the prompts (`s.text`) that drive the
-    phase's rollout (defaults.md: "Real samples: clean latents from the dataset")."""
+    phase's rollout: the reals of Aurora-edu/One-Forcing model/one_forcing.py (its `clean_latent`)."""
 
     def __call__(self, s) -> torch.Tensor:
         return s.latents.detach()
@@ -51,8 +51,7 @@ class StudentRolloutReal:
             return self.steps
         if s.sampler is None:
             raise RuntimeError("student_rollout without `steps` takes n from the recipe's `sampler:`, which is not set")
-        n = len(s.sampler.steps)
-        return [1000.0 * (1 - i / (n + 1)) for i in range(n + 1)]
+        return s.scheduler.unshifted_grid(len(s.sampler.steps) + 1)
 
     def sampler(self, s) -> CausalInference:
         return CausalInference(steps=self.step_list(s), first_frame_enhancement=False, context_t=self.context_t,

@@ -1,6 +1,6 @@
 """Causal Forcing stage 1: autoregressive diffusion with teacher forcing.
 
-defaults.md, "Causal student" / "Teacher forcing": the real latents x0 are noised with one t per
+thu-ml/Causal-Forcing model/diffusion.py (docs/fidelity.md, `causal_forcing_ar_diffusion.yaml`): the real latents x0 are noised with one t per
 autoregressive block (shared by the block's frames; `per_frame: true` draws one per frame), and
 the causal model sees the sequence [clean ; noisy] (`clean_x=x0`, clean frames at t = 0): noisy
 block i attends to the clean blocks < i and to itself, which is exactly what it will see at

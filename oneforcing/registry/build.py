@@ -246,6 +246,12 @@ def check_kwargs(obj, kwargs: dict, *, what: str, path: str = "", file: str | No
         if p.default is _EMPTY and n not in kwargs and n not in provided
         and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
     ]
+    handed_in = [m for m in missing if registry is not None and registry.contract is not None
+                 and m in registry.contract.init_keywords]
+    if handed_in:  # e.g. a sampler nested in a loss: only a job holds the recipe's scheduler to hand it
+        raise RecipeError(f"{what} needs the recipe's '{handed_in[0]}', which the job hands in when it builds it "
+                          f"(build(cfg, registry, {handed_in[0]}=...)); it cannot be configured inside another component",
+                          file=file, key=path or None)
     if missing:
         raise RecipeError(
             f"{what} needs key{'s' if len(missing) > 1 else ''} {', '.join(repr(m) for m in missing)}",

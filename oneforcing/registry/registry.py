@@ -47,7 +47,7 @@ class Registry:
                 where = f"{getattr(obj, '__module__', '?')}.{getattr(obj, '__qualname__', obj)}"
                 raise RegistryError(
                     f"{self.singular} '{key}' ({where}) breaks the {self.kind} contract: {'; '.join(problems)}. "
-                    f"Expected: {self.contract.signature} (docs/architecture.md)"
+                    f"Expected: {self.contract.signature} (docs/plugins.md)"
                 )
             if key in self._entries and not replace and self._entries[key].obj is not obj:
                 prev = self._entries[key]

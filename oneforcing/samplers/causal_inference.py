@@ -10,7 +10,7 @@ to, sink and itself included; 21 = the training length) bounds the KV cache, `si
 the first frames in it, `sink_rope` places the sink ("adjacent" | "absolute"; wan_rolling_cache).
 
     sampler = CausalInference(steps=[1000], first_block_steps=[1000, 750, 500, 250], scheduler=flow)
-    x0 = sampler(model, noise, text, generator=g, on_block=lambda a, b, x0: ...).x0
+    x0 = sampler(model, noise, text, rng=g, on_block=lambda a, b, x0: ...).x0
     for a, b, x0_block in sampler.stream(model, noise, text):  # frames [a, b) as soon as ready
         ...
 """
@@ -32,13 +32,14 @@ DEFAULT_FIRST_BLOCK_STEPS = [1000.0, 750.0, 500.0, 250.0]
 @SAMPLERS.register("causal_inference")
 class CausalInference:
     needs_context = False
+    steps: list[float]  # the step list in model timesteps (the sampler contract; set from the scheduler)
     renamed_keys = {"shift": SHIFT_MOVED}
 
     def __init__(self, steps: list[float] | None = None, first_block_steps: list[float] | None = None,
                  first_frame_enhancement: bool = True, warp: bool = True,
                  context_t: float = 0.0, local_attn_size: int | None = None, sink_size: int = 0,
-                 sink_rope: str = "adjacent", scheduler: FlowMatchScheduler | None = None):
-        self.scheduler = scheduler or FlowMatchScheduler()
+                 sink_rope: str = "adjacent", *, scheduler: FlowMatchScheduler):
+        self.scheduler = scheduler  # the recipe's, handed in: no component has a convention of its own
         steps = [1000.0] if steps is None else steps
         if first_block_steps is None:
             first_block_steps = DEFAULT_FIRST_BLOCK_STEPS if first_frame_enhancement else steps
@@ -78,7 +79,7 @@ class CausalInference:
 
     @torch.no_grad()
     def stream(self, model, noise: torch.Tensor, text: torch.Tensor, *,
-               generator: torch.Generator | None = None) -> Iterator[tuple[int, int, torch.Tensor]]:
+               rng: torch.Generator | None = None) -> Iterator[tuple[int, int, torch.Tensor]]:
         """Yield (first frame, end frame, clean latents [B, b-a, C, H, W]) block by block."""
         noise, text = in_model_dtype(model, noise, text)
         B, F = noise.shape[:2]
@@ -90,22 +91,22 @@ class CausalInference:
                 tt = full_t(t, B, noise.device)
                 x0 = self.scheduler.x0_from_v(x, model(x, tt, text, kv_cache=cache, frame_offset=a), tt)
                 if s + 1 < len(steps):
-                    x = self.scheduler.add_noise(x0, randn_like(x0, generator), full_t(steps[s + 1], B, noise.device))
+                    x = self.scheduler.add_noise(x0, randn_like(x0, rng), full_t(steps[s + 1], B, noise.device))
             if i + 1 < len(blocks):  # the last block's K/V would never be read
                 ctx_t = full_t(self.context_t, B, noise.device)
-                ctx = x0 if self.context_t == 0 else self.scheduler.add_noise(x0, randn_like(x0, generator), ctx_t)
+                ctx = x0 if self.context_t == 0 else self.scheduler.add_noise(x0, randn_like(x0, rng), ctx_t)
                 model(ctx, ctx_t, text, kv_cache=cache, frame_offset=a, write_cache=True)
             yield a, b, x0
 
     def __call__(self, model, noise: torch.Tensor, text: torch.Tensor, *,
-                 generator: torch.Generator | None = None, exit_generator: torch.Generator | None = None,
+                 rng: torch.Generator | None = None, exit_rng: torch.Generator | None = None,
                  negative_text: torch.Tensor | None = None, context: torch.Tensor | None = None,
                  on_block: Callable[[int, int, torch.Tensor], None] | None = None) -> Rollout:
         """The whole clip (`.x0` [B, F, C, H, W]); `on_block(a, b, x0_block)` is called as blocks
         finish. Every step of every block runs (no exit draw); no guidance (`negative_text` unused)."""
         no_context("causal_inference", context)
         out, blocks = None, []
-        for a, b, x0 in self.stream(model, noise, text, generator=generator):
+        for a, b, x0 in self.stream(model, noise, text, rng=rng):
             if out is None:  # in the model's dtype, like the blocks
                 out = x0.new_empty(noise.shape)
             out[:, a:b] = x0

@@ -3,13 +3,13 @@
 The sampler contract (checked when a sampler registers, oneforcing/registry/contracts.py):
 
     sampler = SAMPLERS.get(name)(**recipe_keys, scheduler=flow)   # the recipe's flow-matching convention
-    out = sampler(model, noise, text, *, generator=None, exit_generator=None,
+    out = sampler(model, noise, text, *, rng=None, exit_rng=None,
                   negative_text=None, context=None, on_block=None)  # -> Rollout (out.x0 [B, F, C, H, W])
     sampler.steps            the model timesteps of a block's step list (warped by flow's shift)
     sampler.needs_context    True when it must get `context` (the real clean latents: teacher forcing)
 
-`generator`: fresh noise between steps; `exit_generator`: random choices that change the number of
-forwards (exit steps). The trainer passes the same `exit_generator` on every rank (run context,
+`rng`: fresh noise between steps; `exit_rng`: random choices that change the number of
+forwards (exit steps). The trainer passes the same `exit_rng` on every rank (run context,
 `per_rank=False`), so ZeRO-3 ranks run the same forwards without any communication here.
 `negative_text`: the unconditional prompt (used by samplers that guide; ignored by the others);
 `on_block(a, b, x0)`: called as frames [a, b) are final (once with the whole clip for a sampler that
@@ -26,7 +26,7 @@ import torch
 
 from oneforcing.errors import UserError
 
-CALL_KEYWORDS = ("generator", "exit_generator", "negative_text", "context", "on_block")
+CALL_KEYWORDS = ("rng", "exit_rng", "negative_text", "context", "on_block")
 
 
 @dataclass
@@ -85,21 +85,21 @@ def full_t(value: float, batch: int, device) -> torch.Tensor:
     return torch.full((batch,), float(value), device=device, dtype=torch.float32)
 
 
-def randn_like(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-    """Fresh noise like x; from `generator` when given (it may live on the CPU: moved over)."""
-    if generator is None:
+def randn_like(x: torch.Tensor, rng: torch.Generator | None) -> torch.Tensor:
+    """Fresh noise like x; from `rng` when given (it may live on the CPU: moved over)."""
+    if rng is None:
         return torch.randn_like(x)
-    gen_device = generator.device
-    return torch.randn(x.shape, generator=generator, device=gen_device, dtype=x.dtype).to(x.device)
+    gen_device = rng.device
+    return torch.randn(x.shape, generator=rng, device=gen_device, dtype=x.dtype).to(x.device)
 
 
-def draw_exit_indices(num_blocks: int, num_steps: int, generator: torch.Generator | None = None,
+def draw_exit_indices(num_blocks: int, num_steps: int, rng: torch.Generator | None = None,
                       same_step_across_blocks: bool = False) -> list[int]:
-    """Per block, an exit step index uniform in [0, num_steps), from `generator` (the trainer's
+    """Per block, an exit step index uniform in [0, num_steps), from `rng` (the trainer's
     rank-independent exits generator: every rank draws the same indices).
     `same_step_across_blocks`: one draw shared by every block (Self Forcing's official setting)."""
     n = 1 if same_step_across_blocks else num_blocks
-    idx = torch.randint(0, num_steps, (n,), generator=generator).tolist()
+    idx = torch.randint(0, num_steps, (n,), generator=rng).tolist()
     return idx * num_blocks if same_step_across_blocks else idx
 
 

@@ -35,13 +35,14 @@ __all__ = ["DEFAULT_STEPS", "Rollout", "SelfForcingRollout"]
 @SAMPLERS.register("self_forcing")
 class SelfForcingRollout:
     needs_context = False
+    steps: list[float]  # the step list in model timesteps (the sampler contract; set from the scheduler)
     renamed_keys = {"shift": SHIFT_MOVED}
 
     def __init__(self, steps: list[float] | None = None, warp: bool = True,
                  grad_frames: int | None = None, context_t: float = 0.0,
                  same_step_across_blocks: bool = True, first_block_steps: list[float] | None = None,
-                 scheduler: FlowMatchScheduler | None = None):
-        self.scheduler = scheduler or FlowMatchScheduler()
+                 *, scheduler: FlowMatchScheduler):
+        self.scheduler = scheduler  # the recipe's, handed in: no component has a convention of its own
         steps = DEFAULT_STEPS if steps is None else steps
         if not steps or (first_block_steps is not None and not first_block_steps):
             raise ValueError("the step lists must not be empty")
@@ -57,12 +58,12 @@ class SelfForcingRollout:
         """The (warped) step list of block i."""
         return self.first_steps if i == 0 and self.first_steps is not None else self.steps
 
-    def draw_exits(self, num_blocks: int, generator: torch.Generator | None) -> list[int]:
-        """Per block, its exit index into `block_steps(i)` (from the rank-independent `generator`)."""
+    def draw_exits(self, num_blocks: int, rng: torch.Generator | None) -> list[int]:
+        """Per block, its exit index into `block_steps(i)` (from the rank-independent `rng`)."""
         if self.first_steps is None:
-            return draw_exit_indices(num_blocks, len(self.steps), generator, self.same_step_across_blocks)
-        first = draw_exit_indices(1, len(self.first_steps), generator)
-        rest = draw_exit_indices(num_blocks - 1, len(self.steps), generator, self.same_step_across_blocks) \
+            return draw_exit_indices(num_blocks, len(self.steps), rng, self.same_step_across_blocks)
+        first = draw_exit_indices(1, len(self.first_steps), rng)
+        rest = draw_exit_indices(num_blocks - 1, len(self.steps), rng, self.same_step_across_blocks) \
             if num_blocks > 1 else []
         return first + rest
 
@@ -73,10 +74,10 @@ class SelfForcingRollout:
         return mask
 
     def __call__(self, model, noise: torch.Tensor, text: torch.Tensor, *,
-                 generator: torch.Generator | None = None, exit_generator: torch.Generator | None = None,
+                 rng: torch.Generator | None = None, exit_rng: torch.Generator | None = None,
                  negative_text: torch.Tensor | None = None, context: torch.Tensor | None = None,
                  on_block: Callable[[int, int, torch.Tensor], None] | None = None) -> Rollout:
-        """`generator`: fresh re-noising noise (may differ per rank); `exit_generator`: the exit
+        """`rng`: fresh re-noising noise (may differ per rank); `exit_rng`: the exit
         draws (the same on every rank). Gradients are taken only if grad mode is on at the call.
         No guidance (`negative_text` unused)."""
         no_context("self_forcing", context)
@@ -84,7 +85,7 @@ class SelfForcingRollout:
         B, F = noise.shape[:2]
         dev = noise.device
         blocks = model.block_ranges(F)
-        exits = self.draw_exits(len(blocks), exit_generator)
+        exits = self.draw_exits(len(blocks), exit_rng)
         window = self.window(F)
         want_grad = torch.is_grad_enabled()
         cache = model.new_kv_cache(B, F)
@@ -99,7 +100,7 @@ class SelfForcingRollout:
                     x0 = self.scheduler.x0_from_v(x, model(x, t, text, kv_cache=cache, frame_offset=a), t)
                 forwards += 1
                 if not exit_now:
-                    x = self.scheduler.add_noise(x0, randn_like(x0, generator), full_t(steps[s + 1], B, dev))
+                    x = self.scheduler.add_noise(x0, randn_like(x0, rng), full_t(steps[s + 1], B, dev))
             if grad_block and not window[a:b].all():  # detach the frames before the window
                 keep = window[a:b].to(dev).view(1, -1, 1, 1, 1)
                 x0 = torch.where(keep, x0, x0.detach())
@@ -109,7 +110,7 @@ class SelfForcingRollout:
             if i + 1 < len(blocks):
                 with torch.no_grad():
                     ctx_t = full_t(self.context_t, B, dev)
-                    ctx = x0 if self.context_t == 0 else self.scheduler.add_noise(x0, randn_like(x0, generator), ctx_t)
+                    ctx = x0 if self.context_t == 0 else self.scheduler.add_noise(x0, randn_like(x0, rng), ctx_t)
                     model(ctx.detach(), ctx_t, text, kv_cache=cache, frame_offset=a, write_cache=True)
                 forwards += 1
         return Rollout(

@@ -15,7 +15,7 @@ noisy block i sees the clean real frames of the blocks < i and itself, never its
 earlier frames. CFG 6 with the negative prompt, as in that script.
 
     out = TeacherODE(scheduler=flow)(teacher, noise, text, negative_text=negative_text)
-    out = TeacherODE(teacher_forcing=True)(ar_model, noise, text, negative_text=neg, context=real_x0)
+    out = TeacherODE(teacher_forcing=True, scheduler=flow)(ar_model, noise, text, negative_text=neg, context=real_x0)
     out.x0 [B, F, C, H, W]; out.states [B, K, F, C, H, W]; out.timesteps [K]
 """
 
@@ -45,11 +45,12 @@ class ODEResult(Rollout):
 @SAMPLERS.register("teacher_ode")
 class TeacherODE:
     renamed_keys = {"shift": SHIFT_MOVED, "guidance": GUIDANCE_RENAMED}
+    steps: list[float]  # the step list in model timesteps (the sampler contract; set from the scheduler)
 
     def __init__(self, num_steps: int = DEFAULT_STEPS, cfg_scale: float = 6.0,
                  keep_indices: list[int] | None = None, causal: bool | None = False,
-                 teacher_forcing: bool = False, scheduler: FlowMatchScheduler | None = None):
-        self.scheduler = scheduler or FlowMatchScheduler()
+                 teacher_forcing: bool = False, *, scheduler: FlowMatchScheduler):
+        self.scheduler = scheduler  # the recipe's, handed in: no component has a convention of its own
         keep = DEFAULT_KEEP if keep_indices is None else list(keep_indices)
         if num_steps < 1:
             raise ValueError(f"num_steps must be >= 1, got {num_steps}")
@@ -84,14 +85,14 @@ class TeacherODE:
 
     @torch.no_grad()
     def __call__(self, model, noise: torch.Tensor, text: torch.Tensor, *,
-                 generator: torch.Generator | None = None, exit_generator: torch.Generator | None = None,
+                 rng: torch.Generator | None = None, exit_rng: torch.Generator | None = None,
                  negative_text: torch.Tensor | None = None, context: torch.Tensor | None = None,
                  on_block: Callable[[int, int, torch.Tensor], None] | None = None,
                  callback=None) -> ODEResult:
         """`negative_text` [B, L, D] (Wan's negative prompt); None = no guidance. `context`
         [B, F, C, H, W]: the real clean latents (teacher forcing only). `callback(i, t, x)` is
         called before each step; `on_block` once, with the whole clip. The ODE is deterministic
-        (`generator`, `exit_generator` unused). The ODE state stays in fp32 whatever the model's
+        (`rng`, `exit_rng` unused). The ODE state stays in fp32 whatever the model's
         dtype: with shift 5-8 the first Euler steps move sigma by ~0.003, an update a bf16 state
         rounds away; the model sees the state in its own dtype."""
         if self.teacher_forcing != (context is not None):

@@ -37,6 +37,21 @@ GUIDANCE_RENAMED = (f"it is now 'cfg_scale' ({CFG_DOC}); dmd's old guidance g (c
                     "cfg_scale g + 1 (guidance 5 -> cfg_scale 6), teacher_ode's old guidance is the same number")
 
 
+MODEL_GRID = 1000  # the grid of model timesteps (Wan's num_train_timesteps): what every model is called with
+
+
+def sigma_of(t, num_train_timesteps: int = MODEL_GRID):
+    """THE noise level of model timestep(s) t: sigma = t / num_train_timesteps (float, list or tensor).
+    A float64 tensor stays float64 (the exact toy teacher and the curvature job compute in it); any
+    other tensor is computed in float32 (a bf16 t would round 937.5 to 936). `FlowMatchScheduler.sigma`
+    is this with the recipe's grid; a model, which is built without the recipe's scheduler and is
+    called on MODEL_GRID, uses it directly (toy/analytic_teacher.py)."""
+    if not isinstance(t, (int, float)):
+        t = t if torch.is_tensor(t) else torch.as_tensor(t, dtype=torch.float32)
+        t = t if t.dtype == torch.float64 else t.float()
+    return t / num_train_timesteps
+
+
 def _bcast(s: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     """Broadcast per-sample [B] or per-frame [B, F] sigmas over latents [B, F, C, H, W]."""
     while s.dim() < like.dim():
@@ -46,7 +61,7 @@ def _bcast(s: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 
 @SCHEDULERS.register("flow_match")
 class FlowMatchScheduler:
-    def __init__(self, shift: float = 5.0, num_train_timesteps: int = 1000):
+    def __init__(self, shift: float = 5.0, num_train_timesteps: int = MODEL_GRID):
         if shift <= 0:
             raise ValueError(f"shift must be positive, got {shift}")
         self.shift = float(shift)
@@ -67,18 +82,20 @@ class FlowMatchScheduler:
         return self.shift * u / (1 + (self.shift - 1) * u) * self.num_train_timesteps
 
     def sigma(self, t):
-        """Noise level of model timestep(s) t: sigma = t / 1000 (float, list or tensor)."""
-        if not isinstance(t, (int, float)):
-            t = t.float() if torch.is_tensor(t) else torch.as_tensor(t, dtype=torch.float32)
-        return t / self.num_train_timesteps
+        """Noise level of model timestep(s) t: sigma = t / 1000 (float, list or tensor; see `sigma_of`)."""
+        return sigma_of(t, self.num_train_timesteps)
 
     def step_list(self, steps: Sequence[float], warp: bool = True) -> list[float]:
         """An inference step list on the un-shifted 1000 grid -> model timesteps (warped by the shift)."""
         return [float(self.warp(float(s))) if warp else float(s) for s in steps]
 
+    def unshifted_grid(self, num_steps: int) -> list[float]:
+        """The un-shifted grid 1000 (1 - i / n), i = 0 .. n-1: an n-step list as recipes write it."""
+        return [self.num_train_timesteps * (1 - i / num_steps) for i in range(num_steps)]
+
     def uniform_grid(self, num_steps: int) -> list[float]:
-        """The un-shifted grid 1000 (1 - i / n), i = 0 .. n-1, warped: an n-step ODE's timesteps."""
-        return self.step_list([self.num_train_timesteps * (1 - i / num_steps) for i in range(num_steps)])
+        """The un-shifted grid, warped: an n-step ODE's timesteps."""
+        return self.step_list(self.unshifted_grid(num_steps))
 
     # --- conversions (they depend on t only, never on the shift) -------------------------------
     def add_noise(self, x0: torch.Tensor, eps: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -151,10 +168,10 @@ def check_text_dropout(p: float) -> float:
 
 
 def drop_text(text: torch.Tensor, uncond_text: torch.Tensor, p: float,
-              generator: torch.Generator | None) -> torch.Tensor:
+              rng: torch.Generator | None) -> torch.Tensor:
     """Text dropout for CFG: with probability p a sample's prompt embedding [B, L, D] is replaced
     by the negative / empty prompt's, so the model also learns the unconditional velocity."""
     if p <= 0:
         return text
-    drop = torch.rand(text.shape[0], generator=generator) < p
+    drop = torch.rand(text.shape[0], generator=rng) < p
     return torch.where(drop.to(text.device)[:, None, None], uncond_text, text)

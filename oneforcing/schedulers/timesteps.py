@@ -1,7 +1,7 @@
 """Training-time timestep samplers (registered in `timestep_samplers`).
 
 Protocol: built with the recipe's `scheduler` (the flow-matching convention, handed in by the job:
-never a shift of their own), called as `sampler(batch_size, generator=None, device="cpu")` -> model
+never a shift of their own), called as `sampler(batch_size, rng=None, device="cpu")` -> model
 timesteps [batch_size] on the 1000 grid."""
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ class ShiftedUniformTimesteps:
                     "num_train_timesteps": "it is the scheduler's (`scheduler: {type: flow_match, num_train_timesteps: ...}`)"}
 
     def __init__(self, min_t: float = 20.0, max_t: float = 980.0, integer: bool = False,
-                 scheduler: FlowMatchScheduler | None = None):
-        self.scheduler = scheduler or FlowMatchScheduler()
+                 *, scheduler: FlowMatchScheduler):
+        self.scheduler = scheduler  # the recipe's, handed in: no component has a convention of its own
         n = self.scheduler.num_train_timesteps
         if not 0 <= min_t <= max_t <= n:
             raise ValueError(f"need 0 <= min_t <= max_t <= {n}, got [{min_t}, {max_t}]")
@@ -35,13 +35,13 @@ class ShiftedUniformTimesteps:
     def shift(self) -> float:
         return self.scheduler.shift
 
-    def __call__(self, batch_size: int, generator: torch.Generator | None = None,
+    def __call__(self, batch_size: int, rng: torch.Generator | None = None,
                  device: torch.device | str = "cpu") -> torch.Tensor:
         n = self.scheduler.num_train_timesteps
         if self.integer:
-            u = torch.randint(0, n, (batch_size,), generator=generator, device="cpu").float() / n
+            u = torch.randint(0, n, (batch_size,), generator=rng, device="cpu").float() / n
         else:
-            u = torch.rand(batch_size, generator=generator, device="cpu")
+            u = torch.rand(batch_size, generator=rng, device="cpu")
         t = self.scheduler.warp_unit(u).clamp(self.min_t, self.max_t)
         return t.to(device)
 
@@ -50,10 +50,11 @@ class ShiftedUniformTimesteps:
 class UniformTimesteps:
     """t ~ U[min_t, max_t] on the 1000 grid, no shift (flow-matching pre-training of toy teachers)."""
 
-    def __init__(self, min_t: float = 0.0, max_t: float = 1000.0, scheduler: FlowMatchScheduler | None = None):
+    def __init__(self, min_t: float = 0.0, max_t: float = 1000.0, *, scheduler: FlowMatchScheduler):
+        self.scheduler = scheduler  # taken as every timestep sampler takes it; this one draws unshifted
         self.min_t, self.max_t = float(min_t), float(max_t)
 
-    def __call__(self, batch_size: int, generator: torch.Generator | None = None,
+    def __call__(self, batch_size: int, rng: torch.Generator | None = None,
                  device: torch.device | str = "cpu") -> torch.Tensor:
-        u = torch.rand(batch_size, generator=generator, device="cpu")
+        u = torch.rand(batch_size, generator=rng, device="cpu")
         return (self.min_t + u * (self.max_t - self.min_t)).to(device)

@@ -16,22 +16,21 @@ class RandomLatents:
     example i on rank r depends only on (seed, r, i), so a restored position replays exactly."""
 
     def __init__(self, frames: int = 3, channels: int = 4, height: int = 4, width: int = 4,
-                 text_len: int = 6, text_dim: int = 24, batch_size: int = 1,
-                 rank: int = 0, world_size: int = 1, seed: int = 0):
+                 text_len: int = 6, text_dim: int = 24, rank: int = 0, world_size: int = 1, seed: int = 0):
         self.shape = (frames, channels, height, width)
         self.text_shape = (text_len, text_dim)
-        self.batch_size, self.rank, self.seed = batch_size, rank, seed
+        self.rank, self.seed = rank, seed
         self.position = 0
 
-    def __iter__(self):
+    def batches(self, batch_size: int):
         while True:
-            g = torch.Generator().manual_seed(derive_seed(self.seed, "data", self.rank, self.position))
+            rng = torch.Generator().manual_seed(derive_seed(self.seed, "data", self.rank, self.position))
             self.position += 1
             # A little structure (a per-sample mean) so a model can reduce its loss.
-            latents = torch.randn(self.batch_size, *self.shape, generator=g) * 0.5
-            latents = latents + torch.randn(self.batch_size, 1, 1, 1, 1, generator=g)
-            yield Batch(latents=latents, text=torch.randn(self.batch_size, *self.text_shape, generator=g),
-                        prompts=["random"] * self.batch_size, dataset="random_latents")
+            latents = torch.randn(batch_size, *self.shape, generator=rng) * 0.5
+            latents = latents + torch.randn(batch_size, 1, 1, 1, 1, generator=rng)
+            yield Batch(latents=latents, text=torch.randn(batch_size, *self.text_shape, generator=rng),
+                        prompts=["random"] * batch_size, dataset="random_latents")
 
     def state_dict(self) -> dict:
         return {"position": self.position}

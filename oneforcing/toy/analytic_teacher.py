@@ -38,6 +38,7 @@ from torch import nn
 
 from oneforcing.errors import UserError
 from oneforcing.registry import MODELS
+from oneforcing.schedulers.flow_match import sigma_of
 from oneforcing.toy.codec import ToyCodec
 from oneforcing.toy.prompt_decoder import ToyPromptDecoder
 from oneforcing.toy.text_encoder import TOY_MAX_LENGTH, TOY_TEXT_ENCODER_PATH
@@ -254,7 +255,8 @@ class ToyAnalyticTeacher(nn.Module):
         """The velocity eps - x0 = (x_t - E[x0 | x_t]) / sigma (other keywords of CausalWan are ignored)."""
         B, F = x.shape[:2]
         t = torch.as_tensor(t, dtype=torch.float64, device=x.device)
-        sigma = (t / 1000.0).reshape(-1, 1).expand(B, F) if t.dim() <= 1 else (t / 1000.0).expand(B, F)
+        sigma = sigma_of(t)  # the flow convention's one formula, in float64 (t is)
+        sigma = sigma.reshape(-1, 1).expand(B, F) if t.dim() <= 1 else sigma.expand(B, F)
         if (F, x.shape[-1] * self.f) != (self.frames, self.size):
             raise ValueError(f"toy_analytic_teacher: latents {tuple(x.shape)} are not the toy world's "
                              f"{self.frames} frames of {self.size} px")

@@ -243,14 +243,15 @@ def _from_keys(run_dir: str, models: dict, data: dict, steps: int,
         raise UserError("needs generator_losses and/or critic_losses", key="generator_losses")
     if critic_losses and "critic" not in models:
         raise UserError("critic_losses need models.critic", key="critic_losses")
-    for key, cfg, registry in (("sampler", sampler, SAMPLERS), ("text_encoder", text_encoder, TEXT_ENCODERS)):
-        if cfg is not None:
-            validate(cfg, registry, path=key)
+    if sampler is not None:  # its scheduler is the recipe's, handed in when it is built
+        validate(sampler, SAMPLERS, path="sampler", provided=("scheduler",))
+    if text_encoder is not None:
+        validate(text_encoder, TEXT_ENCODERS, path="text_encoder")
     defaults = TrainConfig.__dataclass_fields__
     scheduler = scheduler or defaults["scheduler"].default_factory()
     validate(scheduler, SCHEDULERS, path="scheduler")
     timesteps = timesteps or defaults["timesteps"].default_factory()
-    validate(timesteps, TIMESTEP_SAMPLERS, path="timesteps")
+    validate(timesteps, TIMESTEP_SAMPLERS, path="timesteps", provided=("scheduler",))
     loggers = loggers if loggers is not None else defaults["loggers"].default_factory()
     for i, cfg in enumerate(loggers):  # names or {type: ...}; built by the trainer
         validate({"type": cfg} if isinstance(cfg, str) else cfg, LOGGERS, path=f"loggers[{i}]")

@@ -34,6 +34,7 @@ import torch
 
 from oneforcing.data.batch import Batch, as_batch
 from oneforcing.errors import UserError
+from oneforcing.registry.contracts import BATCH_STREAM, require
 from oneforcing.runtime import RunContext
 from oneforcing.trainer.checkpoint import CheckpointManager
 from oneforcing.trainer.config import TrainConfig
@@ -69,6 +70,9 @@ class Trainer:
         self.recipe, self.run_dir = ctx.recipe, cfg.run_dir   # the resolved recipe, saved with checkpoints
         self.batch_size = cfg.deepspeed.micro_batch_size
         self.ode_data = ode_data
+        for key, ds, ds_cfg in (("data", data, cfg.data), ("ode_data", ode_data, cfg.ode_data)):
+            if ds is not None:  # what the trainer calls: batches(n), state_dict, load_state_dict
+                require(ds, BATCH_STREAM, what=f"dataset '{ds_cfg.get('type')}'", key=key)
         self.dtype = cfg.deepspeed.dtype
         self.lora = cfg.lora  # adapters per role (export merges or writes them)
         self._ode_iter = None
@@ -232,8 +236,8 @@ class Trainer:
             # update, the same figures as an uninterrupted run (metrics continuity)
             "latest": {phase: dict(figures) for phase, figures in self._latest.items()},
             "torch_rng": torch.get_rng_state(), "python_rng": _python_rng_state(),
-            "data": self.data.state_dict() if hasattr(self.data, "state_dict") else {},
-            "ode_data": self.ode_data.state_dict() if hasattr(self.ode_data, "state_dict") else {},
+            "data": self.data.state_dict(),
+            "ode_data": self.ode_data.state_dict() if self.ode_data is not None else {},
         }
         return states
 
@@ -268,9 +272,8 @@ class Trainer:
         self._latest = {phase: {k: float(v) for k, v in figures.items()} for phase, figures in t.get("latest", {}).items()}
         torch.set_rng_state(t["torch_rng"])
         random.setstate(_python_rng_from(t["python_rng"]))
-        if hasattr(self.data, "load_state_dict"):
-            self.data.load_state_dict(t["data"])
-        if hasattr(self.ode_data, "load_state_dict"):
+        self.data.load_state_dict(t["data"])
+        if self.ode_data is not None:
             self.ode_data.load_state_dict(t["ode_data"])
         self._data_iter = self._ode_iter = None
 
@@ -289,8 +292,8 @@ def _loss_result(name: str, phase: str, result) -> tuple[torch.Tensor, dict]:
 
 
 def _batches(data, batch_size: int):
-    """Shard loaders batch themselves (`batches(n)`); plain iterables already yield batches."""
-    return iter(data.batches(batch_size) if hasattr(data, "batches") else data)
+    """The dataset's batches of the micro-batch size (a batch stream: registry/contracts.py)."""
+    return iter(data.batches(batch_size))
 
 
 def _python_rng_state() -> list:

@@ -69,7 +69,7 @@ class StepContext:
         return torch.randn(tuple(shape), generator=self.rng, dtype=dtype or self.dtype).to(self.device)
 
     def sample_t(self, n: int | None = None) -> torch.Tensor:
-        return self.timesteps(n or self.batch_size, generator=self.rng, device=self.device)
+        return self.timesteps(n or self.batch_size, rng=self.rng, device=self.device)
 
     # --- the generator's rollout ---------------------------------------------------------
     def rollout(self, sampler=None, key: str = "rollout"):
@@ -85,6 +85,6 @@ class StepContext:
             noise = self.cache.setdefault("rollout_noise", self.randn(shape))
             exits = self.ctx.generator("exits", self.step, self.phase, key, per_rank=False)
             with torch.set_grad_enabled(self.phase == "generator"):
-                self.cache[key] = checked_rollout(sampler(self.generator, noise, self.text, generator=self.rng,
-                                                          exit_generator=exits), sampler)
+                self.cache[key] = checked_rollout(sampler(self.generator, noise, self.text, rng=self.rng,
+                                                          exit_rng=exits), sampler)
         return self.cache[key]

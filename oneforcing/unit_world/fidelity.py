@@ -37,7 +37,7 @@ def gradient_fidelity(world, n: int = 4096, bank: int = 8192, seed: int = 0) -> 
     g = torch.Generator().manual_seed(seed)
     x = as_latents(world.sample(n, seed=-2 - seed))
     exact = EmpiricalScore(world.sample(bank, seed=-1000 - seed))
-    t = world.timesteps(n, generator=g)
+    t = world.timesteps(n, rng=g)
     x_t = world.scheduler.add_noise(x, torch.randn(x.shape, generator=g), t)
     text = torch.zeros(n, 1, 1)
     real_x0 = world.scheduler.x0_from_v(x_t, world.real_score(x_t, t, text), t)

@@ -48,12 +48,12 @@ GIF_VIDEOS = 4
 
 
 def sample(sampler, model, noise: torch.Tensor, text: torch.Tensor, negative: torch.Tensor | None,
-           device: torch.device, generator: torch.Generator | None) -> torch.Tensor:
+           device: torch.device, rng: torch.Generator | None) -> torch.Tensor:
     """Clean latents from any sampler: the teacher ODE guides against `negative` (CFG), a causal
-    sampler re-noises between steps from `generator`."""
+    sampler re-noises between steps from `rng`."""
     neg = None if negative is None else negative.expand(noise.shape[0], *negative.shape[1:])
     with torch.no_grad():
-        return rollout(sampler, model, noise, text, device, generator, negative_text=neg)[0]
+        return rollout(sampler, model, noise, text, device, rng, negative_text=neg)[0]
 
 
 @JOBS.register("toy_eval")

@@ -34,7 +34,7 @@ CLAIM_TEXT = {
     "g": "the causal ODE init beats a CausVid-style ODE init (init ablation)",
     "h": "control: One-Forcing's GAN term matters (framewise vs the same recipe with GAN weights 0)",
 }
-PAPER = {  # shared/reference/defaults.md (the paper's Table 1, Table 3, Figure 4, Eq. 2)
+PAPER = {  # the One-Forcing paper's Table 1, Table 3, Figure 4, Eq. 2 (its code: docs/fidelity.md)
     "a": "One-Forcing framewise 83.76 > ASD 79.12 > Self Forcing 77.18 (VBench total)",
     "b": "One-Forcing framewise 83.76 vs Self Forcing 4-step 83.46",
     "c": "framewise 83.76 > chunkwise 81.60",
