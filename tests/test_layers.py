@@ -21,7 +21,7 @@ TOY = "toy"
 
 # Bottom first. "oneforcing" is the package's own __init__.
 TIERS: tuple[tuple[str, ...], ...] = (
-    ("oneforcing", "errors"),                                # import no other oneforcing module
+    ("oneforcing", "errors", "provenance"),                  # import no other oneforcing module
     ("runtime", "speed", "video"),                           # errors only
     ("distributed", "registry", "config", "weights"),
     ("attention", "schedulers", "loggers", "data"),
