@@ -73,6 +73,36 @@ def test_baseline_settings():
     assert chunk["steps"] == 1000
 
 
+def test_self_forcing_init_chain_is_its_own():
+    """SF scripts/generate_ode_pairs.py (the 1.3B, shift 8, 48 steps, CFG 6, a caption file) ->
+    model/ode_regression.py (uniform_timestep=False: a kept state per block), not the CausVid-style
+    14B shift-5 pairs nor the causal (teacher-forced) init."""
+    pairs, init = recipe("self_forcing_ode_pairs.yaml"), recipe("self_forcing_ode_init.yaml")
+    assert pairs["teacher"] == recipe("causvid_ode_init.yaml")["models"]["generator"]["pretrained"]  # the 1.3B
+    assert pairs["scheduler"]["shift"] == 8.0 and pairs["dtype"] == "float32"
+    assert pairs["sampler"] == {"type": "teacher_ode", "num_steps": 48, "cfg_scale": 6.0, "keep_indices": [0, 12, 24, 36]}
+    assert pairs["prompts_from"] is None and pairs["prompts_file"] and pairs["latent_shape"] == [21, 16, 60, 104]
+    assert init["data"]["path"] == pairs["out"] != recipe("ode_pairs.yaml")["out"]
+    assert init["generator_losses"] == [{"type": "ode_regression", "per_block": True}]
+    assert init["models"]["generator"]["frames_per_block"] == 3 and init["ema"] is None
+
+
+@pytest.mark.parametrize("name", ["self_forcing_1step.yaml", "self_forcing_4step.yaml", "causal_forcing_dmd.yaml"])
+def test_data_free_baselines_train_at_the_official_batch_of_64(name):
+    r = recipe(name)
+    assert r["data"]["type"] == "prompt_list" and r["data"]["latent_shape"] == [21, 16, 60, 104]
+    ds = r["deepspeed"]
+    assert ds["micro_batch_size"] * 8 * ds["gradient_accumulation"] == 64  # written for 8 GPUs
+    assert r["steps"] == 600 and r["export"]["inference_weights"] == "ema"
+
+
+@pytest.mark.parametrize("name", ["one_forcing_framewise.yaml", "one_forcing_chunkwise.yaml", "asd_1step.yaml"])
+def test_one_forcing_and_asd_keep_the_batch_of_8(name):
+    ds = recipe(name)["deepspeed"]
+    assert ds["micro_batch_size"] * 8 * ds["gradient_accumulation"] == 8
+    assert recipe(name)["data"]["type"] == "latent_shards"
+
+
 def _tiny(fpb):
     from oneforcing.models import CausalWan
 

@@ -71,6 +71,47 @@ def test_ode_regression_one_index_per_sample(t_shape):
     assert gen.a.grad is not None
 
 
+@pytest.mark.parametrize("block", [1, 2, 3])
+def test_ode_regression_per_block_draws_one_index_per_block(block):
+    """Self Forcing's ODE init (uniform_timestep=False): each block of `frames_per_block` frames
+    regresses from its own kept state, at that state's t; the frames of a block share it."""
+    batch = ode_batch("k")
+    gen = LinGen(frames_per_block=block)
+    loss, figs = build({"type": "ode_regression", "per_block": True}, LOSSES)(make_ctx(batch, gen, seed=5))
+    n_blocks = -(-F // block)
+    draws = torch.randint(0, K, (B, n_blocks), generator=torch.Generator().manual_seed(5))
+    idx = draws.repeat_interleave(block, dim=1)[:, :F]                      # [B, F]
+    t_all = torch.as_tensor(batch["ode_t"]).expand(B, K)
+    x_t = torch.stack([torch.stack([batch["ode_states"][b, idx[b, f], f] for f in range(F)]) for b in range(B)])
+    t = torch.stack([t_all[b, idx[b]] for b in range(B)])                   # [B, F]
+    sig = (t / 1000).view(B, F, 1, 1, 1)
+    want = torch.mean((x_t - sig * (0.4 * x_t + sig) - batch["ode_x0"]) ** 2)
+    assert loss.item() == pytest.approx(want.item(), rel=1e-5)
+    (t_seen, _), = gen.calls
+    assert t_seen.shape == (B, F) and torch.equal(t_seen, t)
+    for j in range(n_blocks):  # constant within a block
+        assert torch.all(t_seen[:, j * block:(j + 1) * block] == t_seen[:, j * block:j * block + 1])
+    assert figs["t_mean"] == pytest.approx(t.mean().item())
+    loss.backward()
+    assert gen.a.grad is not None
+
+
+def test_ode_regression_per_block_differs_across_blocks_and_skips_clean_states():
+    """Over a few draws the blocks of one sample get different states (not one per sample), and a
+    frame drawn at a kept t = 0 state adds nothing (official `mask = timestep != 0`)."""
+    batch = ode_batch("k")
+    gen = LinGen(frames_per_block=1)
+    loss_fn = build({"type": "ode_regression", "per_block": True}, LOSSES)
+    for seed in range(4):
+        loss_fn(make_ctx(batch, gen, seed=seed))
+    assert any(len(set(t_seen[b].tolist())) > 1 for t_seen, _ in gen.calls for b in range(B))
+    clean = dict(batch, ode_t=torch.tensor([1000.0, 937.5, 833.3, 0.0]))
+    clean["ode_states"] = batch["ode_states"].clone()
+    clean["ode_states"][:, 3] = float("nan")  # would poison the mean if a t = 0 frame were counted
+    loss, _ = loss_fn(make_ctx(clean, LinGen(), seed=0))
+    assert torch.isfinite(loss)
+
+
 def test_fkl_surrogate_fixed_state_per_frame_t_and_gradient():
     batch = ode_batch()
     gen = LinGen()

@@ -106,6 +106,29 @@ def test_prompts_from_latent_shards(teacher, tmp_path):
         _job(teacher, tmp_path / "x", split=None, prompts_from=str(src), num_examples=4).run(RunContext())
 
 
+def test_prompts_file_at_shift_8_as_self_forcings_pair_script(teacher, tmp_path):
+    """Self Forcing's pairs: prompts of a caption file (no latents: `latent_shape` is the noise
+    shape), the 48-step grid warped by shift 8: kept t = 1000, 8 s / (1 + 7 s) at s = 1 - 12/48 ..."""
+    (tmp_path / "captions.txt").write_text("a red ball moving left\na blue square moving up\n")
+    out = tmp_path / "pairs"
+    _job(teacher, out, split=None, prompts_file=str(tmp_path / "captions.txt"), latent_shape=list(SHAPE),
+         num_examples=None, scheduler={"type": "flow_match", "shift": 8.0},
+         sampler={"type": "teacher_ode", "num_steps": 48, "keep_indices": [0, 12, 24, 36]}).run(RunContext(seed=2))
+    items = _read(out)
+    assert [it["prompt"] for it in items] == ["a red ball moving left", "a blue square moving up"]
+    s = torch.tensor([1.0, 36 / 48, 24 / 48, 12 / 48])
+    assert torch.allclose(items[0]["timesteps"], 1000 * 8 * s / (1 + 7 * s), atol=1e-3)
+    assert items[0]["states"].shape == (4, *SHAPE) and "context" not in items[0]
+    info = __import__("json").loads((out / "index.json").read_text())["info"]
+    assert info["source"].endswith("captions.txt") and len(info["prompts_sha256"]) == 64
+    with pytest.raises(UserError, match="latent_shape"):
+        _job(teacher, tmp_path / "x", split=None, prompts_file=str(tmp_path / "captions.txt"))
+    (tmp_path / "gap.txt").write_text("one\n\ntwo\n")
+    with pytest.raises(UserError, match=r"gap\.txt:2: empty line"):
+        _job(teacher, tmp_path / "y", split=None, prompts_file=str(tmp_path / "gap.txt"), latent_shape=list(SHAPE),
+             num_examples=None).run(RunContext())
+
+
 def _free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -44,13 +44,16 @@ def run(args, cwd, timeout=600):
 
 @pytest.fixture(scope="module")
 def toy_inputs(tmp_path_factory):
-    """A few toy examples, short ODE pairs (4 Euler steps) from the shipped teacher, and short
-    teacher-forced causal ODE pairs (with the real context) from the student base run causally."""
+    """A few toy examples, short ODE pairs (4 Euler steps) from the shipped teacher, Self Forcing's
+    (the student base at shift 8 on the toy prompt file), and short teacher-forced causal ODE pairs
+    (with the real context) from the student base run causally."""
     root = tmp_path_factory.mktemp("toy")
     run([str(ROOT / "recipes/toy/data.yaml"), f"out={root}/data", "num_examples=8", "examples_per_shard=8"], root)
     run([str(ROOT / "recipes/toy/ode_pairs.yaml"), f"prompts_from={root}/data", f"out={root}/ode",
          "num_examples=4", "examples_per_shard=4", "batch_size=4",
          "sampler={type: teacher_ode, num_steps: 4, keep_indices: [0, 2]}"], root)
+    run([str(ROOT / "recipes/toy/self_forcing_ode_pairs.yaml"), f"out={root}/sf_ode", "num_examples=4",
+         "examples_per_shard=4", "batch_size=4", "sampler={type: teacher_ode, num_steps: 4, keep_indices: [0, 2]}"], root)
     run([str(ROOT / "recipes/toy/causal_forcing_ode_pairs.yaml"), f"prompts_from={root}/data", f"out={root}/cf_ode",
          "num_examples=4", "examples_per_shard=4", "batch_size=4", "teacher=${assets:toy_student_base}",
          "sampler={type: teacher_ode, num_steps: 4, keep_indices: [0, 2], teacher_forcing: true}"], root)
@@ -65,7 +68,7 @@ def test_toy_recipe_runs_a_few_steps(name, precision, toy_inputs, tmp_path):
     init = "${assets:toy_causvid_ode_init}"  # any causal toy generator: the shipped init ablation's
     overrides = [f"run_dir={tmp_path}/run", f"deepspeed.precision={precision}", "steps=2", "generator_every=1",
                  "checkpoint_every=2", "export=null", "deepspeed.micro_batch_size=1",
-                 f"_paths.data={toy_inputs}/data", f"_paths.ode_pairs={toy_inputs}/ode",
+                 f"_paths.data={toy_inputs}/data", f"_paths.ode_pairs={toy_inputs}/ode", f"_paths.sf_ode_pairs={toy_inputs}/sf_ode",
                  f"_paths.cf_ode_pairs={toy_inputs}/cf_ode", f"_paths.cf_ode_pairs_chunkwise={toy_inputs}/cf_ode",
                  f"_paths.ode_pairs_analytic={toy_inputs}/ode",
                  "_paths.cf_ar_diffusion=${assets:toy_student_base}",

@@ -6,6 +6,8 @@ an error naming the recipe key and the dataset, never a silent stand-in:
 
     text         [B, L, D]            prompt embeddings (every batch)
     latents      [B, F, C, H, W]      clean real latents (latent_shards; what rollouts and GAN reals use)
+    noise_shape  (F, C, H, W)         the generator's noise shape per sample, from prompt-only data
+                                      (prompt_list) that has no latents (`rollout_shape`)
     ode_states   [B, K, F, C, H, W]   teacher ODE states at the kept steps (ode_pairs)
     ode_t        [K]                  their model timesteps (sigma = t / 1000)
     ode_x0       [B, F, C, H, W]      the ODE's clean endpoint (the regression target)
@@ -36,6 +38,7 @@ class Batch:
     ode_x0: torch.Tensor | None = None
     ode_context: torch.Tensor | None = None
     ode_text: torch.Tensor | None = None
+    noise_shape: tuple[int, ...] | None = None
     prompts: list[str] = field(default_factory=list)
     dataset: str = "dataset"  # for errors: the dataset type that made it ...
     key: str = "data"         # ... and the recipe key it was configured at (set by the trainer)
@@ -55,6 +58,13 @@ class Batch:
             raise UserError(f"{who} needs '{name}' in every batch, but the dataset '{self.dataset}' gives none "
                             f"(it gives {', '.join(self.filled())}){'; ' + hint if hint else ''}", key=self.key)
         return value
+
+    def rollout_shape(self, who: str) -> tuple[int, ...]:
+        """[B, F, C, H, W] of the generator's noise: the real latents' shape, or prompt-only data's
+        `noise_shape`; neither is a UserError naming the recipe key and dataset."""
+        if self.latents is None and self.noise_shape is not None:
+            return (self.size, *self.noise_shape)
+        return tuple(self.require("latents", who, "or a prompt-only dataset with a latent_shape").shape)
 
     def filled(self) -> list[str]:
         return [f.name for f in dataclasses.fields(self)

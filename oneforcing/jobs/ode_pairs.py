@@ -3,6 +3,8 @@
     job: ode_pairs
     teacher: Wan2.1-T2V-14B-Diffusers/transformer     # or a training export (weights: auto | raw | ema)
     prompts_from: data/latents                       # a latent_shards folder: its prompts + embeddings
+    # or prompts_file: captions.txt + latent_shape: [21, 16, 60, 104]  (one prompt a line, no latents;
+    # Self Forcing's pair script, recipes/self_forcing_ode_pairs.yaml)
     text_encoder: {type: umt5, path: Wan2.1-T2V-1.3B-Diffusers}   # for the negative prompt only
     out: data/ode_pairs
     # Causal Forcing: ODE pairs from the AR-diffusion model WITH TEACHER FORCING on each sample's
@@ -42,8 +44,9 @@ from oneforcing.data.pipeline import all_shard_names, encode_text, plan_shards, 
 from oneforcing.data.shards import ShardWriter, dtype_from_name, write_index
 from oneforcing.errors import UserError
 from oneforcing.weights import WEIGHTS_RENAMED, check_weights
-from oneforcing.jobs.base import Job, RunContext, derive_seed
-from oneforcing.jobs.shared import (DEFAULT_ODE_TEXT_ENCODER, ShardPrompts, ToyPrompts, build_sampler,
+from oneforcing.jobs.base import Job, RunContext, derive_seed, missing_path
+from oneforcing.data.prompts import check_latent_shape, file_sha256
+from oneforcing.jobs.shared import (DEFAULT_ODE_TEXT_ENCODER, PromptFile, ShardPrompts, ToyPrompts, build_sampler,
                                     check_teacher_paths, check_teacher_shapes,
                                     load_generator_model, model_config, resolve_model_dir)
 from oneforcing.models.text_encoder import parse_dtype
@@ -64,10 +67,15 @@ class OdePairsJob(Job):
                  text_encoder: dict | None = None,
                  negative_prompt: str | None = None, weights: str = "auto", frames: int = 21, size: int = 32,
                  latent_dtype: str = "float16", dtype: str = "auto", overwrite: bool = False,
-                 progress: bool = True):
-        if (prompts_from is None) == (split is None):
-            raise UserError("ode_pairs: give exactly one of 'prompts_from' (a latent_shards folder) or 'split' "
-                            "(a toy-world split)")
+                 progress: bool = True, prompts_file: str | None = None, latent_shape: list[int] | None = None):
+        if sum(x is not None for x in (prompts_from, prompts_file, split)) != 1:
+            raise UserError("ode_pairs: give exactly one of 'prompts_from' (a latent_shards folder), 'prompts_file' "
+                            "(one prompt a line) or 'split' (a toy-world split)")
+        if (prompts_file is None) != (latent_shape is None):
+            raise UserError("ode_pairs: 'latent_shape' [F, C, H, W] goes with 'prompts_file' (the noise shape of "
+                            "prompts without latents), and only with it", key="latent_shape")
+        if latent_shape is not None:
+            check_latent_shape(latent_shape, "latent_shape")
         for key, value in (("examples_per_shard", examples_per_shard), ("batch_size", batch_size),
                            ("num_examples", 1 if num_examples is None else num_examples)):
             if value < 1:
@@ -84,7 +92,7 @@ class OdePairsJob(Job):
         self.teacher_forcing = self.sampler.needs_context
         if self.teacher_forcing and prompts_from is None:
             raise UserError("ode_pairs: sampler.teacher_forcing needs the real latents: set 'prompts_from' "
-                            "(a latent_shards folder), not a toy-world 'split'")
+                            "(a latent_shards folder), not a 'prompts_file' or a toy-world 'split'")
         self.text_cfg = text_encoder or dict(DEFAULT_ODE_TEXT_ENCODER)
         validate(self.text_cfg, TEXT_ENCODERS, path="text_encoder")
         self.teacher, self.weights, self.prompts_from, self.split = teacher, check_weights(weights), prompts_from, split
@@ -92,6 +100,7 @@ class OdePairsJob(Job):
         self.negative_prompt, self.frames, self.size = negative_prompt, frames, size
         self.latent_dtype, self.dtype, self.overwrite = latent_dtype, dtype, overwrite
         self.out, self.progress = out, progress
+        self.prompts_file, self.latent_shape = prompts_file, latent_shape
         self._dtype(torch.device("cpu"))  # validate now
 
 
@@ -107,7 +116,9 @@ class OdePairsJob(Job):
                 "prompts_from": self.prompts_from, "split": self.split,
                 "num_examples": self.num_examples, "frames": self.frames, "size": self.size,
                 "examples_per_shard": self.per_shard, "text_encoder": self.text_cfg,
-                "negative_prompt": self.negative_prompt, "latent_dtype": self.latent_dtype}
+                "negative_prompt": self.negative_prompt, "latent_dtype": self.latent_dtype,
+                **({"prompts_file": self.prompts_file, "latent_shape": list(self.latent_shape)}
+                   if self.prompts_file is not None else {})}
 
     def _dtype(self, device: torch.device) -> torch.dtype:
         """The teacher's compute dtype; "auto" = bfloat16 on CUDA, float32 on CPU."""
@@ -118,10 +129,14 @@ class OdePairsJob(Job):
     def _source(self, seed: int):
         if self.prompts_from is not None:
             return ShardPrompts(self.prompts_from, self.num_examples)
+        if self.prompts_file is not None:
+            return PromptFile(self.prompts_file, self.num_examples, self.latent_shape)
         return ToyPrompts(self.split, self.num_examples, seed, self.frames, self.size)
 
     def check_paths(self, recipe_file: str | None) -> None:
         check_teacher_paths(self.teacher, self.weights, self.prompts_from, recipe_file)
+        if self.prompts_file is not None and not Path(self.prompts_file).expanduser().exists():
+            raise missing_path(self.prompts_file, "prompts_file", recipe_file)
 
     def run(self, ctx: RunContext) -> None:
         from tqdm.auto import tqdm
@@ -144,9 +159,16 @@ class OdePairsJob(Job):
                 self._write(ctx, source, out, todo, tqdm, *built)
             ctx.barrier()
             if ctx.is_main:
-                write_index(out, info={"source": self.prompts_from or f"toy_world:{self.split}", **settings},
+                write_index(out, info={"source": self._source_name(), **settings, **self._provenance()},
                             kind="ode_pairs", files=shards)
             ctx.barrier()
+
+    def _source_name(self) -> str:
+        return self.prompts_from or self.prompts_file or f"toy_world:{self.split}"
+
+    def _provenance(self) -> dict:
+        """The prompt file's hash: which prompt set the pairs were made from."""
+        return {"prompts_sha256": file_sha256(self.prompts_file)} if self.prompts_file is not None else {}
 
     def _build(self, ctx: RunContext, source) -> tuple:
         """(text encoder, negative prompt embedding, teacher), shapes checked on every rank."""
@@ -157,7 +179,7 @@ class OdePairsJob(Job):
         model = model.to(ctx.device, self._dtype(ctx.device))
         model.eval().requires_grad_(False)
         check_teacher_shapes(model, source.shape, source.batch(range(1), encoder).embed, negative,
-                             self.prompts_from or "toy codec")  # every rank
+                             self._source_name())  # every rank
         return encoder, negative, model
 
     def _write(self, ctx: RunContext, source, out, todo, tqdm, encoder, negative, model) -> None:

@@ -12,6 +12,7 @@ import torch
 from oneforcing.config.assets import TOY_TEXT_ENCODER
 from oneforcing.data.loader import LatentShards
 from oneforcing.data.pipeline import encode_text
+from oneforcing.data.prompts import check_latent_shape, read_prompt_file
 from oneforcing.errors import UserError
 from oneforcing.registry import DATASETS, MODELS, VAES, build, check_kwargs, validate
 from oneforcing.samplers.common import checked_rollout
@@ -142,6 +143,24 @@ class ShardPrompts:
         return PromptBatch([it["prompt"] for it in items], torch.stack([it["prompt_embed"].float() for it in items]),
                            torch.stack([it["prompt_mask"].bool() for it in items]), [it["metadata"] for it in items],
                            torch.stack([it["latent"].float() for it in items]))
+
+
+class PromptFile:
+    """Prompts of a one-prompt-a-line file (Self Forcing's pair script reads a caption file, SF
+    `scripts/generate_ode_pairs.py` `--caption_path`), encoded by the job's text encoder; no real
+    latents, so the noise shape is the recipe's `latent_shape` [F, C, H, W]."""
+
+    def __init__(self, path: str, num_examples: int | None, latent_shape, key: str = "num_examples"):
+        self.prompts = read_prompt_file(path, key="prompts_file")
+        self.num = len(self.prompts) if num_examples is None else num_examples
+        if self.num > len(self.prompts):
+            raise UserError(f"{key}={self.num} but prompts_file '{path}' holds {len(self.prompts)}", key=key)
+        self.shape = check_latent_shape(latent_shape, "latent_shape")
+
+    def batch(self, indices: range, encoder) -> PromptBatch:
+        prompts = [self.prompts[g] for g in indices]
+        embed, mask = encode_text(encoder, prompts)
+        return PromptBatch(prompts, embed, mask, [{} for _ in prompts], None)
 
 
 class PromptWorld(Protocol):

@@ -81,7 +81,7 @@ class StepContext:
             sampler = sampler or self.sampler
             if sampler is None:
                 raise RuntimeError("this recipe has no `sampler:` but a loss asked for a generator rollout")
-            shape = self.batch.require("latents", "the generator rollout (its noise has the latents' shape)").shape
+            shape = self.batch.rollout_shape("the generator rollout (its noise has the latents' shape)")
             noise = self.cache.setdefault("rollout_noise", self.randn(shape))
             exits = self.ctx.generator("exits", self.step, self.phase, key, per_rank=False)
             with torch.set_grad_enabled(self.phase == "generator"):

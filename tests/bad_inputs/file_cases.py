@@ -107,6 +107,29 @@ def _(w):
     return train()
 
 
+# --- prompt files (prompt_list, the data-free DMD recipes) -------------------------------------
+def prompt_list(path: str) -> str:
+    return ("data={type: prompt_list, path: " + path + ", latent_shape: [3, 4, 4, 4], "
+            "text_encoder: {type: umt5, path: '${assets:toy_text_encoder}', max_length: 16}}")
+
+
+@case("prompt_file_missing", r"data\.path: 'no_prompts\.txt' does not exist")
+def _(w):
+    return train(prompt_list("no_prompts.txt"))
+
+
+@case("prompt_file_empty", r"data\.path: .*prompts\.txt: holds no prompts")
+def _(w):
+    (w.root / "prompts.txt").write_text("")
+    return train(prompt_list("prompts.txt"))
+
+
+@case("prompt_file_empty_line", r"data\.path: .*prompts\.txt:2: empty line")
+def _(w):
+    (w.root / "prompts.txt").write_text("a red ball moving left\n\na blue square\n")
+    return train(prompt_list("prompts.txt"))
+
+
 # --- shard folders ---------------------------------------------------------------------------
 def bad_index(w, change) -> list[str]:
     shards = copy(w.shards, w.root / "shards")
