@@ -39,7 +39,6 @@ TIER = {unit: i for i, units in enumerate(TIERS) for unit in units}
 
 # (importer, imported module) edges that run up the tiers today.
 KNOWN_UPWARD = frozenset({
-    ("oneforcing.runtime", "oneforcing.distributed"),          # broadcast_numbers
     ("oneforcing.study.design", "oneforcing.jobs.base"),       # derive_seed
     ("oneforcing.study.store", "oneforcing.jobs.base"),
     ("oneforcing.jobs.pipeline", "oneforcing.runner"),         # runner.prepare
@@ -47,7 +46,6 @@ KNOWN_UPWARD = frozenset({
 })
 # Circles today, each closed by an import inside a function.
 KNOWN_CIRCLES = frozenset({
-    frozenset({"oneforcing.runtime", "oneforcing.distributed"}),
     frozenset({"oneforcing.trainer.config", "oneforcing.trainer.engines"}),
     frozenset({"oneforcing.registry", "oneforcing.registry.build"}),
     frozenset({"oneforcing.attention", "oneforcing.attention.base", "oneforcing.attention.flash",
