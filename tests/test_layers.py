@@ -43,9 +43,6 @@ KNOWN_UPWARD = frozenset({
 # Circles today, each closed by an import inside a function.
 KNOWN_CIRCLES = frozenset({
     frozenset({"oneforcing.trainer.config", "oneforcing.trainer.engines"}),
-    frozenset({"oneforcing.registry", "oneforcing.registry.build"}),
-    frozenset({"oneforcing.attention", "oneforcing.attention.base", "oneforcing.attention.flash",
-               "oneforcing.attention.flex", "oneforcing.attention.sdpa"}),
 })
 
 
