@@ -11,6 +11,7 @@ circle anywhere, inside a unit either. There are no exceptions.
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -35,6 +36,7 @@ TIERS: tuple[tuple[str, ...], ...] = (
     ("__main__",),
 )
 TIER = {unit: i for i, units in enumerate(TIERS) for unit in units}
+
 
 # --- the checker --------------------------------------------------------------------------------
 def module_names(root: Path) -> dict[str, Path]:
@@ -174,8 +176,6 @@ def test_imports_follow_the_layers(graph):
 
 def test_the_architecture_page_draws_these_tiers():
     """docs/architecture.md's table of tiers is this file's TIERS, row for row."""
-    import re
-
     text = (ROOT.parent / "docs" / "architecture.md").read_text(encoding="utf-8")
     rows = {}
     for line in text.split("## Layers", 1)[1].split("```")[1].splitlines():
