@@ -55,7 +55,7 @@ def measure_p3(recipe: str, overrides: list[str], steps: int, warmup: int) -> li
     import torch
 
     from oneforcing.distributed import init_distributed
-    from oneforcing.runner import prepare
+    from oneforcing.jobs.base import prepare
     from oneforcing.trainer import build_trainer
 
     run_dir = tempfile.mkdtemp(prefix="of-bench-")

@@ -79,7 +79,7 @@ def _job_name(arg: str) -> str | None:
 
 def cmd_show(args: list[str]) -> int:
     from oneforcing.config import dump_recipe, load_recipe
-    from oneforcing.runner import prepare
+    from oneforcing.jobs.base import prepare
 
     if not args:
         print("error: usage: oneforcing show RECIPE|JOB [key=value ...]", file=sys.stderr)

@@ -95,36 +95,3 @@ def teardown_distributed() -> None:
         except Exception:  # noqa: BLE001 - a peer already gone must not mask the real exit status
             pass
         torch.distributed.destroy_process_group()
-
-
-def broadcast_numbers(values: list | None, src: int = 0, dtype: torch.dtype = torch.int64) -> list:
-    """Rank `src`'s list of numbers on every rank (others pass None), sent as tensors: the
-    length, then the values. Unlike broadcast_object_list nothing is pickled, so no rank runs
-    code it receives. A no-op outside torch.distributed."""
-    dist = torch.distributed
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return list(values)
-    mine = dist.get_rank() == src
-    length = torch.tensor([len(values) if mine else 0], dtype=torch.int64)
-    dist.broadcast(length, src=src)
-    data = torch.tensor(list(values), dtype=dtype) if mine else torch.zeros(int(length.item()), dtype=dtype)
-    dist.broadcast(data, src=src)
-    return data.tolist()
-
-
-def gather_bytes(data: bytes, dst: int = 0) -> list[bytes]:
-    """Every rank's `data` on rank `dst`, in rank order (other ranks get []), sent as uint8 tensors
-    (sizes first, then padded payloads): like broadcast_numbers, nothing is pickled."""
-    dist = torch.distributed
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return [data]
-    world, rank = dist.get_world_size(), dist.get_rank()
-    sizes = [torch.zeros(1, dtype=torch.int64) for _ in range(world)]
-    dist.all_gather(sizes, torch.tensor([len(data)], dtype=torch.int64))
-    width = max(1, max(int(n) for n in sizes))
-    payload = torch.zeros(width, dtype=torch.uint8)
-    if data:
-        payload[:len(data)] = torch.frombuffer(bytearray(data), dtype=torch.uint8)
-    box = [torch.zeros(width, dtype=torch.uint8) for _ in range(world)] if rank == dst else None
-    dist.gather(payload, box, dst=dst)
-    return [bytes(t[:int(n)].numpy()) for t, n in zip(box, sizes)] if rank == dst else []

@@ -1,5 +1,6 @@
 """The bottom layer every other layer may import: the run context (rank, device, seeds, the
-resolved recipe) and seed derivation. Imports nothing from oneforcing but `distributed` (lazily).
+resolved recipe), seed derivation, and the two collectives jobs use (numbers broadcast, bytes
+gathered; neither pickles). Imports nothing from oneforcing but `errors`.
 
     jobs/ and trainer/ -> runtime        (never trainer -> jobs)
 """
@@ -76,8 +77,6 @@ class RunContext:
 
     def broadcast_numbers(self, values: list, src: int = 0, dtype: torch.dtype = torch.int64) -> list:
         """Rank `src`'s list of numbers on every rank, as tensors (nothing is pickled)."""
-        from oneforcing.distributed import broadcast_numbers
-
         if not (self.distributed and torch.distributed.is_initialized()):
             return list(values)
         return broadcast_numbers(values if self.rank == src else None, src=src, dtype=dtype)
@@ -86,3 +85,36 @@ class RunContext:
 def env_int(name: str, default: int) -> int:
     value = os.environ.get(name)
     return int(value) if value not in (None, "") else default
+
+
+def broadcast_numbers(values: list | None, src: int = 0, dtype: torch.dtype = torch.int64) -> list:
+    """Rank `src`'s list of numbers on every rank (others pass None), sent as tensors: the
+    length, then the values. Unlike broadcast_object_list nothing is pickled, so no rank runs
+    code it receives. A no-op outside torch.distributed."""
+    dist = torch.distributed
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return list(values)
+    mine = dist.get_rank() == src
+    length = torch.tensor([len(values) if mine else 0], dtype=torch.int64)
+    dist.broadcast(length, src=src)
+    data = torch.tensor(list(values), dtype=dtype) if mine else torch.zeros(int(length.item()), dtype=dtype)
+    dist.broadcast(data, src=src)
+    return data.tolist()
+
+
+def gather_bytes(data: bytes, dst: int = 0) -> list[bytes]:
+    """Every rank's `data` on rank `dst`, in rank order (other ranks get []), sent as uint8 tensors
+    (sizes first, then padded payloads): like broadcast_numbers, nothing is pickled."""
+    dist = torch.distributed
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return [data]
+    world, rank = dist.get_world_size(), dist.get_rank()
+    sizes = [torch.zeros(1, dtype=torch.int64) for _ in range(world)]
+    dist.all_gather(sizes, torch.tensor([len(data)], dtype=torch.int64))
+    width = max(1, max(int(n) for n in sizes))
+    payload = torch.zeros(width, dtype=torch.uint8)
+    if data:
+        payload[:len(data)] = torch.frombuffer(bytearray(data), dtype=torch.uint8)
+    box = [torch.zeros(width, dtype=torch.uint8) for _ in range(world)] if rank == dst else None
+    dist.gather(payload, box, dst=dst)
+    return [bytes(t[:int(n)].numpy()) for t, n in zip(box, sizes)] if rank == dst else []

@@ -143,7 +143,7 @@ def test_bad_input(case_id, expect, make, fixtures, tmp_path, monkeypatch):
 
 def test_command_line_references_resolve_without_a_recipe():
     """The good counterpart of the reference cases: `${...}` works in overrides alone."""
-    from oneforcing.runner import prepare
+    from oneforcing.jobs.base import prepare
 
     recipe, _, job = prepare(None, ["_root=runs/x", "out=${_root}/data", "num_examples=${_n}", "_n=3"],
                              job_name="toy_data")

@@ -122,11 +122,13 @@ def _padding_worker(rank: int, port: int, out_dir: str) -> None:
     torch.set_num_threads(1)
     torch.distributed.init_process_group("gloo", rank=rank, world_size=2)
     try:
-        from oneforcing.trainer.engines import DeepSpeedOptions, OptimizerConfig, TrainedRole, zero_partition_padding
+        from oneforcing.trainer.config import DeepSpeedOptions, OptimizerConfig
+        from oneforcing.trainer.engines import DeepSpeedPlan, TrainedRole, zero_partition_padding
 
         torch.manual_seed(0)
         module = torch.nn.Sequential(torch.nn.Linear(3, 5), torch.nn.Linear(5, 1))  # 15, 5, 5, 1 elements
-        role = TrainedRole("generator", module, OptimizerConfig(), DeepSpeedOptions(zero_stage=3, zero_init=False))
+        plan = DeepSpeedPlan.resolve(DeepSpeedOptions(zero_stage=3, zero_init=False), world_size=2)
+        role = TrainedRole("generator", module, OptimizerConfig(), plan)
         opt = role.engine.optimizer
         after_init = [torch.cat(parts).detach().clone() for parts in _padding(opt)]
         shares = [p.ds_tensor.detach().clone() for p in role.module.parameters()]

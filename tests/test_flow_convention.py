@@ -9,7 +9,7 @@ import torch
 
 from oneforcing.errors import RecipeError
 from oneforcing.registry import LOSSES, REAL_SOURCES, SAMPLERS, TIMESTEP_SAMPLERS, build, load_plugins
-from oneforcing.runner import prepare
+from oneforcing.jobs.base import prepare
 from oneforcing.schedulers import FlowMatchScheduler, build_flow
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"

@@ -4,14 +4,14 @@ unit may import which, the toy world apart from the core, and no import circle.
 A unit is a top-level package or module of oneforcing (`jobs`, `trainer`, `runtime`, ...). A unit
 may import its own modules and the units of lower tiers, never a sibling of its tier nor anything
 above it. Imports inside functions count: an import hidden in a function still couples the layers.
-The toy world (`oneforcing.toy`) may use the whole core; no core unit may import it, and no circle
-may run through it. KNOWN_UPWARD and KNOWN_CIRCLES are the exceptions issue 23 removes; an entry
-that no longer occurs fails too, so the lists only shrink.
+The toy world (`oneforcing.toy`) may use the whole core; no core unit may import it. No import
+circle anywhere, inside a unit either. There are no exceptions.
 """
 
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -36,23 +36,6 @@ TIERS: tuple[tuple[str, ...], ...] = (
     ("__main__",),
 )
 TIER = {unit: i for i, units in enumerate(TIERS) for unit in units}
-
-# (importer, imported module) edges that run up the tiers today.
-KNOWN_UPWARD = frozenset({
-    ("oneforcing.runtime", "oneforcing.distributed"),          # broadcast_numbers
-    ("oneforcing.study.design", "oneforcing.jobs.base"),       # derive_seed
-    ("oneforcing.study.store", "oneforcing.jobs.base"),
-    ("oneforcing.jobs.pipeline", "oneforcing.runner"),         # runner.prepare
-    ("oneforcing.toy.jobs.report", "oneforcing.runner"),
-})
-# Circles today, each closed by an import inside a function.
-KNOWN_CIRCLES = frozenset({
-    frozenset({"oneforcing.runtime", "oneforcing.distributed"}),
-    frozenset({"oneforcing.trainer.config", "oneforcing.trainer.engines"}),
-    frozenset({"oneforcing.registry", "oneforcing.registry.build"}),
-    frozenset({"oneforcing.attention", "oneforcing.attention.base", "oneforcing.attention.flash",
-               "oneforcing.attention.flex", "oneforcing.attention.sdpa"}),
-})
 
 
 # --- the checker --------------------------------------------------------------------------------
@@ -160,14 +143,8 @@ def circles(graph: dict[str, set[str]]) -> set[frozenset[str]]:
 def problems(graph: dict[str, set[str]]) -> list[str]:
     """Every breach of the layers, one line each (empty: the graph keeps them)."""
     out = [f"{a} imports {b}: the core never imports oneforcing.toy" for a, b in sorted(core_imports_of_toy(graph))]
-    upward = upward_imports(graph)
-    out += [f"{a} imports {b}: up the layers (tests/test_layers.py TIERS)" for a, b in sorted(upward - KNOWN_UPWARD)]
-    out += [f"KNOWN_UPWARD lists {a} -> {b}, which no longer occurs: remove it"
-            for a, b in sorted(KNOWN_UPWARD - upward)]
-    found = circles(graph)
-    out += [f"import circle: {' <-> '.join(sorted(c))}" for c in sorted(found - KNOWN_CIRCLES, key=sorted)]
-    out += [f"KNOWN_CIRCLES lists {' <-> '.join(sorted(c))}, which no longer occurs: remove it"
-            for c in sorted(KNOWN_CIRCLES - found, key=sorted)]
+    out += [f"{a} imports {b}: up the layers (tests/test_layers.py TIERS)" for a, b in sorted(upward_imports(graph))]
+    out += [f"import circle: {' <-> '.join(sorted(c))}" for c in sorted(circles(graph), key=sorted)]
     return out
 
 
@@ -197,6 +174,17 @@ def test_imports_follow_the_layers(graph):
     assert problems(graph) == []
 
 
+def test_the_architecture_page_draws_these_tiers():
+    """docs/architecture.md's table of tiers is this file's TIERS, row for row."""
+    text = (ROOT.parent / "docs" / "architecture.md").read_text(encoding="utf-8")
+    rows = {}
+    for line in text.split("## Layers", 1)[1].split("```")[1].splitlines():
+        match = re.match(r"\s{1,2}(\d+)   (.+?)(\s{2,}|$)", line)
+        if match:
+            rows[int(match[1])] = {u.replace("(__init__)", "").strip() for u in match[2].split(",")}
+    assert rows == {i: set(units) for i, units in enumerate(TIERS)}
+
+
 # --- the checker can fail -----------------------------------------------------------------------
 def test_a_violating_graph_is_reported():
     bad = {
@@ -210,8 +198,9 @@ def test_a_violating_graph_is_reported():
     assert "oneforcing.data.loader imports oneforcing.toy.world: the core never imports oneforcing.toy" in found
     assert "oneforcing.data.loader imports oneforcing.trainer.loop: up the layers (tests/test_layers.py TIERS)" in found
     assert "import circle: oneforcing.data.loader <-> oneforcing.toy.world" in found
-    # the known exceptions are not in this graph: each is reported as stale
-    assert sum(line.startswith("KNOWN_") for line in found) == len(KNOWN_UPWARD) + len(KNOWN_CIRCLES)
+    # a circle inside one unit, closed by an import in a function, is one too
+    inner = {"oneforcing.registry": {"oneforcing.registry.build"}, "oneforcing.registry.build": {"oneforcing.registry"}}
+    assert problems(inner) == ["import circle: oneforcing.registry <-> oneforcing.registry.build"]
     with pytest.raises(KeyError):  # a unit without a tier cannot pass silently
         upward_imports({"oneforcing.newunit.x": {"oneforcing.jobs.base"}})
 

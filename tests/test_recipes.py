@@ -118,7 +118,7 @@ def test_assets_reference(tmp_path):
 def test_every_stage_and_task_of_the_toy_pipelines_builds(root, name):
     """The demo's stages and the reports' tasks, with the overrides they add (a label with ': '
     once reached a stage as a YAML mapping, after the demo had trained for minutes)."""
-    from oneforcing.runner import prepare
+    from oneforcing.jobs.base import prepare
 
     toy = root / "recipes" / "toy"
     _, _, job = prepare(str(toy / name), [])

@@ -69,7 +69,7 @@ def test_plan_and_keys_cover_every_method_seed_and_reference(tmp_path):
 
 
 def _resolved_train(task):
-    from oneforcing.runner import prepare
+    from oneforcing.jobs.base import prepare
 
     return prepare(*task.commands[0])[0]
 
@@ -84,7 +84,7 @@ def test_training_keeps_the_recipes_inference_weights(tmp_path):
 
 
 def test_the_gan_control_is_the_framewise_recipe_with_gan_weights_zero():
-    from oneforcing.runner import prepare
+    from oneforcing.jobs.base import prepare
 
     _, _, job = prepare(str(ROOT / "recipes/toy/report.yaml"), [])
     assert len(job.seeds) >= 5 and job.margin > 0 and job.curvature is not None

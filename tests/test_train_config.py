@@ -76,6 +76,27 @@ def test_errors_name_the_dotted_key(over, key, text):
     assert str(exc.value).startswith(f"r.yaml: {key}: ")
 
 
+def test_zero_stage_auto_is_resolved_by_the_engines_from_the_world_size_they_are_given(monkeypatch):
+    from oneforcing.trainer.engines import DeepSpeedPlan
+
+    monkeypatch.setenv("WORLD_SIZE", "4")  # the launcher's variable: the typed config ignores it
+    cfg = TrainConfig.from_recipe(recipe(deepspeed={"zero_stage": "auto"}))
+    assert cfg.deepspeed.zero_stage == "auto"
+    assert DeepSpeedPlan.resolve(cfg.deepspeed, world_size=1).zero_stage == 0
+    assert DeepSpeedPlan.resolve(cfg.deepspeed, world_size=2).sharded
+    assert DeepSpeedPlan.resolve(DeepSpeedOptions(zero_stage=0), world_size=8).zero_stage == 0
+    assert DeepSpeedPlan.resolve(DeepSpeedOptions(), world_size=1).config()["zero_optimization"]["stage"] == 3
+
+
+def test_the_step_counts_defaults_are_the_schedules():
+    from oneforcing.trainer.config import Schedule
+
+    cfg = TrainConfig.from_recipe(recipe())
+    assert cfg.schedule == Schedule(steps=3)
+    text = (PKG / "trainer" / "config.py").read_text()
+    assert "os.environ" not in text and "getenv" not in text  # pure data: nothing read from the launch
+
+
 def test_show_exits_2_with_the_dotted_key(tmp_path):
     (tmp_path / "r.yaml").write_text(
         "job: train\nrun_dir: r\nsteps: 1\ndata: {type: latent_shards, path: d}\n"
@@ -124,10 +145,11 @@ def test_models_and_critics_know_nothing_of_distribution():
 
 def _role(cfg, registry, role="generator", seed=0, **ds):
     from oneforcing.runtime import RunContext
+    from oneforcing.trainer.engines import DeepSpeedPlan
     from oneforcing.trainer.placement import build_role_module
 
-    return build_role_module(cfg, registry, role=role, ds=DeepSpeedOptions(zero_stage=0, **ds), lora=None,
-                             ctx=RunContext(seed=seed))
+    plan = DeepSpeedPlan.resolve(DeepSpeedOptions(zero_stage=0, **ds), world_size=1)
+    return build_role_module(cfg, registry, role=role, plan=plan, lora=None, ctx=RunContext(seed=seed))
 
 
 def test_placement_loads_a_pretrained_model_from_the_meta_device(tmp_path, monkeypatch):

@@ -128,7 +128,8 @@ def test_zero3_gather_limits_follow_the_block_size():
     kept every parameter of a model called several times per update gathered on every rank)."""
     from oneforcing.models.causal_wan import CausalWan
     from oneforcing.testing.tiny_wan import TINY_WAN_CONFIG
-    from oneforcing.trainer.engines import DeepSpeedOptions, zero3_limits
+    from oneforcing.trainer.config import DeepSpeedOptions
+    from oneforcing.trainer.engines import DeepSpeedPlan, zero3_limits
 
     model = CausalWan(config={**TINY_WAN_CONFIG, "num_layers": 3})
     block = sum(p.numel() for p in model.blocks[0].parameters())
@@ -144,12 +145,15 @@ def test_zero3_gather_limits_follow_the_block_size():
         p.data = torch.empty(0)
     assert zero3_limits(model) == limits
 
-    zero = DeepSpeedOptions(zero_stage=3).to_config(1.0, model=model)["zero_optimization"]
+    def plan(**ds) -> DeepSpeedPlan:
+        return DeepSpeedPlan.resolve(DeepSpeedOptions(**ds), world_size=2)
+
+    zero = plan(zero_stage=3).config(1.0, model=model)["zero_optimization"]
     assert zero["stage3_max_live_parameters"] == 2 * block and zero["stage3_param_persistence_threshold"] == 0
-    assert "stage3_max_live_parameters" not in DeepSpeedOptions(zero_stage=3).to_config()["zero_optimization"]
-    assert "stage3_max_live_parameters" not in DeepSpeedOptions(zero_stage=0).to_config(model=model)["zero_optimization"]
+    assert "stage3_max_live_parameters" not in plan(zero_stage=3).config()["zero_optimization"]
+    assert "stage3_max_live_parameters" not in plan(zero_stage=0).config(model=model)["zero_optimization"]
     extra = {"zero_optimization": {"stage3_max_live_parameters": 7}}  # a recipe's raw keys still win
-    assert DeepSpeedOptions(zero_stage=3, extra=extra).to_config(model=model)["zero_optimization"][
+    assert plan(zero_stage=3, extra=extra).config(model=model)["zero_optimization"][
         "stage3_max_live_parameters"] == 7
 
     linear = torch.nn.Linear(5, 3)  # no ModuleList: its largest module's own tensors

@@ -1,4 +1,4 @@
-"""The attention-backend interface and the one place that picks a backend.
+"""The attention-backend interface (the backend is picked in resolve.py).
 
 A backend is a callable object:
 
@@ -7,22 +7,13 @@ A backend is a callable object:
 `mask` is None (every query sees every key) or a `FrameMask` (block-causal / teacher forcing).
 Backends hold no global state, so two models with different backends coexist in one process.
 The scale is always 1/sqrt(D), as in Wan.
-
-`resolve_attention(name, device)` is called once per model at build time and logs one line saying
-which backend runs and why; asking explicitly for a backend that cannot run here is a UserError.
 """
 
 from __future__ import annotations
 
-import logging
-
 import torch
 
 from oneforcing.attention.masks import FrameMask, take
-from oneforcing.errors import UserError
-from oneforcing.registry import ATTENTION
-
-log = logging.getLogger("oneforcing")
 
 
 class AttentionBackend:
@@ -64,33 +55,3 @@ def _flash_importable() -> str | None:
     except Exception as err:  # noqa: BLE001 - any import failure means "not usable"
         return f"flash-attn not importable ({type(err).__name__})"
     return None
-
-
-def resolve_attention(name: str = "auto", device: str | torch.device | None = None,
-                      *, owner: str = "model") -> AttentionBackend:
-    """Pick the backend for a model once, log one line saying which and why.
-
-    auto: flash on CUDA when flash-attn imports, else sdpa (flex only when asked for: it needs
-    torch.compile to be fast). An explicit name that cannot run on `device` -> UserError."""
-    import oneforcing.attention  # noqa: F401 - registers the built-in backends
-
-    if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(device)
-    if name == "auto":
-        if device.type == "cuda" and _flash_importable() is None:
-            chosen, why = "flash", "auto: CUDA device and flash-attn importable"
-        elif device.type == "cuda":
-            chosen, why = "sdpa", f"auto: CUDA device but {_flash_importable()}"
-        else:
-            chosen, why = "sdpa", f"auto: {device.type} device (flash needs CUDA)"
-    else:
-        chosen, why = name, "requested"
-    cls = ATTENTION.get(chosen)  # unknown name -> RegistryError with did-you-mean
-    reason = cls.unavailable_reason(device)  # the attention contract (registry/contracts.py)
-    if reason is not None:
-        raise UserError(f"attention backend '{chosen}' cannot run on {device.type}: {reason}; "
-                        "use attention: auto or sdpa")
-    backend = cls()
-    log.info("%s attention: %s (%s, device %s)", owner, chosen, why, device.type)
-    return backend

@@ -51,6 +51,7 @@ from oneforcing.jobs.shared import (DEFAULT_ODE_TEXT_ENCODER, PromptFile, ShardP
                                     load_generator_model, model_config, resolve_model_dir)
 from oneforcing.models.text_encoder import parse_dtype
 from oneforcing.registry import JOBS, TEXT_ENCODERS, build, validate
+from oneforcing.runtime import gather_bytes
 from oneforcing.samplers.teacher_ode import TeacherODE
 
 log = logging.getLogger("oneforcing")
@@ -237,8 +238,6 @@ class OdePairsJob(Job):
 def _gather(ctx: RunContext, parts: list, dst: int) -> list:
     """Every rank's `parts` ([(first example, batch dict)]) concatenated on rank `dst` (other ranks
     get []). Each rank packs its parts as JSON (strings, metadata) + safetensors (tensors) bytes."""
-    from oneforcing.distributed import gather_bytes  # here: distributed imports the job registry
-
     if not ctx.distributed:
         return parts
     header = [{"start": start, **{k: v for k, v in batch.items() if not isinstance(v, torch.Tensor)}}

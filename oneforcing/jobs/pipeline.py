@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from oneforcing.errors import UserError
-from oneforcing.jobs.base import Job, RunContext
+from oneforcing.jobs.base import Job, RunContext, prepare
 from oneforcing.registry import JOBS
 
 log = logging.getLogger("oneforcing")
@@ -43,8 +43,6 @@ class Pipeline(Job):
     def prepare_stages(self, base: Path) -> list[tuple]:
         """Load and build every stage's recipe (stage recipes are relative to `base`); raises the
         first UserError under its `stages[i]` key."""
-        from oneforcing.runner import prepare
-
         prepared = []
         for i, stage in enumerate(self.stages):
             path = base / stage["recipe"]

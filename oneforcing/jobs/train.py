@@ -38,7 +38,7 @@ class Train(Job):
         self.check_paths(ctx.recipe_file)
         cfg = self.config
         trainer = build_trainer(cfg, ctx)
-        final_step = trainer.fit(cfg.schedule.resume)
+        final_step = trainer.fit()
         if cfg.export is not None and final_step >= cfg.steps:
             from oneforcing.trainer.export import export_generator
 

@@ -21,6 +21,8 @@ from pathlib import Path
 from typing import Any, Literal, Union, get_args, get_origin
 
 from oneforcing.errors import ComponentError, RecipeError, UserError, did_you_mean
+from oneforcing.registry.kinds import REGISTRIES
+from oneforcing.registry.plugins import load_plugins
 
 _EMPTY = inspect.Parameter.empty
 
@@ -333,8 +335,6 @@ def _walk(cfg: Any, registry, *, path: str, file: str | None, provided: dict, co
 def _walk_any(cfg: dict, *, path: str, file: str | None, prefer, annotation: Any, provided: dict,
               construct: bool) -> Any:
     """`_walk` for a nested config whose registry is not fixed (see `build_from_any`)."""
-    from oneforcing.registry import REGISTRIES, load_plugins
-
     load_plugins()
     name = cfg["type"]
     if ":" in name:

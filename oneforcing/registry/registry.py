@@ -8,6 +8,7 @@ from typing import Any, Callable
 
 from oneforcing.errors import RegistryError, did_you_mean
 from oneforcing.registry.contracts import CONTRACTS, Contract
+from oneforcing.registry.plugins import load_plugins
 
 
 @dataclass(frozen=True)
@@ -76,8 +77,6 @@ class Registry:
     def find(self, name: str) -> Entry | None:
         """Look a name up without raising, loading plugins once on the first miss."""
         if name not in self._entries:
-            from oneforcing.registry.plugins import load_plugins
-
             load_plugins()
         return self._entries.get(name)
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from oneforcing.errors import UserError
-from oneforcing.jobs.base import derive_seed
+from oneforcing.runtime import derive_seed
 from oneforcing.video import mp4_problem
 
 VIDEO_NAME = "{prompt}-{sample}.mp4"  # VBench's layout, as `generate` and `toy_eval` write it

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from oneforcing.errors import UserError
-from oneforcing.jobs.base import derive_seed
+from oneforcing.runtime import derive_seed
 from oneforcing.study import CHOICES
 from oneforcing.study.design import StudyDesign, file_sha256
 

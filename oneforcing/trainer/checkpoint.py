@@ -16,20 +16,30 @@ import logging
 import re
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 from oneforcing.errors import UserError
-from oneforcing.trainer.state_io import load_state, save_state, write_json_atomic
+from oneforcing.trainer.config import Schedule
+from oneforcing.trainer.state_io import check_state, load_state, save_state, write_json_atomic
 
 FORMAT = "oneforcing-checkpoint-v1"
 _STEP_DIR = re.compile(r"step_\d{8}")
 log = logging.getLogger("oneforcing")
 
 
+@dataclass(frozen=True)
+class ResumePoint:
+    """The checkpoint a run resumes from, found and checked once, before any model is built."""
+
+    path: Path
+    meta: dict   # its meta.json, as `CheckpointManager.check` read it
+
+
 class CheckpointManager:
-    def __init__(self, root: str | Path, *, rank: int, world_size: int, keep_last: int | None = 2,
-                 barrier: Callable[[], None] = lambda: None):
+    def __init__(self, root: str | Path, *, rank: int, world_size: int,
+                 keep_last: int | None = Schedule.keep_last, barrier: Callable[[], None] = lambda: None):
         self.root = Path(root)
         self.rank, self.world_size = rank, world_size
         self.keep_last = keep_last
@@ -123,6 +133,12 @@ class CheckpointManager:
             raise UserError(f"resume: '{resume}' is not a complete oneforcing checkpoint (no meta.json)")
         return path
 
+    def resume_point(self, resume: str | None, names: list[str], recipe: dict) -> ResumePoint | None:
+        """The recipe's `resume` (auto | never | a path) resolved and checked, once per run: None
+        for a fresh start; a resume that cannot work is a UserError here."""
+        path = self.resolve(resume)
+        return ResumePoint(path, self.check(path, names, recipe)) if path is not None else None
+
     def read_meta(self, path: Path) -> dict:
         """meta.json of a checkpoint, checked for what resuming needs."""
         file = path / "meta.json"
@@ -141,8 +157,6 @@ class CheckpointManager:
         """Everything about a checkpoint that can be checked without loading its tensors, so a
         resume that cannot work fails before any model is built: metadata, the recipe's models,
         rank count, states, and each of this rank's files (safetensors header, JSON skeleton)."""
-        from oneforcing.trainer.state_io import check_state
-
         meta = self.read_meta(path)
         changed = model_recipe_changes(meta.get("recipe"), recipe)
         if changed:

@@ -7,12 +7,13 @@ Schedule) and every component config is checked by the registry's `validate` (th
 takes, constructing nothing). A mistake anywhere is one UserError naming the dotted key, which
 the runner prints with the recipe file (exit 2), before any engine starts or any model loads.
 
-Imports nothing from `oneforcing.jobs` (jobs/train.py is a thin adapter over this module).
+Pure typed data: nothing here reads the environment or knows DeepSpeed's schema (trainer/engines.py
+turns `deepspeed:` into DeepSpeed's config for the world size it is given). Imports nothing from
+`oneforcing.jobs` (jobs/train.py is a thin adapter over this module).
 """
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
@@ -48,7 +49,8 @@ class OptimizerConfig:
 
 @dataclass
 class DeepSpeedOptions:
-    """Recipe key `deepspeed:`; mapped onto a DeepSpeed config dict by `to_config`."""
+    """Recipe key `deepspeed:`, as the recipe gives it. trainer/engines.py resolves it for the run's
+    world size (`DeepSpeedPlan`: the ZeRO stage of "auto") and writes DeepSpeed's config from it."""
 
     zero_stage: int | str = 3          # 3, 0 (no sharding), or "auto": 3 on >= 2 ranks, else 0
     precision: str = "fp32"            # fp32 | bf16
@@ -62,12 +64,7 @@ class DeepSpeedOptions:
     extra: dict = field(default_factory=dict)  # raw DeepSpeed keys merged last
 
     def __post_init__(self):
-        if self.zero_stage == "auto":
-            # One process has nothing to shard, and ZeRO-3's per-module gather hooks cost more than
-            # a tiny model's forward (toy iterations run ~4x faster unsharded on one CPU process).
-            world = int(os.environ.get("WORLD_SIZE", "1"))
-            self.zero_stage = 3 if world > 1 else 0
-        if self.zero_stage not in (0, 3):
+        if self.zero_stage not in (0, 3, "auto"):
             raise UserError(f"{self.zero_stage!r} is not supported (use 3, 0 for no sharding, or auto)",
                             key="deepspeed.zero_stage")
         if self.precision not in ("fp32", "bf16"):
@@ -80,34 +77,6 @@ class DeepSpeedOptions:
     @property
     def dtype(self) -> torch.dtype:
         return torch.bfloat16 if self.precision == "bf16" else torch.float32
-
-    def to_config(self, grad_clip: float | None = None, *, trained: bool = True,
-                  model: torch.nn.Module | None = None) -> dict:
-        """`model` sizes ZeRO-3's gather limits (see `zero3_limits`); without it (the config that
-        `deepspeed.zero.Init` reads to partition at construction) nothing is gathered yet."""
-        zero: dict = {"stage": self.zero_stage}
-        if self.zero_stage == 3:
-            zero["stage3_param_persistence_threshold"] = 0
-            if model is not None:
-                from oneforcing.trainer.engines import zero3_limits
-
-                zero.update(zero3_limits(model))
-            if self.offload_params:
-                zero["offload_param"] = {"device": "cpu", "pin_memory": torch.cuda.is_available()}
-            if self.offload_optimizer and trained:
-                zero["offload_optimizer"] = {"device": "cpu", "pin_memory": torch.cuda.is_available()}
-        cfg = {
-            "train_micro_batch_size_per_gpu": self.micro_batch_size,
-            "gradient_accumulation_steps": self.gradient_accumulation,
-            "zero_optimization": zero,
-            "bf16": {"enabled": self.precision == "bf16"},
-            "steps_per_print": 10**12,
-            "wall_clock_breakdown": False,
-            "zero_allow_untested_optimizer": True,
-        }
-        if grad_clip:
-            cfg["gradient_clipping"] = grad_clip
-        return _deep_update(cfg, self.extra)
 
 
 @dataclass
@@ -221,14 +190,16 @@ class TrainConfig:
 
 def _from_keys(run_dir: str, models: dict, data: dict, steps: int,
                generator_losses: list[dict] | None = None, critic_losses: list[dict] | None = None,
-               generator_every: int = 5, generator_start: int = 0, sampler: dict | None = None,
-               scheduler: dict | None = None, timesteps: dict | None = None,
+               generator_every: int = Schedule.generator_every, generator_start: int = Schedule.generator_start,
+               sampler: dict | None = None, scheduler: dict | None = None, timesteps: dict | None = None,
                optim: dict | None = None, deepspeed: dict | None = None, ema: dict | None = None,
-               checkpoint_every: int = 50, keep_last: int = 2, resume: str = "auto",
-               text_encoder: dict | None = None, negative_prompt: str | None = None,
-               loggers: list[str | dict] | None = None, export: dict | None = None, max_bad_steps: int = 3,
-               log_every: int = 1, lora: dict | None = None, ode_data: dict | None = None) -> TrainConfig:
-    """The train recipe's top-level keys (this signature declares them) -> TrainConfig."""
+               checkpoint_every: int = Schedule.checkpoint_every, keep_last: int = Schedule.keep_last,
+               resume: str = Schedule.resume, text_encoder: dict | None = None, negative_prompt: str | None = None,
+               loggers: list[str | dict] | None = None, export: dict | None = None,
+               max_bad_steps: int = Schedule.max_bad_steps, log_every: int = Schedule.log_every,
+               lora: dict | None = None, ode_data: dict | None = None) -> TrainConfig:
+    """The train recipe's top-level keys (this signature declares them) -> TrainConfig. The step
+    counts' defaults are Schedule's (written there once)."""
     unknown = set(models) - set(ROLES)
     if unknown:
         raise UserError(f"unknown role '{sorted(unknown)[0]}' (roles: {', '.join(ROLES)})", key="models")
@@ -307,9 +278,3 @@ def section(cls, cfg: Any, path: str):
         raise UserError(f"expected a mapping, got {cfg!r}", key=path)
     return cls(**check_kwargs(cls, dict(cfg), what=path, path=path))
 
-
-def _deep_update(base: dict, top: dict) -> dict:
-    out = dict(base)
-    for k, v in top.items():
-        out[k] = _deep_update(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out

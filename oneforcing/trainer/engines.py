@@ -1,4 +1,6 @@
-"""Roles -> DeepSpeed engines. The only module in the project that talks to DeepSpeed.
+"""Roles -> DeepSpeed engines. The only module in the project that talks to DeepSpeed, and the one
+place that knows its schema: `DeepSpeedPlan` resolves the recipe's `deepspeed:` options for the
+run's world size (the ZeRO stage of `auto`) and writes DeepSpeed's config dict.
 
 A trained role (generator, critic) becomes a DeepSpeed engine with its own AdamW; a frozen role
 (real_score) becomes a ZeRO-3 inference engine or stays a plain module. Models are always
@@ -16,10 +18,12 @@ import logging
 import math
 import os
 import sys
+from dataclasses import dataclass
+
 import torch
 
 from oneforcing.errors import UserError
-from oneforcing.trainer.config import DeepSpeedOptions, OptimizerConfig  # noqa: F401 - re-exported
+from oneforcing.trainer.config import DeepSpeedOptions, OptimizerConfig
 
 log = logging.getLogger("oneforcing")
 
@@ -49,6 +53,63 @@ def import_deepspeed():
             os.environ.setdefault(var, value)  # DeepSpeed reads these even for one process
         torch.distributed.init_process_group(backend, init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
     return deepspeed
+
+
+@dataclass(frozen=True)
+class DeepSpeedPlan:
+    """The recipe's `deepspeed:` options resolved for one run: what placement and the engines read.
+    Build it with `resolve`, from the world size the caller knows (the run context's)."""
+
+    options: DeepSpeedOptions
+    zero_stage: int                    # 0 or 3: "auto" is decided
+
+    @classmethod
+    def resolve(cls, options: DeepSpeedOptions, world_size: int) -> "DeepSpeedPlan":
+        stage = options.zero_stage
+        if stage == "auto":
+            # One process has nothing to shard, and ZeRO-3's per-module gather hooks cost more than
+            # a tiny model's forward (toy iterations run ~4x faster unsharded on one CPU process).
+            stage = 3 if world_size > 1 else 0
+        return cls(options, stage)
+
+    @property
+    def sharded(self) -> bool:
+        return self.zero_stage == 3
+
+    def config(self, grad_clip: float | None = None, *, trained: bool = True,
+               model: torch.nn.Module | None = None) -> dict:
+        """DeepSpeed's config dict. `model` sizes ZeRO-3's gather limits (see `zero3_limits`);
+        without it (the config that `deepspeed.zero.Init` reads to partition at construction)
+        nothing is gathered yet."""
+        ds = self.options
+        zero: dict = {"stage": self.zero_stage}
+        if self.sharded:
+            zero["stage3_param_persistence_threshold"] = 0
+            if model is not None:
+                zero.update(zero3_limits(model))
+            if ds.offload_params:
+                zero["offload_param"] = {"device": "cpu", "pin_memory": torch.cuda.is_available()}
+            if ds.offload_optimizer and trained:
+                zero["offload_optimizer"] = {"device": "cpu", "pin_memory": torch.cuda.is_available()}
+        cfg = {
+            "train_micro_batch_size_per_gpu": ds.micro_batch_size,
+            "gradient_accumulation_steps": ds.gradient_accumulation,
+            "zero_optimization": zero,
+            "bf16": {"enabled": ds.precision == "bf16"},
+            "steps_per_print": 10**12,
+            "wall_clock_breakdown": False,
+            "zero_allow_untested_optimizer": True,
+        }
+        if grad_clip:
+            cfg["gradient_clipping"] = grad_clip
+        return _deep_update(cfg, ds.extra)
+
+
+def _deep_update(base: dict, top: dict) -> dict:
+    out = dict(base)
+    for k, v in top.items():
+        out[k] = _deep_update(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
 
 
 def zero3_limits(model: torch.nn.Module, blocks_live: int = 2) -> dict:
@@ -81,22 +142,22 @@ def is_partitioned(param: torch.nn.Parameter) -> bool:
 class TrainedRole:
     """A trained model: its DeepSpeed engine, optimizer schedule, and checkpointable state."""
 
-    def __init__(self, name: str, module: torch.nn.Module, optim: OptimizerConfig, ds: DeepSpeedOptions):
+    def __init__(self, name: str, module: torch.nn.Module, optim: OptimizerConfig, plan: DeepSpeedPlan):
         deepspeed = import_deepspeed()
-        self.name, self.optim, self.ds = name, optim, ds
+        self.name, self.optim, self.plan = name, optim, plan
         params = [p for p in module.parameters() if p.requires_grad]
         if not params:
             raise UserError(f"models.{name}: has no trainable parameters")
         optimizer = torch.optim.AdamW(params, lr=optim.lr, betas=tuple(float(b) for b in optim.betas),
                                       weight_decay=optim.weight_decay, eps=optim.eps)
         self.engine, *_ = deepspeed.initialize(model=module, optimizer=optimizer,
-                                               config=ds.to_config(optim.grad_clip, model=module))
+                                               config=plan.config(optim.grad_clip, model=module))
         self.module = self.engine.module
         zero_partition_padding(self.engine)
         self.updates = 0  # optimizer updates taken (drives the LR schedule)
         self._backwards = 0  # micro-batch backwards since the last step
         self._trainable = [p for p in self.module.parameters() if p.requires_grad]
-        log_partitioning(name, self.module, ds)
+        log_partitioning(name, self.module, plan)
 
     @contextlib.contextmanager
     def frozen(self):
@@ -112,7 +173,7 @@ class TrainedRole:
     @property
     def accumulation(self) -> int:
         """Micro-batches per update (`deepspeed.gradient_accumulation`)."""
-        return self.ds.gradient_accumulation
+        return self.plan.options.gradient_accumulation
 
     def backward(self, loss: torch.Tensor, last: bool = True) -> None:
         """One micro-batch's backward; `last`: the update's final one. Gradients add up (DeepSpeed
@@ -141,7 +202,7 @@ class TrainedRole:
             if backwards:  # end the accumulation; with nothing accumulated there is nothing to end
                 self._step_without_update()
             return float("nan")
-        if self.ds.zero_stage == 3:
+        if self.plan.sharded:
             self.engine.step()  # ZeRO-3 measures the norm and skips non-finite gradients itself
             norm = self.engine.get_global_grad_norm()
             norm = float(norm) if norm is not None else float("nan")
@@ -199,7 +260,7 @@ class TrainedRole:
     # --- checkpoint state (this rank's shard) -----------------------------------------------
     def state_dict(self) -> dict:
         state = {"updates": self.updates, "optimizer": _engine_optimizer_state(self.engine)}
-        if self.ds.zero_stage != 3:  # ZeRO-3 master weights live in the optimizer state
+        if not self.plan.sharded:  # ZeRO-3 master weights live in the optimizer state
             state["module"] = {k: v for k, v in self.module.state_dict().items()}
         return state
 
@@ -256,18 +317,18 @@ def _load_engine_optimizer_state(engine, sd: dict) -> None:
 class FrozenRole:
     """A frozen model (the real score): ZeRO-3 inference engine or plain module, eval, no grad."""
 
-    def __init__(self, name: str, module: torch.nn.Module, ds: DeepSpeedOptions):
+    def __init__(self, name: str, module: torch.nn.Module, plan: DeepSpeedPlan):
         self.name = name
         module.requires_grad_(False)
         module.eval()
-        if ds.zero_stage == 3 and ds.frozen_engine:
+        if plan.sharded and plan.options.frozen_engine:
             deepspeed = import_deepspeed()
-            cfg = ds.to_config(None, trained=False, model=module)
+            cfg = plan.config(None, trained=False, model=module)
             self.engine, *_ = deepspeed.initialize(model=module, config=cfg)
             self.module = self.engine.module
         else:
             self.engine, self.module = None, module
-        log_partitioning(name, self.module, ds)
+        log_partitioning(name, self.module, plan)
 
 
 def local_numel(module: torch.nn.Module) -> tuple[int, int]:
@@ -280,11 +341,12 @@ def local_numel(module: torch.nn.Module) -> tuple[int, int]:
     return total, held
 
 
-def log_partitioning(name: str, module: torch.nn.Module, ds: DeepSpeedOptions) -> None:
+def log_partitioning(name: str, module: torch.nn.Module, plan: DeepSpeedPlan) -> None:
     total, held = local_numel(module)
     world = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
-    how = f"ZeRO-{ds.zero_stage} over {world} rank{'s' if world > 1 else ''}" if ds.zero_stage else "not sharded"
-    log.info("%s: %s parameters, this rank holds %s (%s, %s)", name, f"{total:,}", f"{held:,}", how, ds.precision)
+    how = f"ZeRO-{plan.zero_stage} over {world} rank{'s' if world > 1 else ''}" if plan.zero_stage else "not sharded"
+    log.info("%s: %s parameters, this rank holds %s (%s, %s)", name, f"{total:,}", f"{held:,}", how,
+             plan.options.precision)
 
 
 def gathered(module: torch.nn.Module):

@@ -36,7 +36,7 @@ from oneforcing.data.batch import Batch, as_batch
 from oneforcing.errors import UserError
 from oneforcing.registry.contracts import BATCH_STREAM, require
 from oneforcing.runtime import RunContext
-from oneforcing.trainer.checkpoint import CheckpointManager
+from oneforcing.trainer.checkpoint import CheckpointManager, ResumePoint
 from oneforcing.trainer.config import TrainConfig
 from oneforcing.trainer.ema import EMA
 from oneforcing.trainer.engines import FrozenRole, TrainedRole
@@ -52,8 +52,10 @@ class TooManyBadSteps(UserError):
 class Trainer:
     def __init__(self, cfg: TrainConfig, ctx: RunContext, *, generator: TrainedRole, critic: TrainedRole | None,
                  real_score: FrozenRole | None, data, ode_data, sampler, scheduler, timesteps,
-                 uncond_text: torch.Tensor | None, ema: EMA | None, checkpoints: CheckpointManager, loggers):
-        """`cfg` holds every setting; the rest are the objects `build_trainer` built from it."""
+                 uncond_text: torch.Tensor | None, ema: EMA | None, checkpoints: CheckpointManager,
+                 resume_from: ResumePoint | None, loggers):
+        """`cfg` holds every setting; the rest are the objects `build_trainer` built from it
+        (`resume_from`: the checkpoint `schedule.resume` names, already checked; None: fresh)."""
         self.cfg, self.ctx = cfg, ctx
         self.roles = {"generator": generator, "critic": critic}
         self.real_score = real_score
@@ -63,6 +65,7 @@ class Trainer:
         self.data, self.sampler = data, sampler
         self.scheduler, self.timesteps, self.uncond_text = scheduler, timesteps, uncond_text
         self.ema, self.checkpoints, self.loggers = ema, checkpoints, loggers
+        self.resume_from = resume_from
         sched = cfg.schedule
         self.steps, self.generator_every, self.generator_start = sched.steps, sched.generator_every, sched.generator_start
         self.checkpoint_every, self.max_bad_steps, self.log_every = (sched.checkpoint_every, sched.max_bad_steps,
@@ -89,9 +92,10 @@ class Trainer:
         return since >= 0 and since % self.generator_every == 0
 
     # --- the loop ------------------------------------------------------------------------
-    def fit(self, resume: str | None = "auto") -> int:
+    def fit(self) -> int:
         self.checkpoints.clean_partial()
-        self._resume(resume)
+        if self.resume_from is not None:
+            self._resume(self.resume_from)
         self.loggers.start(self.run_dir, self.recipe, self.steps, self.step)
         previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
         try:
@@ -245,13 +249,9 @@ class Trainer:
         path = self.checkpoints.save(self.step, self._rank_state(), {"recipe": self.recipe})
         log.info("checkpoint: %s", path)
 
-    def _resume(self, resume: str | None) -> None:
-        path = self.checkpoints.resolve(resume)
-        if path is None:
-            return
-        names = list(self._rank_state())
-        meta = self.checkpoints.check(path, names, self.recipe)
-        states, meta = self.checkpoints.load(path, names, meta)
+    def _resume(self, point: ResumePoint) -> None:
+        path = point.path
+        states, _ = self.checkpoints.load(path, state_names(self.cfg), point.meta)
         try:
             self._load_states(states)
         except UserError:
@@ -276,6 +276,12 @@ class Trainer:
         if self.ode_data is not None:
             self.ode_data.load_state_dict(t["ode_data"])
         self._data_iter = self._ode_iter = None
+
+
+def state_names(cfg: TrainConfig) -> list[str]:
+    """What a checkpoint of this run holds per rank: the keys of `Trainer._rank_state`."""
+    return ["generator", *(["critic"] if "critic" in cfg.models else []),
+            *(["ema"] if cfg.ema is not None else []), "trainer"]
 
 
 def _loss_result(name: str, phase: str, result) -> tuple[torch.Tensor, dict]:

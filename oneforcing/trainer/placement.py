@@ -25,24 +25,24 @@ import torch
 
 from oneforcing.errors import UserError
 from oneforcing.models.weights import PretrainedWeights, covers_everything, load_pretrained, weight_owners
+from oneforcing.registry import build
 from oneforcing.runtime import RunContext, derive_seed
-from oneforcing.trainer.config import DeepSpeedOptions, LoraOptions
+from oneforcing.trainer.config import LoraOptions
+from oneforcing.trainer.engines import DeepSpeedPlan, import_deepspeed, is_partitioned
 
 log = logging.getLogger("oneforcing")
 
 
-def build_role_module(cfg: dict, registry, *, role: str, ds: DeepSpeedOptions, lora: LoraOptions | None,
+def build_role_module(cfg: dict, registry, *, role: str, plan: DeepSpeedPlan, lora: LoraOptions | None,
                       ctx: RunContext) -> torch.nn.Module:
     """Build, load, adapt and place the model of `role` (models.<role> in the recipe)."""
-    from oneforcing.registry import build
-    from oneforcing.trainer.engines import is_partitioned
-
+    ds = plan.options
     path = f"models.{role}"
     # Trained roles and a frozen role that becomes an inference engine are born partitioned.
-    partition = ds.zero_stage == 3 and ds.zero_init and (role != "real_score" or ds.frozen_engine)
+    partition = plan.sharded and ds.zero_init and (role != "real_score" or ds.frozen_engine)
     if partition:
         torch.manual_seed(derive_seed(ctx.seed, "init", role))  # the same random parts on every rank
-        with zero_init_context(ds.to_config(None)):
+        with zero_init_context(plan.config(None)):
             module = build(cfg, registry, path=path)
         loaded = stream_pretrained_weights(module, ctx.rank)
     else:
@@ -71,8 +71,6 @@ def build_role_module(cfg: dict, registry, *, role: str, ds: DeepSpeedOptions, l
 def _built_on_meta(cfg: dict, registry, path: str) -> torch.nn.Module | None:
     """The model built on the meta device, when it is a `PretrainedWeights` class given a
     `pretrained` folder whose checkpoint then holds every tensor; else None (build it for real)."""
-    from oneforcing.registry import build
-
     name = cfg.get("type")
     cls = registry.find(name).obj if isinstance(name, str) and registry.find(name) is not None else None
     if not (isinstance(cls, type) and issubclass(cls, PretrainedWeights) and cfg.get("pretrained")):
@@ -84,8 +82,6 @@ def _built_on_meta(cfg: dict, registry, path: str) -> torch.nn.Module | None:
 
 def zero_init_context(ds_config: dict):
     """Parameters created inside are partitioned across the ranks (ZeRO-3) as they are created."""
-    from oneforcing.trainer.engines import import_deepspeed
-
     return import_deepspeed().zero.Init(config_dict_or_path=ds_config)
 
 
@@ -110,8 +106,6 @@ def stream_pretrained_weights(module: torch.nn.Module, rank: int) -> int:
     """Fill every weight owner of `module` from its folder, one tensor at a time; returns how
     many tensors were loaded. Works for partitioned and ordinary parameters alike."""
     from safetensors import safe_open
-
-    from oneforcing.trainer.engines import import_deepspeed, is_partitioned
 
     deepspeed = import_deepspeed()
     loaded = 0

@@ -41,7 +41,7 @@ from pathlib import Path
 
 from oneforcing.data.shards import atomic_write_text
 from oneforcing.errors import UserError
-from oneforcing.jobs.base import Job, RunContext
+from oneforcing.jobs.base import Job, RunContext, prepare
 from oneforcing.jobs.pipeline import Pipeline
 from oneforcing.registry import JOBS
 from oneforcing.toy.jobs.report_doc import write_report
@@ -187,7 +187,6 @@ class ToyReport(Job):
         """Load and build every task's recipes (raises UserError naming the task); give each task
         its cache key and provenance record (report_provenance.py)."""
         from oneforcing.jobs.shared import DEFAULT_TEXT_ENCODER
-        from oneforcing.runner import prepare
         from oneforcing.toy.codec import PCA_ASSET
 
         # assets the jobs read by default, without their recipes naming them: the toy codec's PCA
