@@ -29,7 +29,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from oneforcing.eval.report_stats import mean_ci  # noqa: E402
+from oneforcing.toy.jobs.report_stats import mean_ci  # noqa: E402
 from oneforcing.unit_world import MixtureOfGaussians, UnitConfig, UnitWorld, score  # noqa: E402
 from oneforcing.unit_world.fidelity import BANDS, gradient_fidelity  # noqa: E402
 

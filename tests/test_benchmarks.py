@@ -23,6 +23,8 @@ SMOKE = [  # (script and its smallest arguments, a line its output must hold)
     (["toy_placement_ceiling.py", "--videos", "4"], "| blind_both |"),
 ]
 SLOW = [
+    (["unit_world.py", "--part", "objectives", "--seeds", "1", "--updates", "3", "--out", "{tmp}/unit_world"],
+     "| dmd_gan w0.3 |"),
     (["training.py", "--recipe", "tests/recipes/tiny_distill.yaml", "--steps", "2", "--warmup", "1"], "P4 critic:"),
     (["precision.py", "--steps", "1", "--repeats", "1", "--recipes", "causvid_ode_init"], "| causvid_ode_init |"),
 ]
@@ -43,7 +45,7 @@ def test_benchmark_runs(args, expect, tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("args,expect", SLOW, ids=[a[0] for a, _ in SLOW])
 def test_slower_benchmark_runs(args, expect, tmp_path):
-    assert expect in run_script(args, ROOT)
+    assert expect in run_script([a.replace("{tmp}", str(tmp_path)) for a in args], ROOT)
 
 
 @pytest.mark.slow
