@@ -162,22 +162,30 @@ def test_num_steps_below_two_is_refused():
         build({"type": "causal_cd", "num_steps": 1}, LOSSES)
 
 
-def test_trained_role_runs_on_swapped_weights_and_restores_its_own():
+@pytest.mark.parametrize("zero_stage", [0, 3])
+def test_trained_role_runs_on_swapped_weights_and_restores_its_own(zero_stage):
+    """ZeRO-3 (one rank): the swap writes the EMA's shards and the forward gathers them; the
+    role's own weights answer again afterwards, before and after a forward that gathered them."""
     from oneforcing.trainer.config import DeepSpeedOptions, OptimizerConfig
     from oneforcing.trainer.ema import EMA
     from oneforcing.trainer.engines import DeepSpeedPlan, TrainedRole
 
     torch.manual_seed(0)
-    role = TrainedRole("generator", nn.Linear(3, 2), OptimizerConfig(),
-                       DeepSpeedPlan.resolve(DeepSpeedOptions(zero_stage=0), world_size=1))
-    own = {n: p.detach().clone() for n, p in role.module.named_parameters()}
+    weight, bias = torch.randn(2, 3), torch.randn(2)
+    lin = nn.Linear(3, 2)
+    with torch.no_grad():
+        lin.weight.copy_(weight), lin.bias.copy_(bias)
+    role = TrainedRole("generator", lin, OptimizerConfig(),
+                       DeepSpeedPlan.resolve(DeepSpeedOptions(zero_stage=zero_stage), world_size=1))
     ema = EMA(role.module, decay=0.5)
     for t in ema.shadow.values():
         t.mul_(-2.0)
     x = torch.randn(4, 3)
+    own = x @ weight.T + bias
+    assert torch.allclose(role.module(x), own)
     with role.weights_swapped(ema.shadow) as m:
         out = m(x)
         assert not out.requires_grad
-        assert torch.allclose(out, x @ (-2 * own["weight"]).T - 2 * own["bias"])
-    for n, p in role.module.named_parameters():
-        assert torch.equal(p.detach(), own[n]) and p.requires_grad
+        assert torch.allclose(out, -2 * own)
+    out = role.module(x)
+    assert torch.allclose(out, own) and out.requires_grad
