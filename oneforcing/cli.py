@@ -1,7 +1,8 @@
 """The `oneforcing` console script: thin sugar over recipes and jobs.
 
     oneforcing list [KIND]                 what is registered, and which package it came from
-    oneforcing show RECIPE [k=v ...]       the resolved recipe (bases merged, overrides applied)
+    oneforcing show RECIPE [k=v ...]       the resolved recipe (bases merged, overrides applied); a
+                                           training recipe ends with its effective batch
     oneforcing show JOB [RECIPE] [k=v ...] the same for a job run directly (oneforcing JOB ...)
     oneforcing run RECIPE [k=v ...]        run a recipe on this process (same as recipes/run.py)
     oneforcing JOB [RECIPE] [k=v ...]      run a registered job directly, e.g.
@@ -77,9 +78,26 @@ def _job_name(arg: str) -> str | None:
     return name if name in JOBS and not Path(arg).exists() else None
 
 
+def effective_batch(recipe: dict, world_size: int) -> str | None:
+    """A training recipe's batch per optimizer update, as one YAML comment line: micro-batch x
+    world size x gradient accumulation, for `world_size` ranks and for 8 (the real recipes' layout,
+    whose headers state the official batch on 8 GPUs). None for any other job."""
+    from oneforcing.trainer.config import DeepSpeedOptions
+
+    if recipe.get("job") != "train":
+        return None
+    ds = recipe.get("deepspeed") or {}
+    micro = ds.get("micro_batch_size", DeepSpeedOptions.micro_batch_size)
+    accumulation = ds.get("gradient_accumulation", DeepSpeedOptions.gradient_accumulation)
+    line = (f"# effective batch: micro-batch {micro} x world size {world_size} x gradient accumulation "
+            f"{accumulation} = {micro * world_size * accumulation} per update")
+    return line if world_size == 8 else f"{line} (on 8 ranks: {micro * 8 * accumulation})"
+
+
 def cmd_show(args: list[str]) -> int:
     from oneforcing.config import dump_recipe, load_recipe
     from oneforcing.jobs.base import prepare
+    from oneforcing.runtime import env_int
 
     if not args:
         print("error: usage: oneforcing show RECIPE|JOB [key=value ...]", file=sys.stderr)
@@ -96,6 +114,9 @@ def cmd_show(args: list[str]) -> int:
     except UserError as err:
         return report(err)
     print(dump_recipe(recipe), end="")
+    batch = effective_batch(recipe, env_int("WORLD_SIZE", 1))  # the launcher's world size, 1 alone
+    if batch is not None:
+        print(batch)
     return 0
 
 

@@ -49,6 +49,32 @@ def test_initialisations_follow_table_3():
         assert init["data"]["path"] == pairs["out"]
 
 
+def test_causal_cd_init_follows_causal_forcing_plus_plus():
+    """configs/causal_cd_{framewise,chunkwise}.yaml: the AR-diffusion model is both the start and
+    the frozen causal teacher; 48 grid steps, guidance 3 as uncond + 3 (cond - uncond), EMA 0.99 as
+    the target and the exported weights; batch 64 = 1 x 8 GPUs x 8. One-Forcing's CD ablation loads
+    that EMA and is otherwise one_forcing_framewise.yaml."""
+    paths = yaml.safe_load((ROOT / "recipes/_paths.yaml").read_text())["_paths"]
+    for suffix, fpb in (("", 1), ("_chunkwise", 3)):
+        cd = recipe(f"causal_forcing_cd_init{suffix}.yaml")
+        for role in ("generator", "real_score"):
+            m = cd["models"][role]
+            assert (m["type"], m["pretrained"], m["frames_per_block"]) == \
+                ("causal_wan", paths[f"cf_ar_diffusion{suffix}"], fpb)
+            assert m.get("causal", True) is True
+        assert cd["generator_losses"] == [{"type": "causal_cd", "num_steps": 48, "cfg_scale": 3.0}]
+        assert cd["ema"] == {"decay": 0.99, "start_step": 0} and cd["export"]["inference_weights"] == "ema"
+        assert cd["optim"]["generator"]["lr"] == 2.0e-6 and cd["optim"]["generator"]["betas"] == [0.0, 0.999]
+        ds = cd["deepspeed"]
+        assert ds["micro_batch_size"] * 8 * ds["gradient_accumulation"] == 64
+        assert paths[f"cf_cd_init{suffix}"] == cd["export"]["dir"] + "/ema"
+    of, ablation = recipe("one_forcing_framewise.yaml"), recipe("one_forcing_framewise_cd_init.yaml")
+    assert ablation["models"]["generator"]["pretrained"] == paths["cf_cd_init"]
+    same = lambda r: {k: v for k, v in r.items() if k not in ("models", "run_dir", "export")}  # noqa: E731
+    assert same(ablation) == same(of)
+    assert {**ablation["models"]["generator"], "pretrained": None} == {**of["models"]["generator"], "pretrained": None}
+
+
 def test_ar_diffusion_official_settings():
     ar = recipe("causal_forcing_ar_diffusion.yaml")
     (loss,) = ar["generator_losses"]

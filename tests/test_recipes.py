@@ -1,7 +1,9 @@
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
+import yaml
 
 from oneforcing.cli import main
 from oneforcing.config import load_recipe
@@ -48,6 +50,23 @@ def test_show_prints_resolved_recipe(tmp_path, capsys):
     assert main(["show", str(tmp_path / "r.yaml"), "message=bye"]) == 0
     out = capsys.readouterr().out
     assert "message: bye" in out and "job: dist_check" in out
+    assert "effective batch" not in out  # not a training recipe
+
+
+def test_show_ends_a_training_recipe_with_its_effective_batch(capsys, monkeypatch):
+    """micro-batch x world size (the launcher's WORLD_SIZE, 1 alone) x gradient accumulation, as a
+    YAML comment: the output still parses as the recipe."""
+    recipe = str(Path(__file__).resolve().parents[1] / "recipes/causal_forcing_cd_init.yaml")
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    assert main(["show", recipe]) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines()[-1] == ("# effective batch: micro-batch 1 x world size 1 x gradient accumulation 8 "
+                                    "= 8 per update (on 8 ranks: 64)")
+    assert yaml.safe_load(out)["deepspeed"]["gradient_accumulation"] == 8
+    monkeypatch.setenv("WORLD_SIZE", "8")
+    assert main(["show", recipe, "deepspeed.micro_batch_size=3", "deepspeed.gradient_accumulation=2"]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == \
+        "# effective batch: micro-batch 3 x world size 8 x gradient accumulation 2 = 48 per update"
 
 
 BAD = [

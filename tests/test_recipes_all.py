@@ -16,7 +16,8 @@ TOY_TRAIN = ["one_forcing_framewise", "one_forcing_framewise_causvid_init", "one
              "self_forcing_1step", "self_forcing_4step", "asd_1step", "one_forcing_fkl", "causvid_ode_init",
              "self_forcing_ode_init", "causal_forcing_ar_diffusion", "causal_forcing_ar_diffusion_chunkwise",
              "causal_forcing_ode_init", "causal_forcing_ode_init_chunkwise", "causal_forcing_dmd", "teacher",
-             "student_base", "analytic_ode_init", "one_forcing_framewise_exact"]
+             "student_base", "analytic_ode_init", "one_forcing_framewise_exact", "causal_forcing_cd_init",
+             "causal_forcing_cd_init_chunkwise", "one_forcing_framewise_cd_init"]
 
 
 @pytest.mark.parametrize("name", REAL)
@@ -73,7 +74,8 @@ def test_toy_recipe_runs_a_few_steps(name, precision, toy_inputs, tmp_path):
                  f"_paths.ode_pairs_analytic={toy_inputs}/ode",
                  "_paths.cf_ar_diffusion=${assets:toy_student_base}",
                  "_paths.cf_ar_diffusion_chunkwise=${assets:toy_student_base}",
-                 f"_paths.cf_ode_init={init}", f"_paths.cf_ode_init_chunkwise={init}", f"_paths.sf_ode_init={init}"]
+                 f"_paths.cf_ode_init={init}", f"_paths.cf_ode_init_chunkwise={init}", f"_paths.sf_ode_init={init}",
+                 f"_paths.cf_cd_init={init}"]
     if name in ("teacher", "student_base"):
         overrides = [o for o in overrides if not o.startswith("_paths")] + [f"data.path={toy_inputs}/data"]
     proc = run([str(ROOT / "recipes/toy" / f"{name}.yaml"), *overrides], tmp_path)

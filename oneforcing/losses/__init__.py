@@ -2,6 +2,7 @@
 
 from oneforcing.losses import flow_matching  # noqa: F401
 from oneforcing.losses import (  # noqa: F401
+    consistency,
     dmd,
     flow_denoise,
     gan,

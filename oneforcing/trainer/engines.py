@@ -170,6 +170,30 @@ class TrainedRole:
             for p in self._trainable:
                 p.requires_grad_(True)
 
+    @contextlib.contextmanager
+    def weights_swapped(self, shards: dict[str, torch.Tensor]):
+        """The module runs on `shards` (per parameter name, this rank's share as `EMA.shadow` keeps
+        it) instead of its weights, without gradient, until the context ends; then its own weights
+        are back bit for bit. A consistency target network (the `causal_cd` loss) this way costs one
+        shard-sized copy, not a second model. ZeRO-3 releases every gathered parameter on entry and
+        exit, so no forward reads a whole copy gathered from the other weights."""
+        locals_ = {n: (p.ds_tensor if is_partitioned(p) else p.data) for n, p in self.module.named_parameters()
+                   if n in shards}
+        if self.plan.sharded:
+            self.engine.empty_partition_cache()
+        saved = {n: t.clone() for n, t in locals_.items()}
+        try:
+            with torch.no_grad():
+                for n, t in locals_.items():
+                    t.copy_(shards[n].to(t.device, t.dtype))
+                yield self.module
+        finally:
+            if self.plan.sharded:
+                self.engine.empty_partition_cache()
+            with torch.no_grad():
+                for n, t in locals_.items():
+                    t.copy_(saved[n])
+
     @property
     def accumulation(self) -> int:
         """Micro-batches per update (`deepspeed.gradient_accumulation`)."""

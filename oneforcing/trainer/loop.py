@@ -171,12 +171,19 @@ class Trainer:
                         real_score=real_score.module if real_score else None,
                         scheduler=self.scheduler, timesteps=self.timesteps, sampler=self.sampler,
                         uncond_text=self.uncond_text, rng=rng, ctx=self.ctx,
-                        dtype=self.dtype)
+                        dtype=self.dtype, ema_weights=self._ema_weights())
         total, figures = self._weighted_sum(phase, s)
         ok = self._all_finite(total)
         if ok:
             self.roles[phase].backward(total, last=last)
         return figures, ok
+
+    def _ema_weights(self):
+        """What `StepContext.ema_generator` enters: the generator role on the EMA's shards."""
+        if self.ema is None:
+            return None
+        role, shadow = self.roles["generator"], self.ema.shadow
+        return lambda: role.weights_swapped(shadow)
 
     def _weighted_sum(self, phase: str, s: StepContext) -> tuple[torch.Tensor, dict[str, float]]:
         total = None

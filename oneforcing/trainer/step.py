@@ -7,7 +7,7 @@ is computed once per phase and cached, so DMD and the GAN loss see the same roll
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable, ContextManager
 
 import torch
 
@@ -20,7 +20,8 @@ class StepContext:
     def __init__(self, *, step: int, phase: str, batch: Batch, generator: torch.nn.Module,
                  critic: torch.nn.Module | None, real_score: torch.nn.Module | None, scheduler,
                  timesteps, sampler, uncond_text: torch.Tensor | None, rng: torch.Generator,
-                 ctx: RunContext, dtype: torch.dtype = torch.float32):
+                 ctx: RunContext, dtype: torch.dtype = torch.float32,
+                 ema_weights: Callable[[], ContextManager[torch.nn.Module]] | None = None):
         self.step, self.phase, self.batch = step, phase, batch
         self.dtype = dtype  # the models' compute dtype (the trainer's precision)
         self.generator, self.critic, self.real_score = generator, critic, real_score
@@ -29,7 +30,16 @@ class StepContext:
         self.scheduler, self.timesteps, self.sampler = scheduler, timesteps, sampler
         self.rng, self.ctx = rng, ctx
         self._uncond = uncond_text
+        self._ema_weights = ema_weights  # None: the recipe has no `ema:`
         self.cache: dict[str, Any] = {}
+
+    # --- models --------------------------------------------------------------------------
+    def ema_generator(self) -> ContextManager[torch.nn.Module]:
+        """`with s.ema_generator() as target:` the generator running on its EMA weights, without
+        gradient (a consistency target network); its own weights are back when the block ends."""
+        if self._ema_weights is None:
+            raise RuntimeError("this loss runs the generator's EMA: the recipe needs `ema:`")
+        return self._ema_weights()
 
     # --- data ----------------------------------------------------------------------------
     @property
