@@ -63,7 +63,7 @@ class RunContext:
     def distributed(self) -> bool:
         return self.world_size > 1
 
-    def generator(self, *purpose: Any, per_rank: bool = True, device: str | torch.device = "cpu") -> torch.Generator:
+    def rng(self, *purpose: Any, per_rank: bool = True, device: str | torch.device = "cpu") -> torch.Generator:
         """A torch.Generator seeded from the recipe seed and `purpose` (and the rank, unless
         per_rank=False: then every rank draws the same numbers)."""
         parts = (*purpose, f"rank{self.rank}") if per_rank else purpose

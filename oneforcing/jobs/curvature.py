@@ -128,7 +128,7 @@ class CurvatureJob(Job):
         encoder = build(self.text_cfg, TEXT_ENCODERS, path="text_encoder", file=ctx.recipe_file)
         negative_text = encoder.negative_prompt if self.negative_prompt is None else self.negative_prompt
         negative = encode_text(encoder, [negative_text])[0]
-        model = load_generator_model(self.model_cfg, weights_dir, ctx.recipe_file)
+        model = load_generator_model(self.model_cfg, weights_dir, ctx.recipe_file, self.sampler.scheduler)
         check_teacher_shapes(model, source.shape, source.batch(range(1), encoder).embed, negative,
                              self.prompts_from or "toy codec")
         model = model.to(device, dtype)

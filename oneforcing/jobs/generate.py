@@ -205,7 +205,7 @@ class Generate(Job):
             vae = build(self.vae_cfg, VAES, path="vae", file=ctx.recipe_file)
             vae.to(device)
             latent_shape = _latent_shape(vae, self.num_frames, self.height, self.width)
-            model = load_generator_model(self.model_cfg, self.weights_dir, ctx.recipe_file)
+            model = load_generator_model(self.model_cfg, self.weights_dir, ctx.recipe_file, self.sampler.scheduler)
             _check_model_fits(model, latent_shape, self.height, self.width, ctx.recipe_file)
             sampler = self.sampler
             self._check_memory(model, sampler, latent_shape, device, dtype)

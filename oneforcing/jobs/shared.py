@@ -14,8 +14,9 @@ from oneforcing.data.loader import LatentShards
 from oneforcing.data.pipeline import encode_text
 from oneforcing.data.prompts import check_latent_shape, read_prompt_file
 from oneforcing.errors import UserError
-from oneforcing.registry import DATASETS, MODELS, VAES, build, check_kwargs, validate
+from oneforcing.registry import DATASETS, MODELS, VAES, build, check_kwargs, declared, validate
 from oneforcing.samplers.common import checked_rollout
+from oneforcing.schedulers import FlowMatchScheduler
 from oneforcing.schedulers.build import build_flow
 from oneforcing.speed import sync
 from oneforcing.weights import resolve_weights
@@ -61,7 +62,8 @@ def model_config(model: dict | None, *, key: str = "model") -> dict:
     """`model:` as extra CausalWan kwargs ({frames_per_block: 3, causal: false}) or a full config
     with its own `type`; validated now. The weights come from the checkpoint, never from here."""
     cfg = {"type": "causal_wan", **(model or {})}
-    validate(cfg, MODELS, path=key, provided=("pretrained",))
+    # a model that declares `scheduler` gets the recipe's (load_generator_model)
+    validate(cfg, MODELS, path=key, provided=("pretrained", *declared(cfg, MODELS, scheduler=None)))
     return cfg
 
 
@@ -98,10 +100,11 @@ def resolve_model_dir(checkpoint: str, weights: str = "auto") -> Path:
     return found
 
 
-def load_generator_model(cfg: dict, weights_dir: Path, file: str | None):
+def load_generator_model(cfg: dict, weights_dir: Path, file: str | None, scheduler: FlowMatchScheduler):
     """The recipe's `model:` config loaded from the weights folder through the model's
     `from_pretrained` (the models contract; CausalWan builds on the meta device and fills the
-    parameters from the file, instead of a random init that the weights then overwrite)."""
+    parameters from the file, instead of a random init that the weights then overwrite). A model
+    that declares `scheduler` gets the recipe's, the one the job's sampler holds."""
     for key in ("pretrained", "load_weights"):
         if key in cfg:
             raise UserError(f"generate: set the weights with 'checkpoint', not 'model.{key}'", file=file)
@@ -113,8 +116,10 @@ def load_generator_model(cfg: dict, weights_dir: Path, file: str | None):
         obj = MODELS.get(name)
     except UserError as err:
         raise err.at(file=file, key="model.type") from None
-    kwargs = check_kwargs(obj, cfg, what=f"models '{name}'", path="model", file=file, provided=("pretrained",))
-    return obj.from_pretrained(str(weights_dir), **kwargs)
+    handed = declared({"type": name}, MODELS, scheduler=scheduler)
+    kwargs = check_kwargs(obj, cfg, what=f"models '{name}'", path="model", file=file,
+                          provided=("pretrained", *handed))
+    return obj.from_pretrained(str(weights_dir), **kwargs, **handed)
 
 
 # --- prompt sources of the teacher jobs (ode_pairs, curvature) ----------------------------------

@@ -15,7 +15,8 @@ latent between grid points is not snapped to one)
 
 computed exactly (in float64) over the grid; per-frame noise levels (t of shape [B, F]) weight
 each frame's term by its own s. The model returns the flow velocity v = (x_t - E[z | x_t]) / s,
-the quantity the learned teacher predicts, so a recipe swaps them with one line:
+the quantity the learned teacher predicts, so a recipe swaps them with one line (the noise level
+s of a model timestep t is the recipe scheduler's sigma(t), handed in as `scheduler`):
 
     real_score: {type: toy_analytic_teacher}
 
@@ -38,7 +39,7 @@ from torch import nn
 
 from oneforcing.errors import UserError
 from oneforcing.registry import MODELS
-from oneforcing.schedulers.flow_match import sigma_of
+from oneforcing.schedulers.flow_match import FlowMatchScheduler
 from oneforcing.toy.codec import ToyCodec
 from oneforcing.toy.prompt_decoder import ToyPromptDecoder
 from oneforcing.toy.text_encoder import TOY_MAX_LENGTH, TOY_TEXT_ENCODER_PATH
@@ -82,7 +83,7 @@ class ToyAnalyticTeacher(nn.Module):
 
     config: dict = {}  # no network architecture: nothing for a job to check shapes against (models contract)
 
-    def __init__(self, grid_step: float | None = None, refine: int | None = None, frames: int = REF_FRAMES,
+    def __init__(self, scheduler: FlowMatchScheduler, grid_step: float | None = None, refine: int | None = None, frames: int = REF_FRAMES,
                  size: int = REF_SIZE, unconditional_prompts: int | None = None, cache_prompts: int = 48,
                  text_encoder_path: str | None = None, pretrained: str | None = None, causal: bool | None = None,
                  start_positions: int | None = None):
@@ -102,6 +103,9 @@ class ToyAnalyticTeacher(nn.Module):
         self.grid_step, self.frames, self.size = grid_step, int(frames), int(size)
         self.unconditional_prompts, self.cache_prompts = int(unconditional_prompts), int(cache_prompts)
         self.refine = int(refine)
+        # The recipe's flow convention (handed in by the job or trainer that builds the model,
+        # registry `declared`): its sigma(t) turns the model timesteps into noise levels.
+        self.scheduler = scheduler
         # A world of discrete starts (toy_world start_positions n): the candidates are exactly its
         # n x n starts per object, so the posterior is exact without a grid or refinement.
         if start_positions is not None and start_positions < 1:
@@ -255,7 +259,7 @@ class ToyAnalyticTeacher(nn.Module):
         """The velocity eps - x0 = (x_t - E[x0 | x_t]) / sigma (other keywords of CausalWan are ignored)."""
         B, F = x.shape[:2]
         t = torch.as_tensor(t, dtype=torch.float64, device=x.device)
-        sigma = sigma_of(t)  # the flow convention's one formula, in float64 (t is)
+        sigma = self.scheduler.sigma(t)  # the recipe's convention, in float64 (t is)
         sigma = sigma.reshape(-1, 1).expand(B, F) if t.dim() <= 1 else sigma.expand(B, F)
         if (F, x.shape[-1] * self.f) != (self.frames, self.size):
             raise ValueError(f"toy_analytic_teacher: latents {tuple(x.shape)} are not the toy world's "

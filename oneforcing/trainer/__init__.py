@@ -53,17 +53,18 @@ def build_trainer(cfg: TrainConfig, ctx: RunContext) -> Trainer:
         (run_dir / "recipe.yaml").write_text(dump_recipe(ctx.recipe))
     ctx.barrier()
 
+    # The recipe's flow-matching convention, built once and handed to the models that declare it,
+    # the sampler, the timesteps and (StepContext.scheduler) every loss.
+    flow = build_flow(cfg.scheduler, cfg.sampler, cfg.timesteps)
+    scheduler, sampler, timesteps = flow.scheduler, flow.sampler, flow.timesteps
+
     plan = DeepSpeedPlan.resolve(cfg.deepspeed, ctx.world_size)
-    modules = {role: build_role_module(m, ROLES[role], role=role, plan=plan, lora=cfg.lora.get(role), ctx=ctx)
+    modules = {role: build_role_module(m, ROLES[role], role=role, plan=plan, lora=cfg.lora.get(role), ctx=ctx,
+                                       scheduler=scheduler)
                for role, m in cfg.models.items()}
     generator = TrainedRole("generator", modules["generator"], cfg.optim["generator"], plan)
     critic = TrainedRole("critic", modules["critic"], cfg.optim["critic"], plan) if "critic" in modules else None
     real_score = FrozenRole("real_score", modules["real_score"], plan) if "real_score" in modules else None
-
-    # The recipe's flow-matching convention, built once and handed to the sampler, the timesteps
-    # and (StepContext.scheduler) every loss.
-    flow = build_flow(cfg.scheduler, cfg.sampler, cfg.timesteps)
-    scheduler, sampler, timesteps = flow.scheduler, flow.sampler, flow.timesteps
 
     uncond = None
     if cfg.text_encoder is not None:

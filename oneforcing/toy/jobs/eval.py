@@ -127,7 +127,8 @@ class ToyEvalJob(Job):
             text = encoder.encode(prompts).float().cpu()
             negative = encoder.encode([self.negative_prompt]).float().cpu()
         del encoder
-        model = load_generator_model(self.model_cfg, self.weights_dir, ctx.recipe_file).to(ctx.device, torch.float32)
+        model = load_generator_model(self.model_cfg, self.weights_dir, ctx.recipe_file,
+                                     self.sampler.scheduler).to(ctx.device, torch.float32)
         model.eval().requires_grad_(False)
         sampler = self.sampler
         log.info("toy_eval: %d %s videos in %d batches (%d on this rank) from %s", self.num_videos,
