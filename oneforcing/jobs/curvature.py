@@ -36,7 +36,8 @@ from oneforcing.eval.curvature import (
 )
 from oneforcing.jobs.base import Job, RunContext, derive_seed
 from oneforcing.jobs.shared import (DEFAULT_ODE_TEXT_ENCODER, ShardPrompts, ToyPrompts, build_sampler,
-                                    check_teacher_paths, check_teacher_shapes, load_generator_model, model_config, resolve_model_dir)
+                                    check_teacher_paths, check_teacher_shapes, load_generator_model, model_config,
+                                    resolve_model_dir, save_png)
 from oneforcing.models.text_encoder import parse_dtype
 from oneforcing.registry import JOBS, TEXT_ENCODERS, build, validate
 from oneforcing.samplers.teacher_ode import TeacherODE
@@ -211,8 +212,6 @@ def plot_profiles(result: dict, path: Path) -> Path:
     axes[0].legend(loc="upper right")
     fig.suptitle(f"trajectory curvature, {result['num_prompts']} prompts ({Path(result['teacher']).name})")
     fig.tight_layout()
-    from oneforcing.jobs.plot import save_png
-
     save_png(fig, path)
     plt.close(fig)
     return path

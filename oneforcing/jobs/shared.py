@@ -1,9 +1,12 @@
-"""What several jobs share (generate, toy_eval, ode_pairs, curvature, eval): the recipe's
-flow-matching convention and samplers, weights folders, model configs, prompt sources, the rollout.
+"""What several jobs share (generate, toy_eval, ode_pairs, curvature, eval, plot): the recipe's
+flow-matching convention and samplers, weights folders, model configs, prompt sources, the rollout,
+figures on disk.
 One public place; no job imports another job's helpers."""
 
 from __future__ import annotations
 
+import logging
+import os
 from pathlib import Path
 from typing import NamedTuple, Protocol
 
@@ -14,6 +17,7 @@ from oneforcing.data.loader import LatentShards
 from oneforcing.data.pipeline import encode_text
 from oneforcing.data.prompts import check_latent_shape, read_prompt_file
 from oneforcing.errors import UserError
+from oneforcing.jobs.base import missing_path
 from oneforcing.registry import DATASETS, MODELS, VAES, build, check_kwargs, declared, validate
 from oneforcing.samplers.common import checked_rollout
 from oneforcing.schedulers import FlowMatchScheduler
@@ -57,6 +61,18 @@ def rollout(sampler, model, noise: torch.Tensor, text: torch.Tensor, device: tor
     return out.x0, first[0]
 
 
+# --- figures (plot, curvature, the toy report) -------------------------------------------------
+def save_png(fig, out: str | Path, dpi: int = 110) -> Path:
+    """Write a matplotlib figure as a PNG atomically (a temporary file, then a rename): a reader
+    never sees half a figure. Returns the path."""
+    out = Path(out).expanduser()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.stem}.tmp{os.getpid()}.png")
+    fig.savefig(tmp, dpi=dpi, format="png")
+    os.replace(tmp, out)
+    return out
+
+
 # --- models and their weights ------------------------------------------------------------------
 def model_config(model: dict | None, *, key: str = "model") -> dict:
     """`model:` as extra CausalWan kwargs ({frames_per_block: 3, causal: false}) or a full config
@@ -80,8 +96,6 @@ def resolve_model_dir(checkpoint: str, weights: str = "auto") -> Path:
     training export's ema/ or generator/ sub-folder, as `weights` says (oneforcing/weights.py:
     auto = the export's declared inference weights). A checkpoint saved before the EMA started
     has no ema/: then the generator is used, with a warning."""
-    import logging
-
     root = Path(checkpoint).expanduser()
     if not root.is_dir():
         raise UserError(f"generate: checkpoint directory not found: {root}")
@@ -197,8 +211,6 @@ class ToyPrompts:
 def check_teacher_paths(teacher: str, weights: str, prompts_from: str | None, recipe_file: str | None) -> Path:
     """The teacher's weights folder; fails before anything is written if the teacher or the prompts
     are missing (one line naming the recipe key, and the toy twin of the recipe)."""
-    from oneforcing.jobs.base import missing_path  # here: jobs.base imports nothing of the jobs
-
     for key, path in (("teacher", teacher), ("prompts_from", prompts_from)):
         if path is not None and not Path(path).expanduser().exists():
             raise missing_path(path, key, recipe_file)
