@@ -8,7 +8,7 @@ import os
 import sys
 
 from oneforcing.errors import UserError, report
-from oneforcing.jobs.base import prepare
+from oneforcing.jobs.base import RunContext, prepare
 
 log = logging.getLogger("oneforcing")
 
@@ -25,7 +25,7 @@ def run(recipe_path: str | None, overrides: list[str], job_name: str | None = No
         return report(err)
     ctx = None
     try:
-        ctx = init_distributed(meta.get("seed", 0), recipe, recipe_path)
+        ctx = init_distributed(meta.get("seed", RunContext.seed), recipe, recipe_path)
         job.run(ctx)
         return 0
     except UserError as err:

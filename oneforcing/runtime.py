@@ -48,7 +48,7 @@ def derive_seed(seed: int, *parts: Any) -> int:
 class RunContext:
     recipe: dict = field(default_factory=dict)   # the resolved recipe, for saving beside outputs
     recipe_file: str | None = None
-    seed: int = 0
+    seed: int = 0                                # the recipe's `seed` when it has none (written here only)
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
