@@ -7,6 +7,7 @@ import logging
 import os
 import sys
 
+from oneforcing.distributed import init_distributed, setup_logging, teardown_distributed
 from oneforcing.errors import UserError, report
 from oneforcing.jobs.base import RunContext, prepare
 
@@ -15,8 +16,6 @@ log = logging.getLogger("oneforcing")
 
 def run(recipe_path: str | None, overrides: list[str], job_name: str | None = None) -> int:
     """Run on this process (one rank of many, or alone); returns the exit code."""
-    from oneforcing.distributed import init_distributed, setup_logging, teardown_distributed
-
     rank = int(os.environ.get("RANK", "0") or 0)
     setup_logging(rank)
     try:

@@ -24,12 +24,14 @@ from pathlib import Path
 import torch
 
 from oneforcing.errors import UserError
+from oneforcing.models.wan_io import INDEX, WEIGHTS, resolve_folder
 from oneforcing.models.weights import PretrainedWeights, covers_everything, load_pretrained, weight_owners
 from oneforcing.registry import build, declared
 from oneforcing.schedulers import FlowMatchScheduler
 from oneforcing.runtime import RunContext, derive_seed
 from oneforcing.trainer.config import LoraOptions
 from oneforcing.trainer.engines import DeepSpeedPlan, import_deepspeed, is_partitioned
+from oneforcing.trainer.lora import apply_lora
 
 log = logging.getLogger("oneforcing")
 
@@ -58,8 +60,6 @@ def build_role_module(cfg: dict, registry, *, role: str, plan: DeepSpeedPlan, lo
         log.info("%s: %s %d pretrained tensors into %s parameters", role, "streamed" if partition else "loaded",
                  loaded, "partitioned" if partition else "local")
     if lora is not None:
-        from oneforcing.trainer.lora import apply_lora
-
         torch.manual_seed(derive_seed(ctx.seed, "lora", role))
         apply_lora(module, lora, role)
     if ds.gradient_checkpointing:  # every (sub)model that supports it, e.g. a critic's inner Wan
@@ -90,8 +90,6 @@ def zero_init_context(ds_config: dict):
 
 def _tensor_files(folder: Path) -> dict[str, Path]:
     """{tensor name: safetensors file} for a diffusers folder (single file or sharded index)."""
-    from oneforcing.models.wan_io import INDEX, WEIGHTS, resolve_folder
-
     folder = resolve_folder(folder)
     if (folder / WEIGHTS).is_file():
         from safetensors import safe_open
