@@ -9,7 +9,6 @@ never `oneforcing.jobs`.
 
 from __future__ import annotations
 
-import inspect
 import logging
 from pathlib import Path
 
@@ -17,7 +16,7 @@ import torch
 
 from oneforcing.config import dump_recipe
 from oneforcing.loggers import build_loggers
-from oneforcing.registry import DATASETS, TEXT_ENCODERS, build
+from oneforcing.registry import DATASETS, TEXT_ENCODERS, build, declared
 from oneforcing.runtime import RunContext
 from oneforcing.schedulers.build import build_flow
 from oneforcing.trainer.checkpoint import CheckpointManager
@@ -83,7 +82,7 @@ def build_trainer(cfg: TrainConfig, ctx: RunContext) -> Trainer:
 
 
 def _data_kwargs(cfg: dict, ctx: RunContext) -> dict:
-    """Rank, world size and seed for datasets that take them (the rank-aware loaders do)."""
-    params = inspect.signature(DATASETS.get(cfg["type"])).parameters
-    given = {"rank": ctx.rank, "world_size": ctx.world_size, "seed": ctx.seed, "infinite": True}
-    return {k: v for k, v in given.items() if k in params and k not in cfg}
+    """Rank, world size, seed and `infinite` for datasets that declare them (the rank-aware loaders
+    do), unless the recipe sets them."""
+    given = declared(cfg, DATASETS, rank=ctx.rank, world_size=ctx.world_size, seed=ctx.seed, infinite=True)
+    return {k: v for k, v in given.items() if k not in cfg}
