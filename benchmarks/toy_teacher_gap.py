@@ -33,8 +33,8 @@ def main() -> None:
     torch.set_num_threads(1)
     load_builtins()
     exact = ToyAnalyticTeacher(FlowMatchScheduler())
-    learned = load_generator_model({"type": "causal_wan", "causal": False}, resolve_model_dir(args.teacher, "ema"), None,
-                                   FlowMatchScheduler())
+    learned = load_generator_model({"type": "causal_wan", "causal": False}, resolve_model_dir(args.teacher, "ema"),
+                                   None, FlowMatchScheduler())
     learned.eval().requires_grad_(False)
     world = ToyWorld("test", args.num, seed=EVAL_SEED)
     z = ToyCodec().encode(world.render(range(args.num)))

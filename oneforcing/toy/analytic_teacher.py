@@ -38,6 +38,7 @@ import torch
 from torch import nn
 
 from oneforcing.errors import UserError
+from oneforcing.models.text_encoder import UMT5TextEncoder
 from oneforcing.registry import MODELS
 from oneforcing.schedulers.flow_match import FlowMatchScheduler
 from oneforcing.toy.codec import ToyCodec
@@ -83,10 +84,10 @@ class ToyAnalyticTeacher(nn.Module):
 
     config: dict = {}  # no network architecture: nothing for a job to check shapes against (models contract)
 
-    def __init__(self, scheduler: FlowMatchScheduler, grid_step: float | None = None, refine: int | None = None, frames: int = REF_FRAMES,
-                 size: int = REF_SIZE, unconditional_prompts: int | None = None, cache_prompts: int = 48,
-                 text_encoder_path: str | None = None, pretrained: str | None = None, causal: bool | None = None,
-                 start_positions: int | None = None):
+    def __init__(self, scheduler: FlowMatchScheduler, grid_step: float | None = None, refine: int | None = None,
+                 frames: int = REF_FRAMES, size: int = REF_SIZE, unconditional_prompts: int | None = None,
+                 cache_prompts: int = 48, text_encoder_path: str | None = None, pretrained: str | None = None,
+                 causal: bool | None = None, start_positions: int | None = None):
         super().__init__()
         # Settings: the recipe's keys, else the `pretrained` folder's config.json (the asset; a learned
         # teacher's config has none of these keys), else the defaults. There are no weights to load.
@@ -116,8 +117,6 @@ class ToyAnalyticTeacher(nn.Module):
         # Not a submodule: a trainer's .to(bf16) must not round the basis the candidates are encoded with.
         object.__setattr__(self, "codec", ToyCodec())
         self.f = self.codec.spatial_factor
-        from oneforcing.models.text_encoder import UMT5TextEncoder
-
         self.decoder = ToyPromptDecoder(UMT5TextEncoder(path=text_encoder_path or TOY_TEXT_ENCODER_PATH,
                                                         max_length=TOY_MAX_LENGTH))
         self._prompt_of: dict[bytes, str] = {}
