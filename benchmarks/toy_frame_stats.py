@@ -20,6 +20,7 @@ from oneforcing.config.assets import packaged_asset as asset_path
 from oneforcing.jobs.shared import build_sampler, load_generator_model, rollout
 from oneforcing.registry import TEXT_ENCODERS, VAES, build
 from oneforcing.registry.plugins import load_builtins
+from oneforcing.schedulers import FlowMatchScheduler
 from oneforcing.toy.world import ToyWorld
 
 SHIFT = {"type": "flow_match", "shift": 5.0}
@@ -48,13 +49,14 @@ def main() -> None:
           f"{platform.processor() or platform.machine()}, torch {torch.__version__}")
     print(f"{'real toy latents':<44} {per_frame_std(real)}")
     for name, cfg_scale in (("toy_teacher", 6.0), ("toy_teacher", 1.0), ("toy_student_base", 3.0)):
-        model = load_generator_model({"type": "causal_wan", "causal": False}, asset_path(name), None).float().eval()
+        model = load_generator_model({"type": "causal_wan", "causal": False}, asset_path(name), None,
+                                     FlowMatchScheduler()).float().eval()
         sampler = build_sampler({"type": "teacher_ode", "num_steps": args.steps, "cfg_scale": cfg_scale,
                                  "keep_indices": []}, SHIFT)
         x, _ = rollout(sampler, model, noise, text, cpu, None, negative_text=empty.expand(len(prompts), -1, -1))
         print(f"{f'{name}, CFG {cfg_scale:g}, {args.steps} steps':<44} {per_frame_std(x)}")
     init = load_generator_model({"type": "causal_wan", "frames_per_block": 1}, asset_path("toy_causal_ode_init"),
-                                None).float().eval()
+                                None, FlowMatchScheduler()).float().eval()
     sampler = build_sampler({"type": "causal_inference", "steps": [1000], "first_block_steps": [1000, 750, 500, 250]},
                             SHIFT)
     x, _ = rollout(sampler, init, noise, text, cpu, torch.Generator().manual_seed(0))

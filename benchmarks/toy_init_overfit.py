@@ -39,7 +39,7 @@ def main() -> None:
     x0, text = shard["clean"][:n].float(), shard["prompt_embed"][:n].float()
     states, times = shard["states"][:n].float(), shard["timesteps"][:n].float()
     model = load_generator_model({"type": "causal_wan", "frames_per_block": 1}, packaged_asset("toy_student_base"),
-                                 None).float().train()
+                                 None, FlowMatchScheduler()).float().train()
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0)
     flow, rows, t0 = FlowMatchScheduler(), torch.arange(n), time.perf_counter()
     for step in range(args.steps):

@@ -19,6 +19,7 @@ import torch
 
 from oneforcing.jobs.shared import load_generator_model, resolve_model_dir
 from oneforcing.registry import load_builtins
+from oneforcing.schedulers import FlowMatchScheduler
 from oneforcing.toy import ToyAnalyticTeacher, ToyCodec, ToyWorld
 from oneforcing.toy.jobs.eval import EVAL_SEED
 
@@ -31,8 +32,9 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(1)
     load_builtins()
-    exact = ToyAnalyticTeacher()
-    learned = load_generator_model({"type": "causal_wan", "causal": False}, resolve_model_dir(args.teacher, "ema"), None)
+    exact = ToyAnalyticTeacher(FlowMatchScheduler())
+    learned = load_generator_model({"type": "causal_wan", "causal": False}, resolve_model_dir(args.teacher, "ema"),
+                                   None, FlowMatchScheduler())
     learned.eval().requires_grad_(False)
     world = ToyWorld("test", args.num, seed=EVAL_SEED)
     z = ToyCodec().encode(world.render(range(args.num)))

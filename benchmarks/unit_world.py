@@ -167,7 +167,7 @@ def figure(out: Path, samples: dict[str, torch.Tensor], fractions: dict[str, lis
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from oneforcing.jobs.plot import save_png
+    from oneforcing.jobs.shared import save_png
 
     names = list(samples)
     fig, axes = plt.subplots(2, len(names), figsize=(2.2 * len(names), 4.6))

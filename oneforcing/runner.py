@@ -7,16 +7,15 @@ import logging
 import os
 import sys
 
+from oneforcing.distributed import init_distributed, setup_logging, teardown_distributed
 from oneforcing.errors import UserError, report
-from oneforcing.jobs.base import prepare
+from oneforcing.jobs.base import RunContext, prepare
 
 log = logging.getLogger("oneforcing")
 
 
 def run(recipe_path: str | None, overrides: list[str], job_name: str | None = None) -> int:
     """Run on this process (one rank of many, or alone); returns the exit code."""
-    from oneforcing.distributed import init_distributed, setup_logging, teardown_distributed
-
     rank = int(os.environ.get("RANK", "0") or 0)
     setup_logging(rank)
     try:
@@ -25,7 +24,7 @@ def run(recipe_path: str | None, overrides: list[str], job_name: str | None = No
         return report(err)
     ctx = None
     try:
-        ctx = init_distributed(meta.get("seed", 0), recipe, recipe_path)
+        ctx = init_distributed(meta.get("seed", RunContext.seed), recipe, recipe_path)
         job.run(ctx)
         return 0
     except UserError as err:

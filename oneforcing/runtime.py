@@ -48,7 +48,7 @@ def derive_seed(seed: int, *parts: Any) -> int:
 class RunContext:
     recipe: dict = field(default_factory=dict)   # the resolved recipe, for saving beside outputs
     recipe_file: str | None = None
-    seed: int = 0
+    seed: int = 0                                # the recipe's `seed` when it has none (written here only)
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
@@ -63,7 +63,7 @@ class RunContext:
     def distributed(self) -> bool:
         return self.world_size > 1
 
-    def generator(self, *purpose: Any, per_rank: bool = True, device: str | torch.device = "cpu") -> torch.Generator:
+    def rng(self, *purpose: Any, per_rank: bool = True, device: str | torch.device = "cpu") -> torch.Generator:
         """A torch.Generator seeded from the recipe seed and `purpose` (and the rank, unless
         per_rank=False: then every rank draws the same numbers)."""
         parts = (*purpose, f"rank{self.rank}") if per_rank else purpose

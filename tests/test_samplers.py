@@ -134,11 +134,11 @@ def test_exit_draws_agree_across_ranks_through_the_run_context():
         noise, text = tiny_inputs(1, 3, 2, 2, seed=rank)
         with torch.no_grad():
             out = SelfForcingRollout(steps=[1000, 750, 500, 250], same_step_across_blocks=False, scheduler=FLOW)(
-                model, noise, text, rng=ctx.generator("train", 0), exit_rng=ctx.generator(
+                model, noise, text, rng=ctx.rng("train", 0), exit_rng=ctx.rng(
                     "exits", 0, "generator", "rollout", per_rank=False))
         outs.append((out.exit_indices, out.num_forwards))
     assert outs[0] == outs[1]
-    assert outs[0][0] == draw_exit_indices(3, 4, RunContext(seed=3, rank=1, world_size=2).generator(
+    assert outs[0][0] == draw_exit_indices(3, 4, RunContext(seed=3, rank=1, world_size=2).rng(
         "exits", 0, "generator", "rollout", per_rank=False))
 
 

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from oneforcing.errors import UserError
+from oneforcing.jobs.shared import load_generator_model, model_config
 from oneforcing.registry import MODELS, build
 from oneforcing.schedulers import FlowMatchScheduler
 from oneforcing.toy import ToyCodec, ToyWorld, render_scenes
@@ -11,11 +12,12 @@ from oneforcing.toy.analytic_teacher import ToyAnalyticTeacher, grid
 from oneforcing.toy.world import object_geometry, parse_prompt, place_start
 
 FRAMES, SIZE = 3, 16  # small videos: latents [3, 16, 4, 4]
+FLOW = FlowMatchScheduler()  # the recipe's convention, which a job or the trainer hands the teacher
 
 
 @pytest.fixture(scope="module")
 def teacher():
-    return ToyAnalyticTeacher(frames=FRAMES, size=SIZE, refine=0, unconditional_prompts=2)
+    return ToyAnalyticTeacher(FLOW, frames=FRAMES, size=SIZE, refine=0, unconditional_prompts=2)
 
 
 def _scenes(count):
@@ -90,7 +92,7 @@ def test_sigma_to_zero_returns_the_nearest_candidate_and_one_means_the_prior(tea
 def test_a_prompt_with_one_possible_video_gives_it_exactly(dtype):
     # a world whose prompts each allow one video: one start per object (a grid coarser than every
     # start range) and no refinement (which would search the continuous range again)
-    one = ToyAnalyticTeacher(frames=FRAMES, size=SIZE, grid_step=100.0, refine=0, unconditional_prompts=0)
+    one = ToyAnalyticTeacher(FLOW, frames=FRAMES, size=SIZE, grid_step=100.0, refine=0, unconditional_prompts=0)
     scene = _scenes(1)[1]
     video = ToyCodec().encode(render_scenes(_candidates(scene["prompt"], 100.0, [(0.0, float(SIZE))])))[0]
     text = _text(one, [scene["prompt"]] * 2).to(dtype)
@@ -113,7 +115,7 @@ def test_refinement_unsnaps_off_grid_latents_at_low_noise():
     x = (1 - s) * z + s * torch.randn(z.shape, generator=torch.Generator().manual_seed(3))
     errors = {}
     for refine in (0, 4):
-        m = ToyAnalyticTeacher(frames=FRAMES, size=SIZE, refine=refine, unconditional_prompts=0)
+        m = ToyAnalyticTeacher(FLOW, frames=FRAMES, size=SIZE, refine=refine, unconditional_prompts=0)
         x0 = FlowMatchScheduler().x0_from_v(x, m(x, t, _text(m, [sc["prompt"] for sc in scenes])), t)
         errors[refine] = float(((x0 - z) ** 2).mean())
     assert errors[4] < 2e-3 and errors[0] > 5 * errors[4], errors
@@ -122,9 +124,10 @@ def test_refinement_unsnaps_off_grid_latents_at_low_noise():
 def test_registered_with_the_learned_teachers_call_contract(tmp_path):
     (tmp_path / "config.json").write_text('{"grid_step": 2.0, "unconditional_prompts": 1}')
     m = build({"type": "toy_analytic_teacher", "pretrained": str(tmp_path), "causal": False, "frames": FRAMES,
-               "size": SIZE}, MODELS)
+               "size": SIZE}, MODELS, scheduler=FLOW)
     assert m.grid_step == 2.0 and m.unconditional_prompts == 1 and m.refine == 4   # the folder's, else defaults
-    explicit = build({"type": "toy_analytic_teacher", "pretrained": str(tmp_path), "grid_step": 0.5}, MODELS)
+    explicit = build({"type": "toy_analytic_teacher", "pretrained": str(tmp_path), "grid_step": 0.5}, MODELS,
+                     scheduler=FLOW)
     assert explicit.grid_step == 0.5 and explicit.unconditional_prompts == 1       # the recipe's key wins
     scene = _scenes(1)[0]
     x = torch.randn(2, FRAMES, 16, 4, 4, generator=torch.Generator().manual_seed(4))
@@ -150,7 +153,7 @@ def test_a_world_of_discrete_starts_and_its_exact_teacher(n):
     assert max(len(v) for v in groups.values()) == n * n
     assert any(a["objects"][0]["start"] != b["objects"][0]["start"]
                for a, b in zip(world.scenes(range(16)), free.scenes(range(16))))
-    exact = ToyAnalyticTeacher(frames=FRAMES, size=SIZE, unconditional_prompts=0, start_positions=n)
+    exact = ToyAnalyticTeacher(FLOW, frames=FRAMES, size=SIZE, unconditional_prompts=0, start_positions=n)
     assert exact.refine == 0
     scenes = world.scenes(range(4))
     video = ToyCodec().encode(render_scenes(scenes))
@@ -162,3 +165,20 @@ def test_a_world_of_discrete_starts_and_its_exact_teacher(n):
     assert torch.allclose(x0, video, atol=1e-3)
     with pytest.raises(UserError, match="start_positions"):
         ToyWorld("test", 4, start_positions=0)
+
+
+def test_the_noise_level_is_the_recipe_schedulers(teacher, tmp_path):
+    """The teacher reads sigma(t) off the scheduler it is handed: on a 2000 grid, t = 1200 is the
+    default grid's 600. Jobs hand it the recipe's; a recipe cannot set it inside the model."""
+    scene = _scenes(1)[0]
+    x = torch.randn(1, FRAMES, 16, 4, 4, generator=torch.Generator().manual_seed(6))
+    text = _text(teacher, [scene["prompt"]])
+    wide = ToyAnalyticTeacher(FlowMatchScheduler(num_train_timesteps=2000), frames=FRAMES, size=SIZE, refine=0,
+                              unconditional_prompts=2)
+    assert torch.allclose(wide(x, torch.tensor([1200.0]), text), teacher(x, torch.tensor([600.0]), text))
+    assert not torch.allclose(wide(x, torch.tensor([600.0]), text), teacher(x, torch.tensor([600.0]), text))
+    cfg = model_config({"type": "toy_analytic_teacher", "refine": 0, "frames": FRAMES, "size": SIZE})
+    loaded = load_generator_model(cfg, tmp_path, None, FlowMatchScheduler(num_train_timesteps=2000))
+    assert loaded.scheduler.num_train_timesteps == 2000
+    with pytest.raises(UserError, match="gets 'scheduler' from the job"):
+        model_config({"type": "toy_analytic_teacher", "scheduler": {"type": "flow_match"}})

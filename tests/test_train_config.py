@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from oneforcing.errors import UserError
+from oneforcing.schedulers import FlowMatchScheduler
 from oneforcing.trainer.config import DeepSpeedOptions, EMAConfig, LoraOptions, OptimizerConfig, TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -149,7 +150,8 @@ def _role(cfg, registry, role="generator", seed=0, **ds):
     from oneforcing.trainer.placement import build_role_module
 
     plan = DeepSpeedPlan.resolve(DeepSpeedOptions(zero_stage=0, **ds), world_size=1)
-    return build_role_module(cfg, registry, role=role, plan=plan, lora=None, ctx=RunContext(seed=seed))
+    return build_role_module(cfg, registry, role=role, plan=plan, lora=None, ctx=RunContext(seed=seed),
+                             scheduler=FlowMatchScheduler())
 
 
 def test_placement_loads_a_pretrained_model_from_the_meta_device(tmp_path, monkeypatch):

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+import oneforcing.jobs.generate
 import oneforcing.video
 from oneforcing.cli import main
 from oneforcing.config import load_recipe
@@ -151,10 +152,10 @@ def test_an_interrupted_export_never_shows_a_half_written_out_dir_and_resumes(ex
             raise KeyboardInterrupt
         return write(path, *a, **kw)
 
-    monkeypatch.setattr(oneforcing.video, "write_mp4", dies_on_the_third)
+    monkeypatch.setattr(oneforcing.jobs.generate, "write_mp4", dies_on_the_third)
     assert run(out, prompts=prompts, checkpoint=export) == 130
     assert not out.exists() and len(list(partial.glob("*.mp4"))) == 2
-    monkeypatch.setattr(oneforcing.video, "write_mp4", write)
+    monkeypatch.setattr(oneforcing.jobs.generate, "write_mp4", write)
     capsys.readouterr()
     assert run(out, "seed=5", prompts=prompts, checkpoint=export) == 2  # other settings: never mixed in
     assert "other settings" in capsys.readouterr().err and len(list(partial.glob("*.mp4"))) == 2

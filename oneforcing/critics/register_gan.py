@@ -30,6 +30,7 @@ import torch.nn.functional as F
 
 from oneforcing.critics.fake_score import FakeScore
 from oneforcing.errors import UserError
+from oneforcing.models.wan_io import WAN_DEFAULTS, load_config
 from oneforcing.registry import CRITICS
 
 
@@ -120,8 +121,6 @@ class RegisterGANCritic(FakeScore):
         """Called by the registry's strict validation (so by `oneforcing show` and before any model
         is built): the inner Wan's `config:`, then `layers` and `heads` against the base's
         config.json (or `config`)."""
-        from oneforcing.models.wan_io import WAN_DEFAULTS, load_config
-
         FakeScore.check_recipe(kwargs, path=path, file=file)
         pretrained = kwargs.get("pretrained")
         if pretrained and not Path(pretrained).exists():

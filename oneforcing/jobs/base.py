@@ -53,7 +53,7 @@ def split_recipe(recipe: dict, file: str | None) -> tuple[dict, dict]:
     if not isinstance(job, str):
         raise RecipeError(f"'job' must be a job name, got {job!r}", file=file, key="job")
     try:
-        check_seed(meta.get("seed", 0), "seed")
+        check_seed(meta.get("seed", RunContext.seed), "seed")
     except UserError as err:
         raise err.at(file=file) from None
     imports = meta.get("imports", [])

@@ -36,7 +36,8 @@ from oneforcing.eval.curvature import (
 )
 from oneforcing.jobs.base import Job, RunContext, derive_seed
 from oneforcing.jobs.shared import (DEFAULT_ODE_TEXT_ENCODER, ShardPrompts, ToyPrompts, build_sampler,
-                                    check_teacher_paths, check_teacher_shapes, load_generator_model, model_config, resolve_model_dir)
+                                    check_teacher_paths, check_teacher_shapes, load_generator_model, model_config,
+                                    resolve_model_dir, save_png)
 from oneforcing.models.text_encoder import parse_dtype
 from oneforcing.registry import JOBS, TEXT_ENCODERS, build, validate
 from oneforcing.samplers.teacher_ode import TeacherODE
@@ -128,7 +129,7 @@ class CurvatureJob(Job):
         encoder = build(self.text_cfg, TEXT_ENCODERS, path="text_encoder", file=ctx.recipe_file)
         negative_text = encoder.negative_prompt if self.negative_prompt is None else self.negative_prompt
         negative = encode_text(encoder, [negative_text])[0]
-        model = load_generator_model(self.model_cfg, weights_dir, ctx.recipe_file)
+        model = load_generator_model(self.model_cfg, weights_dir, ctx.recipe_file, self.sampler.scheduler)
         check_teacher_shapes(model, source.shape, source.batch(range(1), encoder).embed, negative,
                              self.prompts_from or "toy codec")
         model = model.to(device, dtype)
@@ -211,8 +212,6 @@ def plot_profiles(result: dict, path: Path) -> Path:
     axes[0].legend(loc="upper right")
     fig.suptitle(f"trajectory curvature, {result['num_prompts']} prompts ({Path(result['teacher']).name})")
     fig.tight_layout()
-    from oneforcing.jobs.plot import save_png
-
     save_png(fig, path)
     plt.close(fig)
     return path

@@ -24,8 +24,8 @@ class DistCheck(Job):
         if ctx.distributed:
             torch.distributed.all_reduce(rank_sum)
         # Same-on-every-rank draw (per_rank=False) and a per-rank draw, to show seeding works.
-        shared = torch.rand(1, generator=ctx.generator("check", per_rank=False)).item()
-        own = torch.rand(1, generator=ctx.generator("check")).item()
+        shared = torch.rand(1, generator=ctx.rng("check", per_rank=False)).item()
+        own = torch.rand(1, generator=ctx.rng("check")).item()
         draws = [own]
         if ctx.distributed:  # tensors, not all_gather_object: nothing is pickled between ranks
             gathered = [torch.zeros(1, dtype=torch.float64) for _ in range(ctx.world_size)]

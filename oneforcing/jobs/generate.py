@@ -37,10 +37,12 @@ from oneforcing.data.shards import atomic_write_text
 from oneforcing.errors import UserError
 from oneforcing.jobs.base import Job, RunContext, check_seed, derive_seed
 from oneforcing.jobs.shared import build_sampler, load_generator_model, resolve_model_dir, rollout
+from oneforcing.models.text_encoder import parse_dtype
 from oneforcing.registry import JOBS, TEXT_ENCODERS, VAES, build
 from oneforcing.runtime import device_memory
 from oneforcing.samplers.common import PlansItsCache
 from oneforcing.speed import Timing, sync
+from oneforcing.video import write_mp4
 from oneforcing.weights import WEIGHTS_RENAMED, check_weights, weights_kind
 
 log = logging.getLogger("oneforcing")
@@ -186,8 +188,6 @@ class Generate(Job):
 
     # --- building ---------------------------------------------------------------------------
     def compute_dtype(self, device: torch.device) -> torch.dtype:
-        from oneforcing.models.text_encoder import parse_dtype
-
         if self.dtype == "auto":
             return torch.bfloat16 if device.type == "cuda" else torch.float32
         return parse_dtype(self.dtype, key="generate.dtype")
@@ -205,7 +205,7 @@ class Generate(Job):
             vae = build(self.vae_cfg, VAES, path="vae", file=ctx.recipe_file)
             vae.to(device)
             latent_shape = _latent_shape(vae, self.num_frames, self.height, self.width)
-            model = load_generator_model(self.model_cfg, self.weights_dir, ctx.recipe_file)
+            model = load_generator_model(self.model_cfg, self.weights_dir, ctx.recipe_file, self.sampler.scheduler)
             _check_model_fits(model, latent_shape, self.height, self.width, ctx.recipe_file)
             sampler = self.sampler
             self._check_memory(model, sampler, latent_shape, device, dtype)
@@ -248,8 +248,6 @@ class Generate(Job):
     def _render(self, ctx: RunContext, mine: list[Item], vae, model, sampler, text: dict,
                 latent_shape: tuple[int, int, int, int], dtype: torch.dtype) -> None:
         from tqdm.auto import tqdm
-
-        from oneforcing.video import write_mp4
 
         device = ctx.device
         f_lat, c_lat, h_lat, w_lat = latent_shape

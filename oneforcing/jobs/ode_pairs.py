@@ -176,7 +176,7 @@ class OdePairsJob(Job):
         encoder = build(self.text_cfg, TEXT_ENCODERS, path="text_encoder", file=ctx.recipe_file)
         negative_text = encoder.negative_prompt if self.negative_prompt is None else self.negative_prompt
         negative = encode_text(encoder, [negative_text])[0]
-        model = load_generator_model(self.model_cfg, self.weights_dir, ctx.recipe_file)
+        model = load_generator_model(self.model_cfg, self.weights_dir, ctx.recipe_file, self.sampler.scheduler)
         model = model.to(ctx.device, self._dtype(ctx.device))
         model.eval().requires_grad_(False)
         check_teacher_shapes(model, source.shape, source.batch(range(1), encoder).embed, negative,

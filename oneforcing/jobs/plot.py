@@ -21,11 +21,11 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 
 from oneforcing.errors import UserError
 from oneforcing.jobs.base import Job, RunContext
+from oneforcing.jobs.shared import save_png
 from oneforcing.registry import JOBS
 
 NOT_LOSSES = ("lr", "grad_norm", "step")
@@ -134,17 +134,6 @@ def plot_metrics(runs: list[str | Path], out: str | Path, metrics: list[str] | N
     if title or smooth > 1:
         fig.suptitle((title or "") + (f" (moving average of {smooth})" if smooth > 1 else ""))
     return save_png(fig, out)
-
-
-def save_png(fig, out: str | Path, dpi: int = 110) -> Path:
-    """Write a matplotlib figure as a PNG atomically (a temporary file, then a rename): a reader
-    never sees half a figure. Returns the path."""
-    out = Path(out).expanduser()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.stem}.tmp{os.getpid()}.png")
-    fig.savefig(tmp, dpi=dpi, format="png")
-    os.replace(tmp, out)
-    return out
 
 
 def _label(run: str | Path) -> str:

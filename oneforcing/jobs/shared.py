@@ -1,9 +1,12 @@
-"""What several jobs share (generate, toy_eval, ode_pairs, curvature, eval): the recipe's
-flow-matching convention and samplers, weights folders, model configs, prompt sources, the rollout.
+"""What several jobs share (generate, toy_eval, ode_pairs, curvature, eval, plot): the recipe's
+flow-matching convention and samplers, weights folders, model configs, prompt sources, the rollout,
+figures on disk.
 One public place; no job imports another job's helpers."""
 
 from __future__ import annotations
 
+import logging
+import os
 from pathlib import Path
 from typing import NamedTuple, Protocol
 
@@ -14,8 +17,10 @@ from oneforcing.data.loader import LatentShards
 from oneforcing.data.pipeline import encode_text
 from oneforcing.data.prompts import check_latent_shape, read_prompt_file
 from oneforcing.errors import UserError
-from oneforcing.registry import DATASETS, MODELS, VAES, build, check_kwargs, validate
+from oneforcing.jobs.base import missing_path
+from oneforcing.registry import DATASETS, MODELS, VAES, build, check_kwargs, declared, validate
 from oneforcing.samplers.common import checked_rollout
+from oneforcing.schedulers import FlowMatchScheduler
 from oneforcing.schedulers.build import build_flow
 from oneforcing.speed import sync
 from oneforcing.weights import resolve_weights
@@ -56,12 +61,25 @@ def rollout(sampler, model, noise: torch.Tensor, text: torch.Tensor, device: tor
     return out.x0, first[0]
 
 
+# --- figures (plot, curvature, the toy report) -------------------------------------------------
+def save_png(fig, out: str | Path, dpi: int = 110) -> Path:
+    """Write a matplotlib figure as a PNG atomically (a temporary file, then a rename): a reader
+    never sees half a figure. Returns the path."""
+    out = Path(out).expanduser()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.stem}.tmp{os.getpid()}.png")
+    fig.savefig(tmp, dpi=dpi, format="png")
+    os.replace(tmp, out)
+    return out
+
+
 # --- models and their weights ------------------------------------------------------------------
 def model_config(model: dict | None, *, key: str = "model") -> dict:
     """`model:` as extra CausalWan kwargs ({frames_per_block: 3, causal: false}) or a full config
     with its own `type`; validated now. The weights come from the checkpoint, never from here."""
     cfg = {"type": "causal_wan", **(model or {})}
-    validate(cfg, MODELS, path=key, provided=("pretrained",))
+    # a model that declares `scheduler` gets the recipe's (load_generator_model)
+    validate(cfg, MODELS, path=key, provided=("pretrained", *declared(cfg, MODELS, scheduler=None)))
     return cfg
 
 
@@ -78,8 +96,6 @@ def resolve_model_dir(checkpoint: str, weights: str = "auto") -> Path:
     training export's ema/ or generator/ sub-folder, as `weights` says (oneforcing/weights.py:
     auto = the export's declared inference weights). A checkpoint saved before the EMA started
     has no ema/: then the generator is used, with a warning."""
-    import logging
-
     root = Path(checkpoint).expanduser()
     if not root.is_dir():
         raise UserError(f"generate: checkpoint directory not found: {root}")
@@ -98,10 +114,11 @@ def resolve_model_dir(checkpoint: str, weights: str = "auto") -> Path:
     return found
 
 
-def load_generator_model(cfg: dict, weights_dir: Path, file: str | None):
+def load_generator_model(cfg: dict, weights_dir: Path, file: str | None, scheduler: FlowMatchScheduler):
     """The recipe's `model:` config loaded from the weights folder through the model's
     `from_pretrained` (the models contract; CausalWan builds on the meta device and fills the
-    parameters from the file, instead of a random init that the weights then overwrite)."""
+    parameters from the file, instead of a random init that the weights then overwrite). A model
+    that declares `scheduler` gets the recipe's, the one the job's sampler holds."""
     for key in ("pretrained", "load_weights"):
         if key in cfg:
             raise UserError(f"generate: set the weights with 'checkpoint', not 'model.{key}'", file=file)
@@ -113,8 +130,10 @@ def load_generator_model(cfg: dict, weights_dir: Path, file: str | None):
         obj = MODELS.get(name)
     except UserError as err:
         raise err.at(file=file, key="model.type") from None
-    kwargs = check_kwargs(obj, cfg, what=f"models '{name}'", path="model", file=file, provided=("pretrained",))
-    return obj.from_pretrained(str(weights_dir), **kwargs)
+    handed = declared({"type": name}, MODELS, scheduler=scheduler)
+    kwargs = check_kwargs(obj, cfg, what=f"models '{name}'", path="model", file=file,
+                          provided=("pretrained", *handed))
+    return obj.from_pretrained(str(weights_dir), **kwargs, **handed)
 
 
 # --- prompt sources of the teacher jobs (ode_pairs, curvature) ----------------------------------
@@ -192,8 +211,6 @@ class ToyPrompts:
 def check_teacher_paths(teacher: str, weights: str, prompts_from: str | None, recipe_file: str | None) -> Path:
     """The teacher's weights folder; fails before anything is written if the teacher or the prompts
     are missing (one line naming the recipe key, and the toy twin of the recipe)."""
-    from oneforcing.jobs.base import missing_path  # here: jobs.base imports nothing of the jobs
-
     for key, path in (("teacher", teacher), ("prompts_from", prompts_from)):
         if path is not None and not Path(path).expanduser().exists():
             raise missing_path(path, key, recipe_file)

@@ -21,6 +21,9 @@ from oneforcing.data.shards import atomic_write_text
 from oneforcing.errors import UserError
 from oneforcing.jobs.base import Job, RunContext
 from oneforcing.registry import JOBS
+from oneforcing.study.design import build_design
+from oneforcing.study.report import csv_text, markdown
+from oneforcing.study.store import StudyStore
 
 log = logging.getLogger("oneforcing")
 
@@ -52,7 +55,6 @@ class StudyJob(Job):
                  host: str = "127.0.0.1", port: int = 8765):
         if not isinstance(port, int) or not 0 < port < 65536:
             raise UserError(f"must be a TCP port (1-65535), got {port!r}", key="port")
-        from oneforcing.study.design import build_design  # here: oneforcing.study imports jobs.base
         build_design(systems, prompts, samples_per_prompt)  # every folder, prompt and video checked now
         self.systems, self.prompts, self.samples_per_prompt = systems, prompts, samples_per_prompt
         self.db, self.host, self.port = Path(db).expanduser(), str(host), port
@@ -67,8 +69,6 @@ class StudyJob(Job):
         except ImportError as err:
             raise UserError(f"the study needs FastAPI and uvicorn ({err.name} is missing): "
                             "pip install -e .[study]") from None
-        from oneforcing.study.design import build_design
-        from oneforcing.study.store import StudyStore
 
         design = build_design(self.systems, self.prompts, self.samples_per_prompt, seed=ctx.seed)
         _check_port_free(self.host, self.port)
@@ -89,8 +89,6 @@ class StudyReportJob(Job):
     """Table 2 of a study's votes: wins / ties / losses / decided / win rate (Wilson 95 %), md + CSV."""
 
     def __init__(self, db: str, out: str | None = None):
-        from oneforcing.study.store import StudyStore
-
         self.store = StudyStore(db)  # checked now: a missing or foreign file fails before anything is written
         self.out = Path(out).expanduser() if out else None
         if self.out is not None and self.out.exists() and not self.out.is_dir():
@@ -98,8 +96,6 @@ class StudyReportJob(Job):
                             "into a folder)", key="out")
 
     def run(self, ctx: RunContext) -> None:
-        from oneforcing.study.report import csv_text, markdown
-
         if not ctx.is_main:
             return
         text = markdown(self.store)

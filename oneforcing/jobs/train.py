@@ -9,7 +9,9 @@ from pathlib import Path
 
 from oneforcing.jobs.base import Job, RunContext, missing_path
 from oneforcing.registry import JOBS
+from oneforcing.trainer import build_trainer
 from oneforcing.trainer.config import TrainConfig
+from oneforcing.trainer.export import export_generator
 
 
 @JOBS.register("train")
@@ -33,15 +35,11 @@ class Train(Job):
                 raise missing_path(path, key, recipe_file)
 
     def run(self, ctx: RunContext) -> None:
-        from oneforcing.trainer import build_trainer
-
         self.check_paths(ctx.recipe_file)
         cfg = self.config
         trainer = build_trainer(cfg, ctx)
         final_step = trainer.fit()
         if cfg.export is not None and final_step >= cfg.steps:
-            from oneforcing.trainer.export import export_generator
-
             export_generator(trainer, Path(cfg.export.dir or Path(cfg.run_dir) / "export"),
                              merge_lora=cfg.export.merge_lora,
                              inference_weights=cfg.export.inference_weights)

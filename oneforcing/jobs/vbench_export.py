@@ -39,6 +39,7 @@ from oneforcing.data.shards import atomic_write_text
 from oneforcing.errors import UserError
 from oneforcing.jobs.base import Job, RunContext, missing_path
 from oneforcing.jobs.generate import VBENCH_FILENAME, Generate
+from oneforcing.models.text_encoder import parse_dtype
 from oneforcing.provenance import code_version, machine
 from oneforcing.registry import JOBS
 from oneforcing.samplers.causal_inference import CausalInference
@@ -100,8 +101,6 @@ class VBenchExport(Job):
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise UserError(f"must be an integer >= 1, got {value!r}", key=key)
         if dtype != "auto":
-            from oneforcing.models.text_encoder import parse_dtype
-
             parse_dtype(dtype, key="dtype")
         self.out_dir = Path(out_dir).expanduser()
         if not self.out_dir.name or self.out_dir.name in (".", ".."):

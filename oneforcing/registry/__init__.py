@@ -8,7 +8,7 @@
     loss = build({"type": "dmd", "guidance": 5.0}, LOSSES)
 """
 
-from oneforcing.registry.build import build, build_from_any, check_kwargs, validate
+from oneforcing.registry.build import build, build_from_any, check_kwargs, declared, validate
 from oneforcing.registry.contracts import CONTRACTS, Contract
 from oneforcing.registry.kinds import (
     ATTENTION, CRITICS, DATASETS, JOBS, LOGGERS, LOSSES, METRICS, MODELS, REAL_SOURCES, REGISTRIES, SAMPLERS,
@@ -24,7 +24,8 @@ from oneforcing.registry.plugins import (
 from oneforcing.registry.registry import Entry, Registry
 
 __all__ = [
-    "CONTRACTS", "Contract", "Entry", "Registry", "REGISTRIES", "build", "build_from_any", "check_kwargs", "validate",
+    "CONTRACTS", "Contract", "Entry", "Registry", "REGISTRIES", "build", "build_from_any", "check_kwargs", "declared",
+    "validate",
     "ENTRY_POINT_GROUP", "import_modules", "load_builtins", "load_plugins", "plugin_failures",
     *[k.upper() for k in REGISTRIES],
 ]

@@ -269,6 +269,19 @@ def check_kwargs(obj, kwargs: dict, *, what: str, path: str = "", file: str | No
     return out
 
 
+def declared(cfg: Any, registry, **offered) -> dict:
+    """The `offered` call-time kwargs whose names the constructor of the component `cfg` names
+    declares: how a component asks for what the job holds and a recipe cannot write (a model that
+    needs the noise level declares `scheduler: FlowMatchScheduler` and gets the recipe's; a
+    rank-aware dataset declares `rank`). {} for a config without a known type (build then says why)."""
+    name = cfg.get("type") if isinstance(cfg, dict) else None
+    entry = registry.find(name) if isinstance(name, str) and ":" not in name else None
+    if entry is None:
+        return {}
+    params, _, _ = _signature(entry.obj)
+    return {k: v for k, v in offered.items() if k in params}
+
+
 def build(cfg: Any, registry, *, path: str = "", file: str | None = None, **provided) -> Any:
     """Build `cfg = {type: NAME, ...}` from `registry`, strictly. `provided` are call-time
     kwargs that do not come from the recipe (models, schedulers handed in by the trainer)."""

@@ -3,9 +3,9 @@
 All share one call signature and return a `Rollout` (samplers/common.py)."""
 
 from oneforcing.samplers.causal_inference import CausalInference
-from oneforcing.samplers.common import CALL_KEYWORDS, Rollout, draw_exit_indices
+from oneforcing.samplers.common import Rollout, draw_exit_indices
 from oneforcing.samplers.self_forcing import SelfForcingRollout
 from oneforcing.samplers.teacher_ode import ODEResult, TeacherODE
 
-__all__ = ["CALL_KEYWORDS", "CausalInference", "ODEResult", "Rollout", "SelfForcingRollout", "TeacherODE",
+__all__ = ["CausalInference", "ODEResult", "Rollout", "SelfForcingRollout", "TeacherODE",
            "draw_exit_indices"]

@@ -1,6 +1,7 @@
 """What every sampler shares: the one call signature, its result, noise and exit draws.
 
-The sampler contract (checked when a sampler registers, oneforcing/registry/contracts.py):
+The sampler contract (checked when a sampler registers, oneforcing/registry/contracts.py, whose
+SAMPLER_KEYWORDS is the one list of the call's keywords):
 
     sampler = SAMPLERS.get(name)(**recipe_keys, scheduler=flow)   # the recipe's flow-matching convention
     out = sampler(model, noise, text, *, rng=None, exit_rng=None,
@@ -25,9 +26,6 @@ from typing import Protocol, runtime_checkable
 import torch
 
 from oneforcing.errors import UserError
-
-CALL_KEYWORDS = ("rng", "exit_rng", "negative_text", "context", "on_block")
-
 
 @dataclass
 class Rollout:

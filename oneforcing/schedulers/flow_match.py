@@ -40,18 +40,6 @@ GUIDANCE_RENAMED = (f"it is now 'cfg_scale' ({CFG_DOC}); dmd's old guidance g (c
 MODEL_GRID = 1000  # the grid of model timesteps (Wan's num_train_timesteps): what every model is called with
 
 
-def sigma_of(t, num_train_timesteps: int = MODEL_GRID):
-    """THE noise level of model timestep(s) t: sigma = t / num_train_timesteps (float, list or tensor).
-    A float64 tensor stays float64 (the exact toy teacher and the curvature job compute in it); any
-    other tensor is computed in float32 (a bf16 t would round 937.5 to 936). `FlowMatchScheduler.sigma`
-    is this with the recipe's grid; a model, which is built without the recipe's scheduler and is
-    called on MODEL_GRID, uses it directly (toy/analytic_teacher.py)."""
-    if not isinstance(t, (int, float)):
-        t = t if torch.is_tensor(t) else torch.as_tensor(t, dtype=torch.float32)
-        t = t if t.dtype == torch.float64 else t.float()
-    return t / num_train_timesteps
-
-
 def _bcast(s: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     """Broadcast per-sample [B] or per-frame [B, F] sigmas over latents [B, F, C, H, W]."""
     while s.dim() < like.dim():
@@ -82,8 +70,14 @@ class FlowMatchScheduler:
         return self.shift * u / (1 + (self.shift - 1) * u) * self.num_train_timesteps
 
     def sigma(self, t):
-        """Noise level of model timestep(s) t: sigma = t / 1000 (float, list or tensor; see `sigma_of`)."""
-        return sigma_of(t, self.num_train_timesteps)
+        """THE noise level of model timestep(s) t: sigma = t / 1000 (float, list or tensor). A float64
+        tensor stays float64 (the exact toy teacher and the curvature job compute in it); any other
+        tensor is computed in float32 (a bf16 t would round 937.5 to 936). A model that needs it
+        declares a `scheduler` constructor keyword and is handed the recipe's (docs/plugins.md)."""
+        if not isinstance(t, (int, float)):
+            t = t if torch.is_tensor(t) else torch.as_tensor(t, dtype=torch.float32)
+            t = t if t.dtype == torch.float64 else t.float()
+        return t / self.num_train_timesteps
 
     def step_list(self, steps: Sequence[float], warp: bool = True) -> list[float]:
         """An inference step list on the un-shifted 1000 grid -> model timesteps (warped by the shift)."""

@@ -15,7 +15,8 @@ latent between grid points is not snapped to one)
 
 computed exactly (in float64) over the grid; per-frame noise levels (t of shape [B, F]) weight
 each frame's term by its own s. The model returns the flow velocity v = (x_t - E[z | x_t]) / s,
-the quantity the learned teacher predicts, so a recipe swaps them with one line:
+the quantity the learned teacher predicts, so a recipe swaps them with one line (the noise level
+s of a model timestep t is the recipe scheduler's sigma(t), handed in as `scheduler`):
 
     real_score: {type: toy_analytic_teacher}
 
@@ -37,8 +38,9 @@ import torch
 from torch import nn
 
 from oneforcing.errors import UserError
+from oneforcing.models.text_encoder import UMT5TextEncoder
 from oneforcing.registry import MODELS
-from oneforcing.schedulers.flow_match import sigma_of
+from oneforcing.schedulers.flow_match import FlowMatchScheduler
 from oneforcing.toy.codec import ToyCodec
 from oneforcing.toy.prompt_decoder import ToyPromptDecoder
 from oneforcing.toy.text_encoder import TOY_MAX_LENGTH, TOY_TEXT_ENCODER_PATH
@@ -82,10 +84,10 @@ class ToyAnalyticTeacher(nn.Module):
 
     config: dict = {}  # no network architecture: nothing for a job to check shapes against (models contract)
 
-    def __init__(self, grid_step: float | None = None, refine: int | None = None, frames: int = REF_FRAMES,
-                 size: int = REF_SIZE, unconditional_prompts: int | None = None, cache_prompts: int = 48,
-                 text_encoder_path: str | None = None, pretrained: str | None = None, causal: bool | None = None,
-                 start_positions: int | None = None):
+    def __init__(self, scheduler: FlowMatchScheduler, grid_step: float | None = None, refine: int | None = None,
+                 frames: int = REF_FRAMES, size: int = REF_SIZE, unconditional_prompts: int | None = None,
+                 cache_prompts: int = 48, text_encoder_path: str | None = None, pretrained: str | None = None,
+                 causal: bool | None = None, start_positions: int | None = None):
         super().__init__()
         # Settings: the recipe's keys, else the `pretrained` folder's config.json (the asset; a learned
         # teacher's config has none of these keys), else the defaults. There are no weights to load.
@@ -102,6 +104,9 @@ class ToyAnalyticTeacher(nn.Module):
         self.grid_step, self.frames, self.size = grid_step, int(frames), int(size)
         self.unconditional_prompts, self.cache_prompts = int(unconditional_prompts), int(cache_prompts)
         self.refine = int(refine)
+        # The recipe's flow convention (handed in by the job or trainer that builds the model,
+        # registry `declared`): its sigma(t) turns the model timesteps into noise levels.
+        self.scheduler = scheduler
         # A world of discrete starts (toy_world start_positions n): the candidates are exactly its
         # n x n starts per object, so the posterior is exact without a grid or refinement.
         if start_positions is not None and start_positions < 1:
@@ -112,8 +117,6 @@ class ToyAnalyticTeacher(nn.Module):
         # Not a submodule: a trainer's .to(bf16) must not round the basis the candidates are encoded with.
         object.__setattr__(self, "codec", ToyCodec())
         self.f = self.codec.spatial_factor
-        from oneforcing.models.text_encoder import UMT5TextEncoder
-
         self.decoder = ToyPromptDecoder(UMT5TextEncoder(path=text_encoder_path or TOY_TEXT_ENCODER_PATH,
                                                         max_length=TOY_MAX_LENGTH))
         self._prompt_of: dict[bytes, str] = {}
@@ -255,7 +258,7 @@ class ToyAnalyticTeacher(nn.Module):
         """The velocity eps - x0 = (x_t - E[x0 | x_t]) / sigma (other keywords of CausalWan are ignored)."""
         B, F = x.shape[:2]
         t = torch.as_tensor(t, dtype=torch.float64, device=x.device)
-        sigma = sigma_of(t)  # the flow convention's one formula, in float64 (t is)
+        sigma = self.scheduler.sigma(t)  # the recipe's convention, in float64 (t is)
         sigma = sigma.reshape(-1, 1).expand(B, F) if t.dim() <= 1 else sigma.expand(B, F)
         if (F, x.shape[-1] * self.f) != (self.frames, self.size):
             raise ValueError(f"toy_analytic_teacher: latents {tuple(x.shape)} are not the toy world's "

@@ -224,7 +224,8 @@ class ToyWorld:
     `prompts()` lists every prompt without rendering (a prompt list for self-forcing training)."""
 
     def __init__(self, split: str = "train", num_examples: int = 1024, seed: int = 0,
-                 frames: int = 21, size: int = 32, max_objects: int = 2, start_positions: int | None = None):
+                 frames: int = REF_FRAMES, size: int = REF_SIZE, max_objects: int = 2,
+                 start_positions: int | None = None):
         if split not in SPLITS:
             raise UserError(f"toy_world: unknown split {split!r}; one of {', '.join(SPLITS)}")
         if max_objects not in (1, 2):

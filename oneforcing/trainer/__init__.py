@@ -9,7 +9,6 @@ never `oneforcing.jobs`.
 
 from __future__ import annotations
 
-import inspect
 import logging
 from pathlib import Path
 
@@ -17,7 +16,7 @@ import torch
 
 from oneforcing.config import dump_recipe
 from oneforcing.loggers import build_loggers
-from oneforcing.registry import DATASETS, TEXT_ENCODERS, build
+from oneforcing.registry import DATASETS, TEXT_ENCODERS, build, declared
 from oneforcing.runtime import RunContext
 from oneforcing.schedulers.build import build_flow
 from oneforcing.trainer.checkpoint import CheckpointManager
@@ -53,17 +52,18 @@ def build_trainer(cfg: TrainConfig, ctx: RunContext) -> Trainer:
         (run_dir / "recipe.yaml").write_text(dump_recipe(ctx.recipe))
     ctx.barrier()
 
+    # The recipe's flow-matching convention, built once and handed to the models that declare it,
+    # the sampler, the timesteps and (StepContext.scheduler) every loss.
+    flow = build_flow(cfg.scheduler, cfg.sampler, cfg.timesteps)
+    scheduler, sampler, timesteps = flow.scheduler, flow.sampler, flow.timesteps
+
     plan = DeepSpeedPlan.resolve(cfg.deepspeed, ctx.world_size)
-    modules = {role: build_role_module(m, ROLES[role], role=role, plan=plan, lora=cfg.lora.get(role), ctx=ctx)
+    modules = {role: build_role_module(m, ROLES[role], role=role, plan=plan, lora=cfg.lora.get(role), ctx=ctx,
+                                       scheduler=scheduler)
                for role, m in cfg.models.items()}
     generator = TrainedRole("generator", modules["generator"], cfg.optim["generator"], plan)
     critic = TrainedRole("critic", modules["critic"], cfg.optim["critic"], plan) if "critic" in modules else None
     real_score = FrozenRole("real_score", modules["real_score"], plan) if "real_score" in modules else None
-
-    # The recipe's flow-matching convention, built once and handed to the sampler, the timesteps
-    # and (StepContext.scheduler) every loss.
-    flow = build_flow(cfg.scheduler, cfg.sampler, cfg.timesteps)
-    scheduler, sampler, timesteps = flow.scheduler, flow.sampler, flow.timesteps
 
     uncond = None
     if cfg.text_encoder is not None:
@@ -82,7 +82,7 @@ def build_trainer(cfg: TrainConfig, ctx: RunContext) -> Trainer:
 
 
 def _data_kwargs(cfg: dict, ctx: RunContext) -> dict:
-    """Rank, world size and seed for datasets that take them (the rank-aware loaders do)."""
-    params = inspect.signature(DATASETS.get(cfg["type"])).parameters
-    given = {"rank": ctx.rank, "world_size": ctx.world_size, "seed": ctx.seed, "infinite": True}
-    return {k: v for k, v in given.items() if k in params and k not in cfg}
+    """Rank, world size, seed and `infinite` for datasets that declare them (the rank-aware loaders
+    do), unless the recipe sets them."""
+    given = declared(cfg, DATASETS, rank=ctx.rank, world_size=ctx.world_size, seed=ctx.seed, infinite=True)
+    return {k: v for k, v in given.items() if k not in cfg}

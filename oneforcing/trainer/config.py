@@ -22,7 +22,9 @@ import torch
 from oneforcing.errors import UserError
 from oneforcing.weights import INFERENCE_WEIGHTS
 from oneforcing.registry import (CRITICS, DATASETS, LOGGERS, LOSSES, MODELS, SAMPLERS, SCHEDULERS,
-                                 TEXT_ENCODERS, TIMESTEP_SAMPLERS, Registry, build, check_kwargs, validate)
+                                 TEXT_ENCODERS, TIMESTEP_SAMPLERS, Registry, build, check_kwargs, declared,
+                                 validate)
+from oneforcing.schedulers.build import DEFAULT_SCHEDULER
 
 ROLES: dict[str, Registry] = {"generator": MODELS, "critic": CRITICS, "real_score": MODELS}
 TRAINED_ROLES = ("generator", "critic")
@@ -160,7 +162,7 @@ class TrainConfig:
     critic_losses: list[WeightedLoss] = field(default_factory=list)
     ode_data: dict | None = None         # a second stream (ODE pairs) merged into each batch as ode_*
     sampler: dict | None = None
-    scheduler: dict = field(default_factory=lambda: {"type": "flow_match"})  # the flow-matching convention (shift 5 by default)
+    scheduler: dict = field(default_factory=lambda: dict(DEFAULT_SCHEDULER))  # the flow-matching convention
     timesteps: dict = field(default_factory=lambda: {"type": "shifted_uniform"})
     text_encoder: dict | None = None
     negative_prompt: str | None = None
@@ -206,7 +208,8 @@ def _from_keys(run_dir: str, models: dict, data: dict, steps: int,
     if "generator" not in models:
         raise UserError("needs models.generator", key="models")
     for role, cfg in models.items():
-        validate(cfg, ROLES[role], path=f"models.{role}")
+        # A model that needs the noise level declares `scheduler`: the trainer hands it the recipe's.
+        validate(cfg, ROLES[role], path=f"models.{role}", provided=tuple(declared(cfg, ROLES[role], scheduler=None)))
     validate(data, DATASETS, path="data")
     if ode_data is not None:
         validate(ode_data, DATASETS, path="ode_data")

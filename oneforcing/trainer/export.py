@@ -10,7 +10,9 @@ from pathlib import Path
 import torch
 
 from oneforcing.data.shards import atomic_write_text
+from oneforcing.models.wan_io import save_folder
 from oneforcing.trainer.engines import gathered
+from oneforcing.trainer.lora import adapter_state_dict, merge_lora_state_dict
 from oneforcing.weights import EXPORT_MANIFEST
 
 log = logging.getLogger("oneforcing")
@@ -56,9 +58,6 @@ def _export_one(trainer, out_dir: Path, *, use_ema: bool, merge_lora: bool) -> P
     """Write `out_dir` (config.json + diffusion_pytorch_model.safetensors) on rank 0. With LoRA,
     `merge_lora` folds the adapters into the weights; otherwise it writes the base folder plus
     `adapter_model.safetensors` and `adapter_config.json`."""
-    from oneforcing.models.wan_io import save_folder
-    from oneforcing.trainer.lora import adapter_state_dict, merge_lora_state_dict
-
     module = trainer.roles["generator"].module
     sd = full_state_dict(trainer, use_ema=use_ema)
     lora = trainer.lora.get("generator")

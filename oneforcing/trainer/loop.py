@@ -164,7 +164,7 @@ class Trainer:
         batch = self._next_batch()
         self._batch_size = batch.size * self.roles[phase].accumulation
         # Micro-batch 0 keeps the seed of an un-accumulated update; the others draw their own.
-        rng = self.ctx.generator("train", self.step, phase, *((micro,) if micro else ()))
+        rng = self.ctx.rng("train", self.step, phase, *((micro,) if micro else ()))
         critic, real_score = self.roles["critic"], self.real_score
         s = StepContext(step=self.step, phase=phase, batch=batch, generator=self.roles["generator"].module,
                         critic=critic.module if critic else None,

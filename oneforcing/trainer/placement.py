@@ -24,39 +24,42 @@ from pathlib import Path
 import torch
 
 from oneforcing.errors import UserError
+from oneforcing.models.wan_io import INDEX, WEIGHTS, resolve_folder
 from oneforcing.models.weights import PretrainedWeights, covers_everything, load_pretrained, weight_owners
-from oneforcing.registry import build
+from oneforcing.registry import build, declared
+from oneforcing.schedulers import FlowMatchScheduler
 from oneforcing.runtime import RunContext, derive_seed
 from oneforcing.trainer.config import LoraOptions
 from oneforcing.trainer.engines import DeepSpeedPlan, import_deepspeed, is_partitioned
+from oneforcing.trainer.lora import apply_lora
 
 log = logging.getLogger("oneforcing")
 
 
 def build_role_module(cfg: dict, registry, *, role: str, plan: DeepSpeedPlan, lora: LoraOptions | None,
-                      ctx: RunContext) -> torch.nn.Module:
-    """Build, load, adapt and place the model of `role` (models.<role> in the recipe)."""
+                      ctx: RunContext, scheduler: FlowMatchScheduler) -> torch.nn.Module:
+    """Build, load, adapt and place the model of `role` (models.<role> in the recipe); a model that
+    declares `scheduler` gets the recipe's."""
     ds = plan.options
     path = f"models.{role}"
+    handed = declared(cfg, registry, scheduler=scheduler)
     # Trained roles and a frozen role that becomes an inference engine are born partitioned.
     partition = plan.sharded and ds.zero_init and (role != "real_score" or ds.frozen_engine)
     if partition:
         torch.manual_seed(derive_seed(ctx.seed, "init", role))  # the same random parts on every rank
         with zero_init_context(plan.config(None)):
-            module = build(cfg, registry, path=path)
+            module = build(cfg, registry, path=path, **handed)
         loaded = stream_pretrained_weights(module, ctx.rank)
     else:
-        module = _built_on_meta(cfg, registry, path)
+        module = _built_on_meta(cfg, registry, path, handed)
         if module is None:
             torch.manual_seed(derive_seed(ctx.seed, "init", role))
-            module = build(cfg, registry, path=path)
+            module = build(cfg, registry, path=path, **handed)
         loaded = load_pretrained(module)
     if loaded:
         log.info("%s: %s %d pretrained tensors into %s parameters", role, "streamed" if partition else "loaded",
                  loaded, "partitioned" if partition else "local")
     if lora is not None:
-        from oneforcing.trainer.lora import apply_lora
-
         torch.manual_seed(derive_seed(ctx.seed, "lora", role))
         apply_lora(module, lora, role)
     if ds.gradient_checkpointing:  # every (sub)model that supports it, e.g. a critic's inner Wan
@@ -68,7 +71,7 @@ def build_role_module(cfg: dict, registry, *, role: str, plan: DeepSpeedPlan, lo
     return module.to(device=ctx.device, dtype=ds.dtype)
 
 
-def _built_on_meta(cfg: dict, registry, path: str) -> torch.nn.Module | None:
+def _built_on_meta(cfg: dict, registry, path: str, handed: dict) -> torch.nn.Module | None:
     """The model built on the meta device, when it is a `PretrainedWeights` class given a
     `pretrained` folder whose checkpoint then holds every tensor; else None (build it for real)."""
     name = cfg.get("type")
@@ -76,7 +79,7 @@ def _built_on_meta(cfg: dict, registry, path: str) -> torch.nn.Module | None:
     if not (isinstance(cls, type) and issubclass(cls, PretrainedWeights) and cfg.get("pretrained")):
         return None
     with torch.device("meta"):
-        module = build(cfg, registry, path=path)
+        module = build(cfg, registry, path=path, **handed)
     return module if covers_everything(module) else None
 
 
@@ -87,8 +90,6 @@ def zero_init_context(ds_config: dict):
 
 def _tensor_files(folder: Path) -> dict[str, Path]:
     """{tensor name: safetensors file} for a diffusers folder (single file or sharded index)."""
-    from oneforcing.models.wan_io import INDEX, WEIGHTS, resolve_folder
-
     folder = resolve_folder(folder)
     if (folder / WEIGHTS).is_file():
         from safetensors import safe_open

@@ -17,6 +17,8 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from oneforcing.errors import UserError
+
 _T, _TUPLE, _DICT, _ENUM, _SIZE = "__tensor__", "__tuple__", "__dict__", "__enum__", "__size__"
 
 
@@ -89,8 +91,6 @@ def save_state(prefix: Path, obj: Any) -> None:
 def load_state(prefix: Path) -> Any:
     """Read what `save_state` wrote; a truncated, foreign or inconsistent file is a UserError
     naming it (a checkpoint is user input once it sits on disk)."""
-    from oneforcing.errors import UserError
-
     prefix = Path(prefix)
     tensor_file, skeleton_file = prefix.with_suffix(".safetensors"), prefix.with_suffix(".json")
     try:
@@ -111,8 +111,6 @@ def check_state(prefix: Path) -> None:
     """What `load_state` would refuse, read from the safetensors header and the JSON skeleton
     only (no tensor data is loaded)."""
     from safetensors import safe_open
-
-    from oneforcing.errors import UserError
 
     prefix = Path(prefix)
     tensor_file, skeleton_file = prefix.with_suffix(".safetensors"), prefix.with_suffix(".json")

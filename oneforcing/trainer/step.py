@@ -93,7 +93,7 @@ class StepContext:
                 raise RuntimeError("this recipe has no `sampler:` but a loss asked for a generator rollout")
             shape = self.batch.rollout_shape("the generator rollout (its noise has the latents' shape)")
             noise = self.cache.setdefault("rollout_noise", self.randn(shape))
-            exits = self.ctx.generator("exits", self.step, self.phase, key, per_rank=False)
+            exits = self.ctx.rng("exits", self.step, self.phase, key, per_rank=False)
             with torch.set_grad_enabled(self.phase == "generator"):
                 self.cache[key] = checked_rollout(sampler(self.generator, noise, self.text, rng=self.rng,
                                                           exit_rng=exits), sampler)

@@ -147,7 +147,7 @@ class UnitWorld:
 
     def _ode_pairs(self, teacher: ExactScore) -> dict[str, torch.Tensor]:
         """The exact teacher's ODE from fresh noise: start state (t = 1000) and endpoint, as ode_pairs stores them."""
-        g = self.ctx.generator("ode_pairs")
+        g = self.ctx.rng("ode_pairs")
         noise = as_latents(torch.randn(self.cfg.ode_pairs, self.target.dim, generator=g))
         text = torch.zeros(noise.shape[0], 1, 1)
         out = TeacherODE(num_steps=self.cfg.ode_steps, cfg_scale=1.0, keep_indices=[0],
@@ -170,7 +170,7 @@ class UnitWorld:
         """The critic's init: `critic_pretrain` flow_denoise updates on the target (a teacher-like
         init, as One-Forcing's critic starts from the base model) or on the target moved far away."""
         offset = 0.0 if self.cfg.critic_init == "target" else self.cfg.far_offset
-        g = self.ctx.generator("critic_init")
+        g = self.ctx.rng("critic_init")
         draw = lambda n: self.target.sample(n, g) + offset  # noqa: E731
         saved = (self.sampler, self.losses["critic"])
         self.sampler = PointsSampler(draw)
@@ -182,7 +182,7 @@ class UnitWorld:
 
     # --- the loop ---------------------------------------------------------------------------
     def _batch(self, step: int, phase: str) -> Batch:
-        g = self.ctx.generator("data", step, phase)
+        g = self.ctx.rng("data", step, phase)
         B = self.cfg.batch
         fields = {"latents": as_latents(self.target.sample(B, g))}
         if self.ode is not None:
@@ -194,7 +194,7 @@ class UnitWorld:
         s = StepContext(step=step, phase=phase, batch=self._batch(step, phase), generator=self.generator,
                         critic=self.critic, real_score=self.real_score, scheduler=self.scheduler,
                         timesteps=self.timesteps, sampler=self.sampler, uncond_text=None,
-                        rng=self.ctx.generator("train", step, phase), ctx=self.ctx)
+                        rng=self.ctx.rng("train", step, phase), ctx=self.ctx)
         frozen = self._frozen(self.critic) if phase == "generator" else contextlib.nullcontext()
         with frozen:
             total, figures = None, {}
@@ -242,7 +242,7 @@ class UnitWorld:
     @torch.no_grad()
     def sample(self, n: int, seed: int | None = None) -> torch.Tensor:
         """n generator points [n, D] through the training sampler (one step from t = 1000)."""
-        g = self.ctx.generator("sample", self.step if seed is None else seed)
+        g = self.ctx.rng("sample", self.step if seed is None else seed)
         noise = as_latents(torch.randn(n, self.target.dim, generator=g))
         return as_points(self.sampler(self.generator, noise, torch.zeros(n, 1, 1)).x0)
 

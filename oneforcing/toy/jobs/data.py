@@ -24,7 +24,7 @@ from oneforcing.data.shards import dtype_from_name, write_index, write_shard
 from oneforcing.errors import UserError
 from oneforcing.jobs.base import Job, RunContext
 from oneforcing.registry import JOBS, TEXT_ENCODERS, VAES, build
-from oneforcing.toy.world import ToyWorld, render_scenes
+from oneforcing.toy.world import REF_FRAMES, REF_SIZE, ToyWorld, render_scenes
 
 DEFAULT_CODEC = {"type": "toy_codec"}
 
@@ -34,7 +34,7 @@ class ToyDataJob(Job):
     """Render toy-world videos and write their codec latents + prompt embeddings as shards."""
 
     def __init__(self, out: str, split: str = "train", num_examples: int = 2000,
-                 examples_per_shard: int = 250, frames: int = 21, size: int = 32, max_objects: int = 2,
+                 examples_per_shard: int = 250, frames: int = REF_FRAMES, size: int = REF_SIZE, max_objects: int = 2,
                  start_positions: int | None = None,
                  codec: dict | None = None, text_encoder: dict | None = None,
                  latent_dtype: str = "float16", batch_size: int = 125, overwrite: bool = False):

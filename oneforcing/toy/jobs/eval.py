@@ -38,7 +38,7 @@ from oneforcing.jobs.shared import (DEFAULT_TEXT_ENCODER, build_sampler, load_ge
                                     model_config, resolve_model_dir, rollout)
 from oneforcing.registry import JOBS, TEXT_ENCODERS, VAES, build, validate
 from oneforcing.toy.bench.toybench import ToyBench, markdown_header, markdown_row
-from oneforcing.toy.world import ToyWorld
+from oneforcing.toy.world import REF_FRAMES, REF_SIZE, ToyWorld
 from oneforcing.weights import WEIGHTS_RENAMED, check_weights, weights_label
 
 log = logging.getLogger("oneforcing")
@@ -66,7 +66,7 @@ class ToyEvalJob(Job):
                  model: dict | None = None, sampler: dict | None = None, scheduler: dict | None = None,
                  text_encoder: dict | None = None,
                  negative_prompt: str = "", codec: dict | None = None, split: str = "test",
-                 num_videos: int = 64, batch_size: int = 8, frames: int = 21, size: int = 32,
+                 num_videos: int = 64, batch_size: int = 8, frames: int = REF_FRAMES, size: int = REF_SIZE,
                  fd: bool = True, save_mp4: int = 8, gif: bool = True, markdown: str | None = None,
                  progress: bool = True):
         for key, value, low in (("num_videos", num_videos, 1), ("batch_size", batch_size, 1),
@@ -127,7 +127,8 @@ class ToyEvalJob(Job):
             text = encoder.encode(prompts).float().cpu()
             negative = encoder.encode([self.negative_prompt]).float().cpu()
         del encoder
-        model = load_generator_model(self.model_cfg, self.weights_dir, ctx.recipe_file).to(ctx.device, torch.float32)
+        model = load_generator_model(self.model_cfg, self.weights_dir, ctx.recipe_file,
+                                     self.sampler.scheduler).to(ctx.device, torch.float32)
         model.eval().requires_grad_(False)
         sampler = self.sampler
         log.info("toy_eval: %d %s videos in %d batches (%d on this rank) from %s", self.num_videos,

@@ -16,7 +16,8 @@ import shutil
 from pathlib import Path
 
 from oneforcing.data.shards import atomic_write_text
-from oneforcing.jobs.plot import plot_metrics, read_metrics, save_png
+from oneforcing.jobs.plot import plot_metrics, read_metrics
+from oneforcing.jobs.shared import save_png
 from oneforcing.provenance import describe_code
 from oneforcing.toy.jobs.report_claims import CLAIM_TEXT, PAPER, Claims, metric
 from oneforcing.toy.jobs.report_stats import mean_ci
