@@ -63,14 +63,15 @@ def main(argv=None) -> None:
     with torch.no_grad():
         text = build(dict(DEFAULT_TEXT_ENCODER), TEXT_ENCODERS).encode(prompts).float()
     weights = resolve_model_dir(args.checkpoint, "ema")
-    model = load_generator_model(model_config({"frames_per_block": 1}), weights, None).float().eval()
+    scheduler = FlowMatchScheduler()
+    model = load_generator_model(model_config({"frames_per_block": 1}), weights, None, scheduler).float().eval()
     model.requires_grad_(False)
     bench = ToyBench(fd=True)
     print(f"{weights}: {args.videos} test prompts x {frames} latent frames, CPU {args.threads} thread(s)")
 
     rows = []
     for name, cache in CACHES.items():
-        sampler = build({**SAMPLER, **cache}, SAMPLERS, scheduler=FlowMatchScheduler())
+        sampler = build({**SAMPLER, **cache}, SAMPLERS, scheduler=scheduler)
         t0 = time.process_time()
         latents = []
         for k in range(0, args.videos, args.batch_size):

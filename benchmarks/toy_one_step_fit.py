@@ -28,6 +28,7 @@ from safetensors.torch import load_file
 
 from oneforcing.config.assets import packaged_asset
 from oneforcing.jobs.shared import load_generator_model
+from oneforcing.models.causal_wan import CausalWan
 from oneforcing.registry.plugins import load_builtins
 from oneforcing.schedulers import FlowMatchScheduler
 
@@ -49,7 +50,6 @@ def build_model(args) -> torch.nn.Module:
     if args.pretrained:
         return load_generator_model({"type": "causal_wan", "frames_per_block": 1},
                                     packaged_asset("toy_student_base"), None, FlowMatchScheduler()).float().train()
-    from oneforcing.models.causal_wan import CausalWan
     cfg = dict(patch_size=[1, 2, 2], in_channels=16, out_channels=16, text_dim=32, freq_dim=64,
                num_attention_heads=args.heads, attention_head_dim=32, ffn_dim=args.ffn, num_layers=args.layers,
                rope_max_seq_len=64)
