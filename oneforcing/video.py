@@ -45,7 +45,11 @@ def _pad_even(frames: np.ndarray) -> np.ndarray:
     return frames
 
 
-def write_mp4(path: str | os.PathLike, video, fps: float = 16, quality: float = 8.0) -> Path:
+DEFAULT_FPS = 16        # Wan2.1's frame rate
+DEFAULT_QUALITY = 8.0   # imageio-ffmpeg quality (see write_mp4)
+
+
+def write_mp4(path: str | os.PathLike, video, fps: float = DEFAULT_FPS, quality: float = DEFAULT_QUALITY) -> Path:
     """Write `video` ([T, 3, H, W] in [-1, 1] or uint8 [T, H, W, 3]) to `path` atomically.
 
     quality is imageio-ffmpeg's 1..10 scale (8 -> libx264 crf 10: near-lossless, so metrics

@@ -42,7 +42,7 @@ from oneforcing.registry import JOBS, TEXT_ENCODERS, VAES, build
 from oneforcing.runtime import device_memory
 from oneforcing.samplers.common import PlansItsCache
 from oneforcing.speed import Timing, sync
-from oneforcing.video import write_mp4
+from oneforcing.video import DEFAULT_FPS, DEFAULT_QUALITY, write_mp4
 from oneforcing.weights import WEIGHTS_RENAMED, check_weights, weights_kind
 
 log = logging.getLogger("oneforcing")
@@ -119,13 +119,13 @@ class Generate(Job):
         num_frames: int = 81,
         height: int = 480,
         width: int = 832,
-        fps: int = 16,
+        fps: int = DEFAULT_FPS,
         filename: str = "{slug}-{index}.mp4",
         weights: str = "auto",
         dtype: str = "auto",
         batch_size: int = 1,
         skip_existing: bool = True,
-        quality: float = 8.0,
+        quality: float = DEFAULT_QUALITY,
         progress: bool = True,
     ):
         self.prompts = load_prompts(prompt, prompts, prompts_file)

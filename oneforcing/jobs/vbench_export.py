@@ -44,6 +44,7 @@ from oneforcing.provenance import code_version, machine
 from oneforcing.registry import JOBS
 from oneforcing.samplers.causal_inference import CausalInference
 from oneforcing.weights import check_weights, weights_label
+from oneforcing.video import DEFAULT_FPS, DEFAULT_QUALITY
 
 MANIFEST = "vbench_manifest.json"
 RECIPE = "recipe.yaml"
@@ -84,8 +85,8 @@ class VBenchExport(Job):
                  prompt_set: str = "official", names_file: str | None = None, samples_per_prompt: int = 5,
                  seeds: list[int] | None = None, model: dict | None = None, sampler: dict | None = None,
                  scheduler: dict | None = None, num_frames: int = 81, height: int = 480, width: int = 832,
-                 fps: int = 16, weights: str = "auto", dtype: str = "auto", batch_size: int = 1,
-                 quality: float = 8.0, progress: bool = True):
+                 fps: int = DEFAULT_FPS, weights: str = "auto", dtype: str = "auto", batch_size: int = 1,
+                 quality: float = DEFAULT_QUALITY, progress: bool = True):
         # Only what needs no file is checked here (`oneforcing show` builds the job without the
         # weights or prompts); run() checks the paths before anything is written.
         if prompt_set not in PROMPT_SETS:
