@@ -114,9 +114,7 @@ class GANGeneratorLoss(_GANBase):
 class GANDiscriminatorLoss(_GANBase):
     """weight * [softplus(-D(real_t)) + softplus(D(fake_t))] (or relativistic softplus(-(D_r -
     D_f))), plus optional unscaled finite-difference R1 (real) / R2 (fake) penalties; critic phase.
-    The trainer hands the recipe's `weight` to this loss (`applies_own_weight`)."""
-
-    applies_own_weight = True
+    Its constructor names `weight`, so the trainer hands it the recipe's weight instead of scaling it."""
 
     def __init__(self, real: dict | None = None, relativistic: bool = False, r1_weight: float = 0.0,
                  r1_sigma: float = 0.1, r2_weight: float = 0.0, r2_sigma: float = 0.01,

@@ -267,11 +267,10 @@ def _losses(entries: list, key: str) -> list[WeightedLoss]:
             raise UserError(f"expected a loss config {{type: ...}}, got {cfg!r}", key=f"{key}[{i}]")
         body = {k: v for k, v in cfg.items() if k not in LOSS_META}
         weight, name = float(cfg.get("weight", 1.0)), str(cfg.get("name", cfg.get("type")))
-        entry = LOSSES.find(body["type"]) if isinstance(body.get("type"), str) else None
-        if entry is not None and getattr(entry.obj, "applies_own_weight", False):
-            # The loss scales only part of itself by `weight` (GAN D with unscaled R1/R2).
-            body, weight = {**body, "weight": weight}, 1.0
-        out.append(WeightedLoss(name, build(body, LOSSES, path=f"{key}[{i}]"), weight))
+        # A loss whose constructor names `weight` scales only part of itself by it (GAN D with
+        # unscaled R1/R2, the official `apt` form): it is handed the weight, the trainer applies 1.
+        own = declared(body, LOSSES, weight=weight)
+        out.append(WeightedLoss(name, build(body, LOSSES, path=f"{key}[{i}]", **own), 1.0 if own else weight))
     return out
 
 
