@@ -5,7 +5,6 @@ import hashlib
 import json
 
 import pytest
-import torch
 
 import oneforcing.data.output as output
 import oneforcing.toy.jobs.data  # noqa: F401  (registers "toy_data")
@@ -16,13 +15,6 @@ from oneforcing.toy.text_encoder import TOY_MAX_LENGTH, TOY_TEXT_ENCODER_PATH
 
 TEXT = {"type": "umt5", "path": TOY_TEXT_ENCODER_PATH, "max_length": TOY_MAX_LENGTH}
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def _job(out, n, **kw):

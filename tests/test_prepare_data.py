@@ -19,13 +19,6 @@ from oneforcing.toy.world import ToyWorld
 TEXT = {"type": "umt5", "path": TOY_TEXT_ENCODER_PATH, "max_length": TOY_MAX_LENGTH}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 @pytest.fixture(scope="module")
 def clips(tmp_path_factory):

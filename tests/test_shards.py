@@ -20,13 +20,6 @@ from oneforcing.registry import DATASETS, JOBS, TEXT_ENCODERS, build
 TEXT = {"type": "umt5", "path": TOY_TEXT_ENCODER_PATH, "max_length": TOY_MAX_LENGTH}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def _same_shard(a: Path, b: Path) -> bool:
     """Same tensors and header metadata (safetensors orders its header keys arbitrarily)."""

@@ -15,14 +15,6 @@ from oneforcing.toy.world import (
 )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Two shared cores: intra-op threads only contend (and make small ops 50x slower).
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def test_deterministic_and_disjoint_splits():
     a = ToyWorld("train", 8, seed=3)

@@ -16,13 +16,6 @@ ACCURACIES = ("colour", "shape", "size", "count", "direction", "dynamic_degree")
 CHANCE = {"colour": 1 / 6, "shape": 1 / 3, "size": 1 / 2, "count": 1 / 2, "direction": 1 / 4, "dynamic_degree": 1 / 2}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 @pytest.fixture(scope="module")
 def real():
