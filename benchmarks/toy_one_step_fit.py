@@ -57,19 +57,25 @@ def build_model(args) -> torch.nn.Module:
     return CausalWan(config=cfg, frames_per_block=1).float().train()
 
 
-def x0_error(model, flow, x0, text, context: str, fixed: torch.Tensor | None, pairs: torch.Tensor | None,
-             noise_seed: int = 123) -> torch.Tensor:
-    """Per-frame x0 error from pure noise (t = 1000), [F]: fresh noise, the `fixed` tensor, or each pair's own."""
-    g = torch.Generator().manual_seed(noise_seed)
-    errs = []
+def noise_source(shape: tuple[int, ...], pairs: torch.Tensor | None, fixed: bool):
+    """(example indices, rng) -> noise at t = 1000: each pair's own start state, one fixed tensor for
+    every example, or fresh noise per draw."""
+    if pairs is not None:
+        return lambda idx, rng: pairs[idx]
+    if fixed:
+        one = torch.randn((1, *shape), generator=torch.Generator().manual_seed(7))
+        return lambda idx, rng: one.expand(len(idx), *shape)
+    return lambda idx, rng: torch.randn((len(idx), *shape), generator=rng)
+
+
+def x0_error(model, flow, x0, text, idx: torch.Tensor, noise, context: str) -> torch.Tensor:
+    """Per-frame x0 error [F] from t = 1000 over the examples `idx` (the same noise draws every call)."""
+    rng, errs = torch.Generator().manual_seed(123), []
     with torch.no_grad():
-        for i in range(0, x0.shape[0], 25):
-            x, c = x0[i:i + 25], text[i:i + 25]
-            noise = torch.randn(x.shape, generator=g) if fixed is None else fixed.expand(x.shape)
-            if pairs is not None:
-                noise = pairs[i:i + 25]
-            t = torch.full((x.shape[0],), 1000.0)
-            pred = predict(model, flow, noise, t, c, x, context)
+        for chunk in idx.split(25):
+            x = x0[chunk]
+            t = torch.full((len(chunk),), 1000.0)
+            pred = predict(model, flow, noise(chunk, rng), t, text[chunk], x, context)
             errs.append(((pred - x) ** 2).mean(dim=(2, 3, 4)))
     return torch.cat(errs).mean(0)
 
@@ -97,37 +103,33 @@ def main() -> None:
                     help="one noise tensor for every example: it gives the tokens their absolute positions")
     args = ap.parse_args()
     load_builtins()
-    x0, text, pair_noise = load_tier(args.data, args.frames)
+    x0, text, pairs = load_tier(args.data, args.frames)
+    if pairs is not None and args.fixed_noise:
+        ap.error("--fixed-noise needs a toy_data folder (an ode_pairs folder brings each pair's own noise)")
+    noise = noise_source(tuple(x0.shape[1:]), pairs, args.fixed_noise)
     held_out = min(HELD_OUT, x0.shape[0] // 4)
-    train, held = (x0[:-held_out], text[:-held_out]), (x0[-held_out:], text[-held_out:])
+    train_idx, held_idx = torch.arange(x0.shape[0] - held_out), torch.arange(x0.shape[0] - held_out, x0.shape[0])
     model = build_model(args)
     params = sum(p.numel() for p in model.parameters())
-    print(f"{params / 1e6:.2f} M parameters, {train[0].shape[0]} train / {held_out} held-out examples, "
+    print(f"{params / 1e6:.2f} M parameters, {len(train_idx)} train / {held_out} held-out examples, "
           f"{args.frames} frames, lr {args.lr}, batch {args.batch}, context {args.context}", flush=True)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.99), weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 50))
-    fixed = torch.randn((1, *x0.shape[1:]), generator=torch.Generator().manual_seed(7)) if args.fixed_noise else None
-    flow, g, t0 = FlowMatchScheduler(), torch.Generator().manual_seed(args.seed), time.perf_counter()
+    flow, rng, t0 = FlowMatchScheduler(), torch.Generator().manual_seed(args.seed), time.perf_counter()
     for step in range(args.steps + 1):
         if step % args.every == 0:
             model.eval()
-            tr = x0_error(model, flow, train[0][:held_out], train[1][:held_out], args.context, fixed,
-                          None if pair_noise is None else pair_noise[:held_out])
-            he = x0_error(model, flow, *held, args.context, fixed,
-                          None if pair_noise is None else pair_noise[-held_out:])
+            tr = x0_error(model, flow, x0, text, train_idx[:held_out], noise, args.context)
+            he = x0_error(model, flow, x0, text, held_idx, noise, args.context)
             model.train()
             print(f"step {step:5d}  x0 error train: frame 0 {tr[0]:.3f} frames 1+ {tr[1:].mean():.3f} | "
                   f"held-out: frame 0 {he[0]:.3f} frames 1+ {he[1:].mean():.3f}  ({time.perf_counter() - t0:.0f} s)",
                   flush=True)
         if step == args.steps:
             break
-        idx = torch.randint(0, train[0].shape[0], (args.batch,), generator=g)
-        x, c = train[0][idx], train[1][idx]
-        noise = torch.randn(x.shape, generator=g) if fixed is None else fixed.expand(x.shape)
-        if pair_noise is not None:
-            noise = pair_noise[idx]
+        idx = train_idx[torch.randint(0, len(train_idx), (args.batch,), generator=rng)]
         t = torch.full((args.batch,), 1000.0)
-        loss = ((predict(model, flow, noise, t, c, x, args.context) - x) ** 2).mean()
+        loss = ((predict(model, flow, noise(idx, rng), t, text[idx], x0[idx], args.context) - x0[idx]) ** 2).mean()
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
