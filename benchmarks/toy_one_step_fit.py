@@ -52,7 +52,7 @@ def build_model(args) -> torch.nn.Module:
                                     packaged_asset("toy_student_base"), None, FlowMatchScheduler()).float().train()
     cfg = dict(patch_size=[1, 2, 2], in_channels=16, out_channels=16, text_dim=32, freq_dim=64,
                num_attention_heads=args.heads, attention_head_dim=32, ffn_dim=args.ffn, num_layers=args.layers,
-               rope_max_seq_len=64)
+               rope_max_seq_len=64, absolute_position_grid=[4, 4] if args.absolute_position else None)
     torch.manual_seed(args.seed)
     return CausalWan(config=cfg, frames_per_block=1).float().train()
 
@@ -99,6 +99,8 @@ def main() -> None:
     ap.add_argument("--context", choices=["clean", "none"], default="clean")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--every", type=int, default=100)
+    ap.add_argument("--absolute-position", action="store_true",
+                    help="a learned absolute position per token (the toy models' absolute_position_grid)")
     ap.add_argument("--fixed-noise", action="store_true",
                     help="one noise tensor for every example: it gives the tokens their absolute positions")
     args = ap.parse_args()

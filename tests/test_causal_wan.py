@@ -223,3 +223,29 @@ def test_no_absolute_position_within_a_frame(wan_dir):
     v = model(x, torch.tensor([1000.0]), text, causal=True)
     patches = v.unfold(3, 2, 2).unfold(4, 2, 2)
     assert (patches - patches[:, :, :, :1, :1]).abs().amax().item() > 1e-3
+
+
+@torch.no_grad()
+def test_absolute_position_grid_option(wan_dir, tmp_path):
+    """The toy models' `absolute_position_grid`: zero at init (the same function as Wan), and once it is
+    not zero a frame of identical tokens gets position-dependent outputs, which plain Wan cannot give
+    (the test above). It round-trips through save_pretrained and refuses another frame size."""
+    plain = load(wan_dir)
+    grid = CausalWan.from_config({**plain.config, "absolute_position_grid": [3, 4]}, attention="sdpa")
+    grid.load_state_dict({**plain.state_dict(), "absolute_position": torch.zeros_like(grid.absolute_position)})
+    grid.eval()
+    _, text = tiny_inputs(1, 1, 4, 4)
+    x = torch.randn(1, 1, TINY_WAN_CONFIG["in_channels"], 2, 2).repeat(1, 1, 1, 3, 4)
+    t = torch.tensor([1000.0])
+    assert torch.allclose(grid(x, t, text, causal=True), plain(x, t, text, causal=True), atol=TOL)
+    grid.absolute_position.normal_()
+    patches = grid(x, t, text, causal=True).unfold(3, 2, 2).unfold(4, 2, 2)
+    assert (patches - patches[:, :, :, :1, :1]).abs().amax().item() > 1e-3
+    grid.save_pretrained(tmp_path / "g")
+    again = CausalWan.from_pretrained(tmp_path / "g", attention="sdpa").eval()
+    assert again.config["absolute_position_grid"] == [3, 4]
+    assert torch.allclose(again(x, t, text, causal=True), grid(x, t, text, causal=True), atol=TOL)
+    with pytest.raises(UserError, match="absolute_position_grid is \\[3, 4\\]"):
+        grid(x[..., :4, :4], t, text, causal=True)
+    with pytest.raises(UserError, match="absolute_position_grid"):
+        CausalWan(config={**TINY_WAN_CONFIG, "absolute_position_grid": [3]})

@@ -96,6 +96,11 @@ class CausalWan(PretrainedWeights, nn.Module):
         self.norm_out = FP32LayerNorm(dim, cfg["eps"], elementwise_affine=False)
         self.proj_out = nn.Linear(dim, self.out_channels * math.prod(self.patch_size))
         self.scale_shift_table = nn.Parameter(torch.randn(1, 2, dim) / dim**0.5)
+        # Wan knows where a token is only through relative RoPE offsets; a deep model at 480p infers
+        # absolute position from the frame's edges, a 3-layer toy on a 4 x 4 token grid cannot, and a
+        # toy prompt fixes where objects start. The toy models add this (zero at init: same function).
+        grid = cfg.get("absolute_position_grid")
+        self.absolute_position = (nn.Parameter(torch.zeros(1, 1, grid[0] * grid[1], dim)) if grid else None)
 
         # The backend is an attribute of this instance only (no global state).
         self.attention = attention
@@ -158,6 +163,12 @@ class CausalWan(PretrainedWeights, nn.Module):
     def _tokens(self, x: torch.Tensor) -> torch.Tensor:
         """[B, F, C, H, W] -> [B, F', S, dim] patch tokens grouped by (patched) frame."""
         h = self.patch_embedding(x.permute(0, 2, 1, 3, 4))  # [B, dim, F', H', W']
+        if self.absolute_position is not None:
+            grid = list(self.config["absolute_position_grid"])
+            if list(h.shape[3:]) != grid:
+                raise UserError(f"this model's absolute_position_grid is {grid} tokens, the input gives "
+                                f"{list(h.shape[3:])}: it only runs at the frame size it was built for")
+            return (h.flatten(3).permute(0, 2, 3, 1) + self.absolute_position.to(h.dtype)).contiguous()
         return h.flatten(3).permute(0, 2, 3, 1).contiguous()
 
     def _per_frame_t(self, t, B: int, Fp: int, device) -> torch.Tensor:

@@ -23,6 +23,9 @@ WAN_DEFAULTS = {
     "out_channels": 16, "text_dim": 4096, "freq_dim": 256, "ffn_dim": 13824, "num_layers": 40,
     "cross_attn_norm": True, "qk_norm": "rms_norm_across_heads", "eps": 1e-6, "image_dim": None,
     "added_kv_proj_dim": None, "rope_max_seq_len": 1024, "pos_embed_seq_len": None,
+    # Not a diffusers key (diffusers ignores it; real Wan checkpoints never set it): a learned absolute
+    # position per token of a frame's [H', W'] grid, for the toy models (docs/toy_world.md, item 8).
+    "absolute_position_grid": None,
 }
 
 
@@ -68,11 +71,14 @@ _WAN_TYPES = {
     "cross_attn_norm": lambda v: isinstance(v, bool), "qk_norm": lambda v: v is None or isinstance(v, str),
     "eps": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0,
     "rope_max_seq_len": _positive_int,
+    "absolute_position_grid": lambda v: v is None or (isinstance(v, (list, tuple)) and len(v) == 2
+                                                       and all(_positive_int(x) for x in v)),
 }
 _WAN_TYPE_NAMES = {k: "an integer >= 1" for k in _WAN_TYPES}
 _WAN_TYPE_NAMES.update({"patch_size": "3 integers >= 1", "out_channels": "an integer >= 1 or null",
                         "cross_attn_norm": "true or false", "qk_norm": "a string or null",
-                        "eps": "a number > 0"})
+                        "eps": "a number > 0",
+                        "absolute_position_grid": "null or 2 integers >= 1 (a frame's token grid)"})
 
 
 def load_config(path: str | Path) -> dict:
