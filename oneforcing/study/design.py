@@ -1,9 +1,10 @@
-"""The study's design: which videos are compared, in which pairs, on which side.
+"""The study's design: which videos are compared, in which pairs.
 
 The first system is "ours"; each prompt (and each sample index below `samples_per_prompt`) makes
-one A/B pair against every other system, as in the paper's Table 2. The side that holds our video
-is drawn per pair from the seed and the pair's identity (prompt, sample, baseline), so it does not
-move when prompts are added or reordered, and two studies with the same seed agree.
+one A/B pair against every other system, as in the paper's Table 2 (`pairing: all`: every pair of
+systems, for a Bradley-Terry ranking). Attention checks add gold pairs: a clip of ours against its
+degraded copy (GOLD), whose answer is known. Which side shows which system is drawn per annotator
+and pair when the pair is shown (store.py), not here.
 
 Everything a user gives is checked here, before the database is touched: folders exist, every
 `{prompt}-{i}.mp4` exists in every folder, each resolves to a file directly inside its folder
@@ -19,23 +20,21 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from oneforcing.errors import UserError
-from oneforcing.runtime import derive_seed
 from oneforcing.video import mp4_problem
 
 VIDEO_NAME = "{prompt}-{sample}.mp4"  # VBench's layout, as `generate` and `toy_eval` write it
+
+
+GOLD = "degraded copy"  # the system name of an attention check's known-worse clip
 
 
 @dataclass(frozen=True)
 class Pair:
     prompt: str
     sample: int
-    ours: str
-    baseline: str
-    left: str  # the system shown in the left panel
-
-    @property
-    def right(self) -> str:
-        return self.baseline if self.left == self.ours else self.ours
+    a: str  # ours (or the first of the two in system order); the good clip of a gold pair
+    b: str
+    kind: str = "main"  # main | gold
 
 
 @dataclass
@@ -45,20 +44,32 @@ class StudyDesign:
     prompts: list[str]
     prompts_sha256: str
     samples_per_prompt: int
-    seed: int
     pairs: list[Pair]
+    gold_folder: Path | None = None  # the attention checks' degraded clips (made by media.make_gold)
+
+    def folder(self, system: str) -> Path:
+        return self.gold_folder if system == GOLD else self.systems[system]
 
     @property
     def ours(self) -> str:
         return next(iter(self.systems))
 
     def video(self, system: str, prompt: str, sample: int) -> Path:
-        return self.systems[system] / VIDEO_NAME.format(prompt=prompt, sample=sample)
+        return self.folder(system) / VIDEO_NAME.format(prompt=prompt, sample=sample)
 
     def videos(self) -> list[tuple[str, Path]]:
         """Every (system, file) the study shows, in a fixed order."""
-        return [(name, self.video(name, p, i)) for name in self.systems for p in self.prompts
-                for i in range(self.samples_per_prompt)]
+        shown = [(name, self.video(name, p, i)) for name in self.systems for p in self.prompts
+                 for i in range(self.samples_per_prompt)]
+        return shown + [(GOLD, self.video(GOLD, p.prompt, p.sample)) for p in self.pairs if p.kind == "gold"]
+
+    def with_gold(self, folder: Path, picks: list[tuple[str, int]]) -> "StudyDesign":
+        """This design plus one gold pair per (prompt, sample): ours against `folder`'s degraded copy."""
+        for prompt, sample in picks:
+            check_video(folder, VIDEO_NAME.format(prompt=prompt, sample=sample), "attention_checks")
+        gold = [Pair(p, i, self.ours, GOLD, "gold") for p, i in picks]
+        return StudyDesign(self.systems, self.prompts_file, self.prompts, self.prompts_sha256,
+                           self.samples_per_prompt, self.pairs + gold, folder.resolve())
 
 
 def file_sha256(path: str | os.PathLike) -> str:
@@ -127,38 +138,34 @@ def check_video(folder: Path, name: str, system: str) -> Path:
     try:
         exists = path.is_file()
     except OSError as err:  # e.g. a prompt too long for a file name
-        raise UserError(f"{folder}: cannot open '{name[:80]}': {err.strerror}", key=f"systems.{system}") from None
+        raise UserError(f"{folder}: cannot open '{name[:80]}': {err.strerror}", key=_key(system)) from None
     if not exists:
-        raise UserError(f"{folder}: missing '{name}'", key=f"systems.{system}")
+        raise UserError(f"{folder}: missing '{name}'", key=_key(system))
     real = Path(os.path.realpath(path))
     if real.parent != folder:  # folder is already resolved: a symlink or '..' led outside it
-        raise UserError(f"{folder}: '{name}' leads outside the folder (to {real})", key=f"systems.{system}")
+        raise UserError(f"{folder}: '{name}' leads outside the folder (to {real})", key=_key(system))
     problem = mp4_problem(path)  # before its hash is committed: a broken clip would be voted on blind
     if problem is not None:
-        raise UserError(f"{folder}: '{name}' is not a playable mp4 ({problem})", key=f"systems.{system}")
+        raise UserError(f"{folder}: '{name}' is not a playable mp4 ({problem})", key=_key(system))
     return path
 
 
-def left_is_ours(seed: int, pair_key: tuple) -> bool:
-    return derive_seed(seed, "study-side", *pair_key) & 1 == 1
+def _key(system: str) -> str:
+    return system if system == "attention_checks" else f"systems.{system}"
 
 
-def build_design(systems, prompts: str, samples_per_prompt: int = 1, seed: int = 0) -> StudyDesign:
-    if not isinstance(samples_per_prompt, int) or samples_per_prompt < 1:
+def build_design(systems, prompts: str, samples_per_prompt: int = 1, pairing: str = "ours") -> StudyDesign:
+    if isinstance(samples_per_prompt, bool) or not isinstance(samples_per_prompt, int) or samples_per_prompt < 1:
         raise UserError(f"must be an integer >= 1, got {samples_per_prompt!r}", key="samples_per_prompt")
     folders = parse_systems(systems)
     prompt_list, sha = read_prompts(prompts)
     names = list(folders)
-    ours, baselines = names[0], names[1:]
+    comparisons = [(a, b) for j, a in enumerate(names) for b in names[j + 1:]] if pairing == "all" \
+        else [(names[0], b) for b in names[1:]]
     for name, folder in folders.items():
         for prompt in prompt_list:
             for i in range(samples_per_prompt):
                 check_video(folder, VIDEO_NAME.format(prompt=prompt, sample=i), name)
-    pairs = []
-    for prompt in prompt_list:
-        for i in range(samples_per_prompt):
-            for base in baselines:
-                left = ours if left_is_ours(seed, (prompt, i, base)) else base
-                pairs.append(Pair(prompt, i, ours, base, left))
-    return StudyDesign(folders, Path(prompts).expanduser().resolve(), prompt_list, sha, samples_per_prompt,
-                       seed, pairs)
+    pairs = [Pair(prompt, i, a, b) for prompt in prompt_list for i in range(samples_per_prompt)
+             for a, b in comparisons]
+    return StudyDesign(folders, Path(prompts).expanduser().resolve(), prompt_list, sha, samples_per_prompt, pairs)
