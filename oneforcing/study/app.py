@@ -17,12 +17,12 @@ import hmac
 import math
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from oneforcing.study import QUESTION
 from oneforcing.study.design import StudyDesign
@@ -30,7 +30,8 @@ from oneforcing.study.protocol import annotator_key, annotator_token, completion
 from oneforcing.study.report import analyse, annotators_csv, markdown, table_csv, votes_csv, votes_jsonl
 from oneforcing.study.store import StudyStore
 
-PAD = 4096  # clips of a pair are padded to one multiple of this
+PAD = 4096
+Finite = Annotated[float, Field(allow_inf_nan=False, ge=0)]  # clips of a pair are padded to one multiple of this
 
 
 class EnrolIn(BaseModel):
@@ -45,9 +46,9 @@ class VoteIn(BaseModel):
     t: str
     slot: int
     choice: Literal["left", "right", "tie"]
-    client_ms: float | None = None
-    watched_left: float | None = None
-    watched_right: float | None = None
+    client_ms: Finite | None = None
+    watched_left: Finite | None = None
+    watched_right: Finite | None = None
 
 
 def padded_length(sizes) -> int:

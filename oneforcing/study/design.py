@@ -65,11 +65,12 @@ class StudyDesign:
 
     def with_gold(self, folder: Path, picks: list[tuple[str, int]]) -> "StudyDesign":
         """This design plus one gold pair per (prompt, sample): ours against `folder`'s degraded copy."""
+        folder = folder.resolve()
         for prompt, sample in picks:
             check_video(folder, VIDEO_NAME.format(prompt=prompt, sample=sample), "attention_checks")
         gold = [Pair(p, i, self.ours, GOLD, "gold") for p, i in picks]
         return StudyDesign(self.systems, self.prompts_file, self.prompts, self.prompts_sha256,
-                           self.samples_per_prompt, self.pairs + gold, folder.resolve())
+                           self.samples_per_prompt, self.pairs + gold, folder)
 
 
 def file_sha256(path: str | os.PathLike) -> str:
