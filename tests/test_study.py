@@ -290,7 +290,7 @@ def start_server(args, port, log):
 
 
 def test_kill_9_mid_session_loses_no_vote_and_doubles_none(tmp_path):
-    prompts = [f"clip {i}" for i in range(8)]
+    prompts = [f"clip {i}" for i in range(6)]
     folders = write_study_folders(tmp_path / "v", systems=("ours", "a", "b"), prompts=prompts)
     file = write_prompts(tmp_path / "p.txt", prompts)
     db = tmp_path / "votes.sqlite"
@@ -340,10 +340,10 @@ def test_kill_9_mid_session_loses_no_vote_and_doubles_none(tmp_path):
             assert state["rated"] == len(set(attempted))
             while not state["done"]:
                 state = call(f"{base}/api/vote", {"t": token, "slot": state["pair"]["slot"], "choice": "left"})
-            assert state["rated"] == state["total"] == 16 and len(state["code"]) == 8
+            assert state["rated"] == state["total"] == 12 and len(state["code"]) == 8
         finally:
             server.send_signal(signal.SIGINT)
             server.wait(timeout=30)
     with sqlite3.connect(db) as conn:
         rows = conn.execute("SELECT slot, COUNT(*) FROM votes GROUP BY annotator, slot").fetchall()
-    assert len(rows) == 16 and all(n == 1 for _, n in rows)
+    assert len(rows) == 12 and all(n == 1 for _, n in rows)

@@ -118,7 +118,7 @@ def create_app(store: StudyStore, design: StudyDesign, roster: list[str] | None 
         out = {"annotator": annotator, "token": token, "rated": rated, "total": len(sequence(annotator)),
                "done": slot is None, "consented": store.consented(annotator), "instructions": proto.instructions,
                "question": QUESTION, "lock_ms": round(1000 * proto.lock_s), "closed": store.closed(),
-               "status": status, "pair": None, "code": None}
+               "status": status, "pair": None, "code": None, "enrol": roster is None}
         if slot is None:
             out["code"] = completion_code(secret, annotator)
         elif out["consented"]:

@@ -244,7 +244,8 @@ def raw_votes(store: StudyStore) -> list[dict]:
         out.append({"annotator": v.annotator, "slot": v.slot, "pair_id": v.pair_id, "kind": pair.kind,
                     "repeat": v.repeat, "prompt": pair.prompt, "sample": pair.sample, "a": pair.a, "b": pair.b,
                     "left": v.left, "right": v.right, "choice": v.choice, "winner": v.winner,
-                    "client_ms": v.client_ms, "server_ms": round(v.server_ms, 1), "watched_left": v.watched_left,
+                    "client_ms": None if v.client_ms is None else round(v.client_ms, 1),
+                    "server_ms": round(v.server_ms, 1), "watched_left": v.watched_left,
                     "watched_right": v.watched_right, "fast": is_fast(v, store.protocol.fast_vote_s),
                     "created": v.created})
     return out
