@@ -101,6 +101,7 @@ def test_a_database_that_cannot_be_written_is_refused_at_start(study, tmp_path, 
     ("UPDATE meta SET value = '{oops' WHERE key = 'systems'", "meta key 'systems' is not a JSON object"),
     ("UPDATE meta SET value = 'three' WHERE key = 'samples_per_prompt'", "'samples_per_prompt' is not an integer"),
     ("DELETE FROM meta WHERE key = 'schema'", "its meta table names no schema"),
+    ("UPDATE meta SET value = '1' WHERE key = 'schema'", "study schema '1', expected 2 (made by another version"),
 ])
 def test_a_damaged_study_is_one_line(study, tmp_path, capsys, change, expect):
     folders, prompts = study

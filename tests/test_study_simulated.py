@@ -47,7 +47,8 @@ BEHAVIOUR = {"careful": careful,
 def simulated(tmp_path_factory):
     # in memory where there is a tmpfs: 300 votes, each fsynced twice, take 20 s on a slow shared disk
     shm = Path("/dev/shm")
-    root = Path(tempfile.mkdtemp(dir=shm)) if shm.is_dir() and os.access(shm, os.W_OK) else tmp_path_factory.mktemp("sim")
+    in_memory = shm.is_dir() and os.access(shm, os.W_OK)
+    root = Path(tempfile.mkdtemp(dir=shm)) if in_memory else tmp_path_factory.mktemp("sim")
     store, design = open_study(root, ("ours", "sf1", "asd"), PROMPTS, attention_checks=2, repeats=2, lock_s=0.0,
                                fast_vote_s=2.0)
     client = TestClient(create_app(store, design))
@@ -69,7 +70,7 @@ def simulated(tmp_path_factory):
                 "watched_left": 0.3 if fast else 1.0, "watched_right": 0.3 if fast else 1.0}).json()
             assert state["status"] == "recorded"
     yield store, client, people, root
-    if root.parent == shm:
+    if in_memory:
         shutil.rmtree(root)
 
 

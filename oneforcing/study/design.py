@@ -105,21 +105,26 @@ def parse_systems(systems) -> dict[str, Path]:
     return out
 
 
-def read_prompts(path: str | os.PathLike) -> tuple[list[str], str]:
-    """Prompts, one a line (blank lines skipped), and the sha256 of the file's bytes."""
-    file = Path(path).expanduser()
+def read_lines(path, key: str, what: str, comments: bool = False) -> tuple[list[tuple[int, str]], bytes]:
+    """([(line number, stripped line)] of a UTF-8 file's non-blank lines (after a `#` comment is cut,
+    with `comments`), its bytes); a missing or undecodable file is one error naming `key`."""
+    file = Path(str(path)).expanduser()
     if not file.is_file():
-        raise UserError(f"no such prompt file: {path}", key="prompts")
+        raise UserError(f"no such {what}: {path}", key=key)
     data = file.read_bytes()
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError:
-        raise UserError("not UTF-8 text", file=str(path), key="prompts") from None
+        raise UserError("not UTF-8 text", file=str(path), key=key) from None
+    lines = [(n, (line.split("#", 1)[0] if comments else line).strip()) for n, line in enumerate(text.splitlines(), 1)]
+    return [(n, line) for n, line in lines if line], data
+
+
+def read_prompts(path: str | os.PathLike) -> tuple[list[str], str]:
+    """Prompts, one a line (blank lines skipped), and the sha256 of the file's bytes."""
+    lines, data = read_lines(path, "prompts", "prompt file")
     prompts, seen = [], {}
-    for lineno, line in enumerate(text.splitlines(), 1):
-        prompt = line.strip()
-        if not prompt:
-            continue
+    for lineno, prompt in lines:
         if "/" in prompt or "\\" in prompt or "\0" in prompt or prompt.startswith("."):
             raise UserError(f"line {lineno}: a prompt cannot hold '/', '\\' or start with '.' "
                             f"(it names a file): {prompt[:60]!r}", file=str(path), key="prompts")

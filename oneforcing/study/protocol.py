@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from oneforcing.errors import UserError
+from oneforcing.study.design import read_lines
 
 MAX_ID = 64
 EXCLUDE_DEFAULTS = {"min_gold_accuracy": 0.75, "min_consistency": 0.5, "max_fast_share": 0.5, "min_done": 1.0}
@@ -106,18 +107,8 @@ def annotator_key(raw: str) -> str:
 
 def read_roster(path) -> list[str]:
     """Annotator ids, one a line (blank lines and `#` comments skipped), unique ignoring case."""
-    file = Path(str(path)).expanduser()
-    if not file.is_file():
-        raise UserError(f"no such roster file: {path}", key="roster")
-    try:
-        text = file.read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise UserError("not UTF-8 text", file=str(path), key="roster") from None
     ids, seen = [], {}
-    for lineno, line in enumerate(text.splitlines(), 1):
-        line = line.split("#", 1)[0].strip()
-        if not line:
-            continue
+    for lineno, line in read_lines(path, "roster", "roster file", comments=True)[0]:
         try:
             key = annotator_key(line)
         except ValueError as err:
