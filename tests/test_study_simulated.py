@@ -1,7 +1,7 @@
 """A simulated 20-annotator study driven through the web API (no browser), then `study-report`:
 Table 2 in the paper's form from the included annotators only, agreement, a Bradley-Terry ranking,
 and the exclusions the study's committed rules call for -- careless annotators caught by attention
-checks, repeats, speed and an unfinished session."""
+checks, repeats, speed, an unfinished session and one who consented but never voted."""
 
 import csv
 import io
@@ -53,13 +53,14 @@ def simulated(tmp_path_factory):
                                fast_vote_s=2.0)
     client = TestClient(create_app(store, design))
     people = {f"careful{i:02d}": "careful" for i in range(16)}
-    people.update({"random1": "random", "random2": "random", "lefty": "always_left", "quitter": "careful"})
+    people.update({"random1": "random", "random2": "random", "lefty": "always_left", "quitter": "careful",
+                   "noshow": "careful"})
     rng = random.Random(1)
     for name, kind in people.items():
         token = client.post("/api/enrol", json={"name": name}).json()["token"]
         state = client.post("/api/consent", json={"t": token}).json()
         fast = kind == "random"
-        while not state["done"] and not (name == "quitter" and state["rated"] == 6):
+        while not state["done"] and not (name == "quitter" and state["rated"] == 6) and name != "noshow":
             pair_id, repeat = store.sequence(name)[state["pair"]["slot"]]
             pair = store.pairs[pair_id]
             left, right = store.sides(name, pair_id, repeat)
@@ -78,10 +79,10 @@ def test_the_report_has_table2_agreement_and_exclusions(simulated, capsys):
     store, client, people, root = simulated
     an = analyse(store)
     excluded = {p.id: p.reasons for p in an.annotators.values() if p.reasons}
-    assert set(excluded) == {"random1", "random2", "lefty", "quitter"}, excluded
+    assert set(excluded) == {"random1", "random2", "lefty", "quitter", "noshow"}, excluded
     assert all(any(r.startswith("fast votes") for r in excluded[r]) for r in ("random1", "random2"))
     assert any(r.startswith("consistency 0%") for r in excluded["lefty"])  # repeats swap sides
-    assert excluded["quitter"] == [f"done {6 / 16:.0%} < 100%"]
+    assert excluded["quitter"] == [f"done {6 / 16:.0%} < 100%"] and excluded["noshow"] == ["done 0% < 100%"]
     careful_ones = [p for p in an.annotators.values() if p.id.startswith("careful")]
     assert all(p.gold_accuracy is not None and p.consistency is not None and p.code for p in careful_ones)
     assert an.annotators["quitter"].code == ""  # no completion code for an unfinished session
@@ -112,7 +113,7 @@ def test_the_report_has_table2_agreement_and_exclusions(simulated, capsys):
     w, t, l_ = (f"{100 * sf1.share(k):.1f} [{100 * sf1.intervals[k][0]:.1f}, {100 * sf1.intervals[k][1]:.1f}]"
                 for k in range(3))
     assert f"| ours vs sf1 | {w} | {t} | {l_} | 96 | 16 |" in md
-    assert "16 of 20 annotator(s) included" in md and f"Krippendorff's alpha (nominal) {an.alpha:.3f}" in md
+    assert "16 of the 21 annotator(s) who began included" in md and f"Krippendorff's alpha (nominal) {an.alpha:.3f}" in md
     assert "Bradley-Terry strengths" in md and "| lefty |" in md and "consistency 0% < 50%" in md
     table = list(csv.DictReader(io.StringIO((out / "table2.csv").read_text())))
     assert [(r["a"], r["b"], int(r["wins"]), int(r["votes"])) for r in table] == \

@@ -54,6 +54,10 @@ class Annotator:
     def fast_share(self) -> float:
         return self.fast / self.votes if self.votes else 0.0
 
+    @property
+    def median_s(self) -> float | None:
+        return statistics.median(self.seconds) if self.seconds else None
+
 
 @dataclass
 class Row:
@@ -94,7 +98,7 @@ def is_fast(vote: Vote, fast_s: float) -> bool:
 def judge(store: StudyStore, votes: list[Vote]) -> dict[str, Annotator]:
     """Per-annotator accuracy, consistency, speed and side bias, and the exclusions they earn."""
     proto = store.protocol
-    people: dict[str, Annotator] = {}
+    people = {a: Annotator(a) for a in store.annotators(consented=True)}  # who began, voting or not
     first: dict[tuple, str] = {}
     for v in votes:
         who = people.setdefault(v.annotator, Annotator(v.annotator))
@@ -173,7 +177,8 @@ def markdown(an: Analysis) -> str:
     store, proto = an.store, an.store.protocol
     included = [p for p in an.annotators.values() if not p.reasons]
     main_pairs = sum(p.kind == "main" for p in store.pairs.values())
-    lines = [f"Pairwise preference, {len(included)} of {len(an.annotators)} annotator(s) included, {main_pairs} "
+    lines = [f"Pairwise preference, {len(included)} of the {len(an.annotators)} annotator(s) who began included, "
+             f"{main_pairs} "
              f"pairs ({len(json.loads(store.meta['prompts']))} prompts x {store.meta['samples_per_prompt']} "
              f"sample(s)); prompt file sha256 `{store.meta['prompts_sha256'][:16]}`. % of votes the first system "
              "wins / ties / loses, with 95 % intervals from a bootstrap resampling annotators and prompts "
@@ -201,7 +206,7 @@ def markdown(an: Analysis) -> str:
     for p in an.annotators.values():
         left = _opt(p.left_picks / p.decided if p.decided else None)
         lines.append(f"| {p.id} | {p.votes} | {p.done:.0%} | {_opt(p.gold_accuracy)} | {_opt(p.consistency)} | "
-                     f"{p.fast_share:.0%} | {statistics.median(p.seconds):.1f} | {left} | {p.code or '–'} | "
+                     f"{p.fast_share:.0%} | {_opt(p.median_s, '{:.1f}')} | {left} | {p.code or '–'} | "
                      f"{'; '.join(p.reasons) or 'no'} |")
     return "\n".join(lines) + "\n"
 
@@ -231,7 +236,7 @@ def annotators_csv(an: Analysis) -> str:
     for p in an.annotators.values():
         writer.writerow([p.id, p.votes, p.slots, _opt(p.gold_accuracy, "{:.4f}").replace("–", ""),
                          _opt(p.consistency, "{:.4f}").replace("–", ""), f"{p.fast_share:.4f}",
-                         f"{statistics.median(p.seconds):.3f}", f"{p.left_picks / p.decided:.4f}" if p.decided else "",
+                         _opt(p.median_s, "{:.3f}").replace("–", ""), f"{p.left_picks / p.decided:.4f}" if p.decided else "",
                          p.code, "; ".join(p.reasons)])
     return out.getvalue()
 

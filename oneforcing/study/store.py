@@ -265,9 +265,11 @@ class StudyStore:
                                 "FROM votes ORDER BY id").fetchall()
         return [Vote(*row) for row in rows]
 
-    def annotators(self) -> list[str]:
+    def annotators(self, consented: bool = False) -> list[str]:
+        """Everyone who opened their link (or enrolled), in that order; `consented`: who also began."""
+        where = " WHERE consented IS NOT NULL" if consented else ""
         with self._connect() as conn:
-            return [r[0] for r in conn.execute("SELECT id FROM annotators ORDER BY created")]
+            return [r[0] for r in conn.execute(f"SELECT id FROM annotators{where} ORDER BY created")]
 
     # --- closing -------------------------------------------------------------------------------------
     def closed(self) -> bool:
