@@ -158,9 +158,11 @@ def test_a_clip_that_does_not_decode_or_differs_from_its_pair_is_refused(study, 
     clip.write_bytes(good)
     write_mp4(clip, np.zeros((12, 64, 64, 3), np.uint8))  # 12 frames against ours' 16
     err = study_cli(capsys, folders, prompts, tmp_path / "db.sqlite")
-    assert "systems.baseline: " in err and "is 16 frames of 64x64 in ours but 12 frames of 64x64 in baseline" in err
+    assert "systems.baseline: " in err and "is 16 frames of 64x64 at 16 fps in ours but 12 frames of 64x64" in err
     write_mp4(clip, np.zeros((16, 48, 64, 3), np.uint8))
-    assert "16 frames of 64x48 in baseline" in study_cli(capsys, folders, prompts, tmp_path / "db.sqlite")
+    assert "16 frames of 64x48 at 16 fps in baseline" in study_cli(capsys, folders, prompts, tmp_path / "db.sqlite")
+    write_mp4(clip, np.zeros((16, 64, 64, 3), np.uint8), fps=8)  # the same frames, played twice as long
+    assert "16 frames of 64x64 at 8 fps in baseline" in study_cli(capsys, folders, prompts, tmp_path / "db.sqlite")
 
 
 @pytest.mark.parametrize("extra,expect", [

@@ -1,9 +1,9 @@
 """Clips decoded before they are served, and the attention checks' degraded clips.
 
 `check_media` decodes every clip the study shows (ffmpeg through imageio-ffmpeg): a clip that does
-not decode, or has no frame, is refused, and so is a pair whose two clips differ in frame count or
-size -- an annotator would see the difference, and a blind study must not show which is which by
-length or shape. `make_gold` writes, for a few seeded (prompt, sample), a copy of our clip that is
+not decode, or has no frame, is refused, and so is a pair whose two clips differ in frame count,
+size or frame rate -- an annotator would see the difference, and a blind study must not show which
+is which by length or shape. `make_gold` writes, for a few seeded (prompt, sample), a copy of our clip that is
 plainly worse (blocky and noisy, same frames and size): the attention checks' known answer.
 """
 
@@ -36,7 +36,8 @@ def probe(path: Path) -> tuple[int, tuple[int, int], float]:
 
 
 def check_media(design: StudyDesign) -> dict[Path, tuple[int, tuple[int, int], float]]:
-    """Decode every clip; a clip that fails, or a pair whose clips differ in frames or size, is refused."""
+    """Decode every clip; a clip that fails, or a pair whose clips differ in frames, size or frame rate,
+    is refused."""
     seen: dict[Path, tuple[int, tuple[int, int], float]] = {}
     keys = {path: (system, path) for system, path in design.videos()}
     for path, (system, _) in keys.items():
@@ -47,11 +48,11 @@ def check_media(design: StudyDesign) -> dict[Path, tuple[int, tuple[int, int], f
             raise UserError(f"{path.parent}: '{path.name}' does not decode ({err})", key=key) from None
     for pair in design.pairs:
         a, b = (design.video(s, pair.prompt, pair.sample) for s in (pair.a, pair.b))
-        (fa, sa, _), (fb, sb, _) = seen[a], seen[b]
-        if (fa, sa) != (fb, sb):
-            raise UserError(f"'{a.name}' is {fa} frames of {sa[0]}x{sa[1]} in {pair.a} but {fb} frames of "
-                            f"{sb[0]}x{sb[1]} in {pair.b}: a blind pair must match in length and size",
-                            key=f"systems.{pair.b if pair.b != GOLD else pair.a}")
+        (fa, sa, ra), (fb, sb, rb) = seen[a], seen[b]
+        if (fa, sa, round(ra, 2)) != (fb, sb, round(rb, 2)):
+            raise UserError(f"'{a.name}' is {fa} frames of {sa[0]}x{sa[1]} at {ra:g} fps in {pair.a} but {fb} "
+                            f"frames of {sb[0]}x{sb[1]} at {rb:g} fps in {pair.b}: a blind pair must match in "
+                            "length, size and frame rate", key=f"systems.{pair.b if pair.b != GOLD else pair.a}")
     return seen
 
 
