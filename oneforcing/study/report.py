@@ -234,10 +234,10 @@ def annotators_csv(an: Analysis) -> str:
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(ANNOTATOR_FIELDS)
     for p in an.annotators.values():
-        writer.writerow([p.id, p.votes, p.slots, _opt(p.gold_accuracy, "{:.4f}").replace("–", ""),
-                         _opt(p.consistency, "{:.4f}").replace("–", ""), f"{p.fast_share:.4f}",
-                         _opt(p.median_s, "{:.3f}").replace("–", ""), f"{p.left_picks / p.decided:.4f}" if p.decided else "",
-                         p.code, "; ".join(p.reasons)])
+        left = p.left_picks / p.decided if p.decided else None
+        cells = [_opt(x, "{:.4f}").replace("–", "") for x in (p.gold_accuracy, p.consistency, p.fast_share,
+                                                              p.median_s, left)]
+        writer.writerow([p.id, p.votes, p.slots, *cells, p.code, "; ".join(p.reasons)])
     return out.getvalue()
 
 
