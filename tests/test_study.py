@@ -63,7 +63,7 @@ def test_bad_folders_and_files_are_one_line_exit_2(study, tmp_path, capsys):
     bad.write_text("a cat\n../../secret\n")
     assert "line 2: a prompt cannot hold '/'" in cli_error(capsys, [*base[:2], f"prompts={bad}"])
     bad.write_text("a cat\n\na dog\na cat\n")
-    assert "line 4: prompt repeats line 1" in cli_error(capsys, [*base[:2], f"prompts={bad}"])
+    assert "line 4: 'a cat' repeats line 1" in cli_error(capsys, [*base[:2], f"prompts={bad}"])
 
 
 def test_binds_loopback_by_default_and_a_busy_port_is_one_line(study, tmp_path, capsys):

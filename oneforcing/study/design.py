@@ -105,36 +105,46 @@ def parse_systems(systems) -> dict[str, Path]:
     return out
 
 
-def read_lines(path, key: str, what: str, comments: bool = False) -> tuple[list[tuple[int, str]], bytes]:
-    """([(line number, stripped line)] of a UTF-8 file's non-blank lines (after a `#` comment is cut,
-    with `comments`), its bytes); a missing or undecodable file is one error naming `key`."""
+def read_unique_lines(path, key: str, noun: str, check=None, comments: bool = False,
+                      same: str = "") -> tuple[list, bytes]:
+    """(the non-blank lines of a UTF-8 file -- after a `#` comment is cut, with `comments` -- each as
+    `check` makes it (its ValueError names what is wrong with the line), none twice; the file's bytes).
+    A missing or undecodable file, a bad or repeated line, or no line at all is one error naming `key`."""
     file = Path(str(path)).expanduser()
     if not file.is_file():
-        raise UserError(f"no such {what}: {path}", key=key)
+        raise UserError(f"no such {noun} file: {path}", key=key)
     data = file.read_bytes()
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError:
         raise UserError("not UTF-8 text", file=str(path), key=key) from None
-    lines = [(n, (line.split("#", 1)[0] if comments else line).strip()) for n, line in enumerate(text.splitlines(), 1)]
-    return [(n, line) for n, line in lines if line], data
+    values, seen = [], {}
+    for lineno, line in enumerate(text.splitlines(), 1):
+        line = (line.split("#", 1)[0] if comments else line).strip()
+        if not line:
+            continue
+        try:
+            value = check(line) if check else line
+        except ValueError as err:
+            raise UserError(f"line {lineno}: {err}: {line[:60]!r}", file=str(path), key=key) from None
+        if value in seen:
+            raise UserError(f"line {lineno}: {line[:60]!r} repeats line {seen[value]}{same}", file=str(path), key=key)
+        seen[value] = lineno
+        values.append(value)
+    if not values:
+        raise UserError(f"no {noun} lines in the file", file=str(path), key=key)
+    return values, data
+
+
+def _prompt(line: str) -> str:
+    if "/" in line or "\\" in line or "\0" in line or line.startswith("."):
+        raise ValueError("a prompt cannot hold '/', '\\' or start with '.' (it names a file)")
+    return line
 
 
 def read_prompts(path: str | os.PathLike) -> tuple[list[str], str]:
     """Prompts, one a line (blank lines skipped), and the sha256 of the file's bytes."""
-    lines, data = read_lines(path, "prompts", "prompt file")
-    prompts, seen = [], {}
-    for lineno, prompt in lines:
-        if "/" in prompt or "\\" in prompt or "\0" in prompt or prompt.startswith("."):
-            raise UserError(f"line {lineno}: a prompt cannot hold '/', '\\' or start with '.' "
-                            f"(it names a file): {prompt[:60]!r}", file=str(path), key="prompts")
-        if prompt in seen:
-            raise UserError(f"line {lineno}: prompt repeats line {seen[prompt]}: {prompt[:60]!r}",
-                            file=str(path), key="prompts")
-        seen[prompt] = lineno
-        prompts.append(prompt)
-    if not prompts:
-        raise UserError("no prompts in the file", file=str(path), key="prompts")
+    prompts, data = read_unique_lines(path, "prompts", "prompt", _prompt)
     return prompts, hashlib.sha256(data).hexdigest()
 
 

@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from oneforcing.errors import UserError
-from oneforcing.study.design import read_lines
+from oneforcing.study.design import read_unique_lines
 
 MAX_ID = 64
 EXCLUDE_DEFAULTS = {"min_gold_accuracy": 0.75, "min_consistency": 0.5, "max_fast_share": 0.5, "min_done": 1.0}
@@ -107,20 +107,7 @@ def annotator_key(raw: str) -> str:
 
 def read_roster(path) -> list[str]:
     """Annotator ids, one a line (blank lines and `#` comments skipped), unique ignoring case."""
-    ids, seen = [], {}
-    for lineno, line in read_lines(path, "roster", "roster file", comments=True)[0]:
-        try:
-            key = annotator_key(line)
-        except ValueError as err:
-            raise UserError(f"line {lineno}: {err}: {line[:40]!r}", file=str(path), key="roster") from None
-        if key in seen:
-            raise UserError(f"line {lineno}: {line!r} repeats line {seen[key]} (ids ignore case)",
-                            file=str(path), key="roster")
-        seen[key] = lineno
-        ids.append(key)
-    if not ids:
-        raise UserError("no annotator ids in the file", file=str(path), key="roster")
-    return ids
+    return read_unique_lines(path, "roster", "roster", annotator_key, comments=True, same=" (ids ignore case)")[0]
 
 
 def _mac(secret: str, label: str) -> str:
