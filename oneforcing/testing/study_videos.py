@@ -58,3 +58,23 @@ def write_prompts(path: str | Path, prompts=PROMPTS) -> Path:
     path = Path(path)
     path.write_text("".join(f"{p}\n" for p in prompts), encoding="utf-8")
     return path
+
+
+def open_study(root: str | Path, systems=("ours", "baseline"), prompts=PROMPTS, encode: bool = True,
+               attention_checks: int = 0, seed: int = 0, **protocol):
+    """(store, design) of a study made in `root` from fresh clips, as the `study` job makes it (with
+    attention checks' degraded clips when asked for: those need encode=True)."""
+    from oneforcing.study.design import build_design
+    from oneforcing.study.media import gold_picks, make_gold
+    from oneforcing.study.protocol import build_protocol
+    from oneforcing.study.store import StudyStore
+
+    root = Path(root)
+    folders = write_study_folders(root / "videos", systems, prompts, encode=encode)
+    proto = build_protocol(attention_checks=attention_checks, **protocol)
+    design = build_design(folders, str(write_prompts(root / "prompts.txt", prompts)), pairing=proto.pairing)
+    if attention_checks:
+        picks = gold_picks(design, attention_checks, seed)
+        make_gold(design, root / "attention", picks, seed)
+        design = design.with_gold(root / "attention", picks)
+    return StudyStore.open(root / "study.sqlite", design, proto, seed), design
