@@ -249,3 +249,22 @@ def test_absolute_position_grid_option(wan_dir, tmp_path):
         grid(x[..., :4, :4], t, text, causal=True)
     with pytest.raises(UserError, match="absolute_position_grid"):
         CausalWan(config={**TINY_WAN_CONFIG, "absolute_position_grid": [3]})
+
+
+@torch.no_grad()
+def test_absolute_positions_over_a_pretrained_base(wan_dir):
+    """`config: {absolute_position_grid: ...}` over a pretrained Wan folder (which has no such tensor):
+    it loads, the positions start at zero, and the model is the base's function until trained. Any
+    other missing tensor is still an error."""
+    from oneforcing.models.weights import checked_state_dict, load_pretrained
+
+    plain = load(wan_dir)
+    grid = CausalWan(pretrained=str(wan_dir), config={"absolute_position_grid": [3, 4]}, attention="sdpa")
+    load_pretrained(grid)
+    assert torch.equal(grid.absolute_position, torch.zeros_like(grid.absolute_position))
+    x, text = tiny_inputs(1, 2, 6, 8)
+    t = torch.tensor([700.0])
+    assert torch.allclose(grid.eval()(x, t, text, causal=True), plain(x, t, text, causal=True), atol=TOL)
+    wider = CausalWan(pretrained=str(wan_dir), config={"num_layers": TINY_WAN_CONFIG["num_layers"] + 1})
+    with pytest.raises(UserError, match="missing"):
+        checked_state_dict(wider, wan_dir)

@@ -106,6 +106,10 @@ class CausalWan(PretrainedWeights, nn.Module):
         self.attention = attention
         self.attn = resolve_attention(attention, owner=f"causal_wan({cfg['num_layers']} layers)")
 
+    def init_when_absent(self) -> set[str]:
+        """A pretrained Wan folder has no absolute positions: they start at zero (the same function)."""
+        return {"absolute_position"} if self.absolute_position is not None else set()
+
     # --- construction / IO ---------------------------------------------------------------------
     @staticmethod
     def check_recipe(kwargs: dict, *, path: str, file: str | None) -> None:

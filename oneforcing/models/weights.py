@@ -34,6 +34,12 @@ class PretrainedWeights:
     weights_folder: str | None = None
     weights_loaded: bool = False
 
+    def init_when_absent(self) -> set[str]:
+        """Names of tensors this module's config adds to its architecture (e.g. a toy model's
+        absolute positions over a pretrained base): a folder without them loads, and they start at
+        zero (also when the model was built on the meta device). Everything else must be in the folder."""
+        return set()
+
     def require_weights(self) -> None:
         if self.weights_folder is not None and not self.weights_loaded:
             raise UserError(f"{type(self).__name__} names the weights folder {self.weights_folder} but they were "
@@ -61,6 +67,9 @@ def checked_state_dict(owner: nn.Module, folder: str | Path) -> dict[str, torch.
     """The folder's tensors, checked against `owner`'s names and shapes (one-line errors)."""
     sd = load_state_dict(folder)
     own = owner.state_dict()
+    added = {f"{prefix}.{k}" if prefix else k for prefix, m in owner.named_modules()
+             if isinstance(m, PretrainedWeights) for k in m.init_when_absent()}
+    sd.update({k: torch.zeros(own[k].shape, dtype=own[k].dtype) for k in added if k in own and k not in sd})
     missing, unexpected = sorted(set(own) - set(sd)), sorted(set(sd) - set(own))
     if missing or unexpected:
         raise UserError(f"{folder}: checkpoint does not match the model's config: missing "
