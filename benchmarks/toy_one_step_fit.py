@@ -2,6 +2,8 @@
 
     OMP_NUM_THREADS=1 python benchmarks/toy_one_step_fit.py FOLDER [--frames 21] [--lr 1e-3] [--steps 600]
         [--batch 8] [--layers 3 --heads 3 --ffn 384 | --pretrained] [--context clean|none] [--fixed-noise]
+        [--absolute-position]
+    OMP_NUM_THREADS=1 python benchmarks/toy_one_step_fit.py fresh --max-objects 1 --start-positions 1 ...
 
 FOLDER is either a toy_data folder of a tier with one start position per object (`toy_data
 start_positions: 1`: the video is a function of the prompt, so the exact teacher's ODE endpoint from
@@ -15,6 +17,12 @@ coordinate (the latents have unit variance) for frame 0 and frames 1+, on train 
 the network translation-equivariant (nothing in it says where a token is except relative offsets), so
 on fresh noise it cannot put an object at a position the prompt fixes; a fixed noise tensor hands it
 absolute positions. The pair of runs measures that (docs/toy_world.md, issue 19).
+`--absolute-position` gives the model learned absolute positions instead (CausalWan's
+`absolute_position_grid`, what the one-object tier's toy models use).
+
+FOLDER `fresh` renders new train-split examples of the world's tier (`--max-objects`,
+`--start-positions`, as toy_data) for every step: unlimited prompts, so the train figure is on
+examples never seen before too; held-out is 200 test-split examples.
 """
 
 from __future__ import annotations
@@ -33,6 +41,27 @@ from oneforcing.registry.plugins import load_builtins
 from oneforcing.schedulers import FlowMatchScheduler
 
 HELD_OUT = 200
+
+
+class FreshTier:
+    """x0 / text rendered on demand: train-split index i (any i < 10^7) or the 200 held-out test examples."""
+
+    def __init__(self, frames: int, max_objects: int, start_positions: int | None):
+        from oneforcing.config.assets import TOY_TEXT_ENCODER
+        from oneforcing.models.text_encoder import UMT5TextEncoder
+        from oneforcing.toy.codec import ToyCodec
+        from oneforcing.toy.world import ToyWorld
+
+        tier = dict(max_objects=max_objects, start_positions=start_positions)
+        self.train, self.test = ToyWorld("train", 10**7, **tier), ToyWorld("test", HELD_OUT, **tier)
+        self.codec, self.frames = ToyCodec(), frames
+        self.encoder = UMT5TextEncoder(**{k: v for k, v in TOY_TEXT_ENCODER.items() if k != "type"})
+
+    @torch.no_grad()
+    def render(self, world, idx) -> tuple[torch.Tensor, torch.Tensor]:
+        idx = [int(i) for i in idx]
+        x0 = self.codec.encode(world.render(idx)[:, :self.frames]).float()
+        return x0, self.encoder.encode([world.scene(i)["prompt"] for i in idx]).float()
 
 
 def load_tier(folder: str, frames: int):
@@ -87,7 +116,10 @@ def predict(model, flow, x_t, t, text, x0, context):
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("data", help="a toy_data folder of a start_positions: 1 tier, e.g. data/toy_s1/train")
+    ap.add_argument("data", help="a toy_data folder of a start_positions: 1 tier, e.g. data/toy_s1/train, "
+                    "an ode_pairs folder, or `fresh` (new renders of the tier every step)")
+    ap.add_argument("--max-objects", type=int, default=2, help="with `fresh`: the tier's objects per scene")
+    ap.add_argument("--start-positions", type=int, default=None, help="with `fresh`: starts per coordinate")
     ap.add_argument("--frames", type=int, default=21)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--steps", type=int, default=600)
@@ -105,15 +137,21 @@ def main() -> None:
                     help="one noise tensor for every example: it gives the tokens their absolute positions")
     args = ap.parse_args()
     load_builtins()
-    x0, text, pairs = load_tier(args.data, args.frames)
+    fresh = FreshTier(args.frames, args.max_objects, args.start_positions) if args.data == "fresh" else None
+    if fresh is not None:  # evaluation sets: 200 train-split examples (never trained on) and 200 test ones
+        (a, ta), (b, tb) = fresh.render(fresh.train, range(HELD_OUT)), fresh.render(fresh.test, range(HELD_OUT))
+        x0, text, pairs = torch.cat([a, b]), torch.cat([ta, tb]), None
+    else:
+        x0, text, pairs = load_tier(args.data, args.frames)
     if pairs is not None and args.fixed_noise:
         ap.error("--fixed-noise needs a toy_data folder (an ode_pairs folder brings each pair's own noise)")
     noise = noise_source(tuple(x0.shape[1:]), pairs, args.fixed_noise)
-    held_out = min(HELD_OUT, x0.shape[0] // 4)
+    held_out = HELD_OUT if fresh is not None else min(HELD_OUT, x0.shape[0] // 4)
     train_idx, held_idx = torch.arange(x0.shape[0] - held_out), torch.arange(x0.shape[0] - held_out, x0.shape[0])
     model = build_model(args)
     params = sum(p.numel() for p in model.parameters())
-    print(f"{params / 1e6:.2f} M parameters, {len(train_idx)} train / {held_out} held-out examples, "
+    n_train = "fresh renders of the tier (scored on 200 unseen)" if fresh is not None else len(train_idx)
+    print(f"{params / 1e6:.2f} M parameters, {n_train} train / {held_out} held-out examples, "
           f"{args.frames} frames, lr {args.lr}, batch {args.batch}, context {args.context}", flush=True)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.99), weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 50))
@@ -130,8 +168,12 @@ def main() -> None:
         if step == args.steps:
             break
         idx = train_idx[torch.randint(0, len(train_idx), (args.batch,), generator=rng)]
+        if fresh is not None:
+            xb, tb = fresh.render(fresh.train, torch.randint(HELD_OUT, 10**7, (args.batch,), generator=rng))
+        else:
+            xb, tb = x0[idx], text[idx]
         t = torch.full((args.batch,), 1000.0)
-        loss = ((predict(model, flow, noise(idx, rng), t, text[idx], x0[idx], args.context) - x0[idx]) ** 2).mean()
+        loss = ((predict(model, flow, noise(idx, rng), t, tb, xb, args.context) - xb) ** 2).mean()
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

@@ -84,6 +84,9 @@ def test_toy_one_step_fit_runs(tmp_path):
         out = run_script(["toy_one_step_fit.py", str(tmp_path / "tier"), "--steps", "1", "--every", "1",
                           "--frames", "3", "--batch", "2", *extra], ROOT)
         assert "step     1  x0 error train: frame 0" in out and "held-out: frame 0" in out
+    out = run_script(["toy_one_step_fit.py", "fresh", "--max-objects", "1", "--start-positions", "1", "--steps", "1",
+                      "--every", "1", "--frames", "1", "--context", "none", "--batch", "2", "--absolute-position"], ROOT)
+    assert "fresh renders of the tier (scored on 200 unseen) train / 200 held-out" in out and "step     1  x0 error train: frame 0" in out
 
 
 def gpu_sh(*args: str, timeout: int = 900) -> subprocess.CompletedProcess:

@@ -69,15 +69,18 @@ def frechet_distance(mu1, cov1, mu2, cov2) -> float:
 
 
 @functools.lru_cache(maxsize=4)
-def reference_statistics(frames: int, size: int, num: int = REFERENCE_EXAMPLES,
-                         seed: int = REFERENCE_SEED) -> tuple[torch.Tensor, torch.Tensor]:
-    world = ToyWorld("test", num, seed=seed, frames=frames, size=size)
+def reference_statistics(frames: int, size: int, num: int = REFERENCE_EXAMPLES, seed: int = REFERENCE_SEED,
+                         max_objects: int = 2, start_positions: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    world = ToyWorld("test", num, seed=seed, frames=frames, size=size, max_objects=max_objects,
+                     start_positions=start_positions)
     feats = torch.cat([video_features(world.render(range(i, min(i + 64, num)))) for i in range(0, num, 64)])
     return statistics(feats)
 
 
-def frechet_to_toy_world(video: torch.Tensor) -> float:
-    """FD between `video`'s features and the toy world's reference statistics."""
+def frechet_to_toy_world(video: torch.Tensor, max_objects: int = 2, start_positions: int | None = None) -> float:
+    """FD between `video`'s features and the reference statistics of the toy world's tier (the
+    default world, or the one with `max_objects` / `start_positions` as toy_data makes it)."""
     mu, cov = statistics(video_features(video))
-    ref_mu, ref_cov = reference_statistics(video.shape[1], video.shape[-1])
+    ref_mu, ref_cov = reference_statistics(video.shape[1], video.shape[-1], max_objects=max_objects,
+                                           start_positions=start_positions)
     return frechet_distance(mu, cov, ref_mu, ref_cov)

@@ -128,14 +128,17 @@ def summarise(rows: list[dict], fd: float | None) -> dict:
 @METRICS.register("toybench")
 class ToyBench:
     """`ToyBench()(videos [N, T, 3, H, W] in [-1, 1], prompts) -> dict` (see module doc).
-    `fd=False` skips the Fréchet distance (it needs a few hundred videos to mean anything)."""
+    `fd=False` skips the Fréchet distance (it needs a few hundred videos to mean anything);
+    `max_objects` / `start_positions` name the world's tier the FD reference videos come from."""
 
-    def __init__(self, fd: bool = True, per_video: bool = False):
+    def __init__(self, fd: bool = True, per_video: bool = False, max_objects: int = 2,
+                 start_positions: int | None = None):
         self.fd, self.per_video = fd, per_video
+        self.tier = {"max_objects": max_objects, "start_positions": start_positions}
 
     def __call__(self, videos: torch.Tensor, prompts: list[str]) -> dict:
         rows = score_videos(videos, prompts)
-        result = summarise(rows, frechet_to_toy_world(videos) if self.fd else None)
+        result = summarise(rows, frechet_to_toy_world(videos, **self.tier) if self.fd else None)
         if self.per_video:
             result["per_video"] = rows
         return result

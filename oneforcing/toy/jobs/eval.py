@@ -67,13 +67,15 @@ class ToyEvalJob(Job):
                  text_encoder: dict | None = None,
                  negative_prompt: str = "", codec: dict | None = None, split: str = "test",
                  num_videos: int = 64, batch_size: int = 8, frames: int = REF_FRAMES, size: int = REF_SIZE,
-                 fd: bool = True, save_mp4: int = 8, gif: bool = True, markdown: str | None = None,
+                 max_objects: int = 2, start_positions: int | None = None, fd: bool = True, save_mp4: int = 8, gif: bool = True, markdown: str | None = None,
                  progress: bool = True):
         for key, value, low in (("num_videos", num_videos, 1), ("batch_size", batch_size, 1),
                                 ("save_mp4", save_mp4, 0)):
             if value < low:
                 raise UserError(f"toy_eval: '{key}' must be >= {low}, got {value}")
-        self.world = ToyWorld(split, num_examples=num_videos, seed=EVAL_SEED, frames=frames, size=size)
+        # The world's tier (toy_data's max_objects / start_positions): the prompts and FD's reference.
+        self.tier = {"max_objects": max_objects, "start_positions": start_positions}
+        self.world = ToyWorld(split, num_examples=num_videos, seed=EVAL_SEED, frames=frames, size=size, **self.tier)
         self.model_cfg = model_config(model)
         self.sampler_cfg = dict(sampler or {"type": "causal_inference"})
         if self.sampler_cfg.get("type") == "teacher_ode":
@@ -105,7 +107,9 @@ class ToyEvalJob(Job):
                 "text_encoder": self.text_cfg,
                 "negative_prompt": self.negative_prompt, "codec": self.codec_cfg, "split": self.world.split,
                 "eval_seed": EVAL_SEED, "seed": seed, "num_videos": self.num_videos, "frames": self.world.frames,
-                "size": self.world.size, "batch_size": self.batch_size, "fd": self.fd}
+                "size": self.world.size, "batch_size": self.batch_size, "fd": self.fd,
+                # only when not the default world, so existing results keep their cache keys
+                **({"tier": self.tier} if self.tier != {"max_objects": 2, "start_positions": None} else {})}
 
     # --- sampling (every rank) ---------------------------------------------------------------
     def run(self, ctx: RunContext) -> dict | None:
@@ -184,7 +188,7 @@ class ToyEvalJob(Job):
         t0 = time.perf_counter()
         with torch.no_grad():
             videos = codec.decode(latents.to(codec.device, codec.dtype)).float().cpu().clamp(-1, 1)
-        scores = ToyBench(fd=self.fd)(videos, prompts)
+        scores = ToyBench(fd=self.fd, **self.tier)(videos, prompts)
         timing.update(score_s=time.perf_counter() - t0, total_s=time.perf_counter() - t_start)
         result = {"name": self.name, "weights": settings["weights_label"], **scores, "config": settings, "timing": timing}
         self.out.mkdir(parents=True, exist_ok=True)
