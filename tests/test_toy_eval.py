@@ -105,3 +105,20 @@ def test_a_re_evaluated_model_keeps_one_markdown_row():
     table = upsert_row(table, "| student | 8 | 3 |\n")
     assert table.count("| student |") == 1 and "| student | 8 | 3 |" in table and "| teacher | 8 | 1 |" in table
     assert upsert_row(table, "| init | 8 | 4 |\n").endswith("| init | 8 | 4 |\n")
+
+
+def test_a_tier_of_the_world_sets_the_prompts_and_the_fd_reference(tiny_model, tmp_path, monkeypatch):
+    """`max_objects` / `start_positions` (toy_data's tier options): the prompts come from that tier,
+    the result records it, and ToyBench's FD is taken against that tier's reference videos."""
+    import oneforcing.toy.bench.toybench as toybench
+
+    seen = []
+    monkeypatch.setattr(toybench, "frechet_to_toy_world", lambda videos, **tier: seen.append(tier) or 0.5)
+    job = _job(tiny_model, tmp_path / "t", max_objects=1, start_positions=1, fd=True, gif=False, save_mp4=0,
+               num_videos=4)
+    assert all(" and " not in p for p in job.world.prompts())
+    res = job.run(RunContext(seed=0))
+    assert res["config"]["tier"] == {"max_objects": 1, "start_positions": 1}
+    assert seen == [{"max_objects": 1, "start_positions": 1}]
+    default = _job(tiny_model, tmp_path / "d", gif=False, save_mp4=0)
+    assert "tier" not in default.settings(0)  # the default world's results keep their cache keys
