@@ -89,3 +89,17 @@ def block_starts(switches: list[Switch], blocks: list[tuple[int, int]], temporal
                             key=f"prompt_schedule[{i}].frame")
         out.append(start)
     return out
+
+
+@dataclass(frozen=True)
+class PlannedSchedule:
+    """A schedule placed on a clip's blocks: `starts[i]` is the latent frame switch i takes effect at."""
+    switches: list[Switch]
+    starts: list[int]
+    mode: str
+    temporal_factor: int
+
+    def manifest(self) -> dict:
+        return {"prompt_switch": self.mode, "prompt_schedule": [
+            {"frame": sw.frame, "prompt": sw.prompt, "effective_frame": first_video_frame(s, self.temporal_factor)}
+            for sw, s in zip(self.switches, self.starts)]}
