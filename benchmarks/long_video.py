@@ -53,6 +53,8 @@ def main(argv=None) -> None:
     ap.add_argument("--windows", type=int, default=3)
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--caches", nargs="+", choices=list(CACHES), default=list(CACHES), metavar="NAME",
+                    help=f"which of {list(CACHES)} (default: all)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
 
@@ -70,7 +72,7 @@ def main(argv=None) -> None:
     print(f"{weights}: {args.videos} test prompts x {frames} latent frames, CPU {args.threads} thread(s)")
 
     rows = []
-    for name, cache in CACHES.items():
+    for name, cache in ((n, CACHES[n]) for n in args.caches):
         sampler = build({**SAMPLER, **cache}, SAMPLERS, scheduler=scheduler)
         t0 = time.process_time()
         latents = []
