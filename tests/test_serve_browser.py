@@ -5,20 +5,15 @@ Set ONEFORCING_SERVE_SCREENSHOT=FILE.png to keep a screenshot (docs/assets/serve
 
 import json
 import os
-import shutil
-import socket
-import threading
-import time
 import urllib.request
 
 import pytest
 
-CHROMIUM = next(filter(None, map(shutil.which, ("chromium", "chromium-browser", "google-chrome"))), None)
+from oneforcing.testing.browser import CHROMIUM, headless_chromium, served
+
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="no chromium binary on PATH "
                                 "(apt-get install -y chromium chromium-driver; .ci/run does)")
 
-from selenium import webdriver  # noqa: E402
-from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.common.keys import Keys  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
@@ -38,38 +33,15 @@ const d = g.getImageData(0, 0, c.width, c.height).data; let s = 0; for (let i = 
 
 @pytest.fixture(scope="module")
 def server():
-    import uvicorn
-
     job = ServeJob(checkpoint=str(packaged_asset("toy_causal_ode_init")), prompt=RED_ON_BLACK)
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    uv = uvicorn.Server(uvicorn.Config(job.create_app(RunContext(seed=0)), host="127.0.0.1", port=port,
-                                       log_level="warning"))
-    thread = threading.Thread(target=uv.run, daemon=True)
-    thread.start()
-    deadline = time.time() + 30
-    while not uv.started and time.time() < deadline:
-        time.sleep(0.05)
-    assert uv.started
-    yield f"http://127.0.0.1:{port}", thread
-    uv.should_exit = True
-    thread.join(timeout=10)
+    with served(job.create_app(RunContext(seed=0))) as (url, thread):
+        yield url, thread
 
 
 @pytest.fixture(scope="module")
 def browser():
-    driver_bin = shutil.which("chromedriver") or "/usr/lib/chromium/chromedriver"
-    assert os.path.exists(driver_bin), "chromium is installed but chromedriver is not: apt-get install chromium-driver"
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                "--disable-dev-shm-usage", "--window-size=1180,720"):
-        options.add_argument(arg)
-    driver = webdriver.Chrome(options=options, service=Service(executable_path=driver_bin))
-    driver.set_page_load_timeout(30)
-    yield driver
-    driver.quit()
+    with headless_chromium("--window-size=1180,720") as driver:
+        yield driver
 
 
 def status(url: str) -> dict:
