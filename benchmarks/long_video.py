@@ -53,6 +53,8 @@ def main(argv=None) -> None:
     ap.add_argument("--windows", type=int, default=3)
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--weights", default="ema", choices=["ema", "raw", "auto"],
+                    help="which weights of a training export (default ema; auto = what the export declares)")
     ap.add_argument("--caches", nargs="+", choices=list(CACHES), default=list(CACHES), metavar="NAME",
                     help=f"which of {list(CACHES)} (default: all)")
     args = ap.parse_args(argv)
@@ -64,7 +66,7 @@ def main(argv=None) -> None:
     shape = (frames, *codec.latent_shape(TRAINED_FRAMES, 32, 32)[1:])
     with torch.no_grad():
         text = build(dict(DEFAULT_TEXT_ENCODER), TEXT_ENCODERS).encode(prompts).float()
-    weights = resolve_model_dir(args.checkpoint, "ema")
+    weights = resolve_model_dir(args.checkpoint, args.weights)
     scheduler = FlowMatchScheduler()
     model = load_generator_model(model_config({"frames_per_block": 1}), weights, None, scheduler).float().eval()
     model.requires_grad_(False)

@@ -52,10 +52,10 @@ def colours(prompt: str) -> set[int]:
 
 
 def pair_prompts(prompts: list[str]) -> list[str]:
-    """B for each A: the next prompt (cyclically) with a different colour set."""
+    """B for each A: the next prompt (cyclically) with a different colour set (the next one if none has)."""
     out = []
     for i, a in enumerate(prompts):
-        j = next(j for j in range(1, len(prompts)) if colours(prompts[(i + j) % len(prompts)]) != colours(a))
+        j = next((j for j in range(1, len(prompts)) if colours(prompts[(i + j) % len(prompts)]) != colours(a)), 1)
         out.append(prompts[(i + j) % len(prompts)])
     return out
 
