@@ -70,6 +70,13 @@ def test_a_window_wider_than_the_rollout_equals_the_unbounded_cache():
     assert any(differs)  # a window past frame 2 reads less context through the tight cache
 
 
+def test_window_stride():
+    model = tiny_model()
+    sampler = SelfForcingRollout(steps=[1000], rollout_frames=12, window_stride=4, scheduler=FLOW)
+    starts = {sampler.window_start(4, model.block_ranges(12), torch.Generator().manual_seed(s)) for s in range(30)}
+    assert starts == {0, 4, 8}  # the rollout's consecutive clips, each as often
+
+
 def test_bad_settings():
     with pytest.raises(ValueError, match="rollout_frames"):
         SelfForcingRollout(rollout_frames=0, scheduler=FLOW)

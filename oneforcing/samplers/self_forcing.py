@@ -17,7 +17,7 @@ tuning): the generator rolls out `rollout_frames` latent frames (more than the c
 the critic and teacher score) through a bounded cache (`local_attn_size`, `sink_size`, `sink_rope`:
 the rolling window + sink the student streams long videos with), and the returned clip is an
 F-frame window of it whose block-aligned start is drawn uniformly (from `exit_rng`: the same on
-every rank); DMD and the critic see that window as an ordinary clip. Blocks before the window run
+every rank; `window_stride` limits the starts to its multiples); DMD and the critic see that window as an ordinary clip. Blocks before the window run
 without gradient (they only fill the cache), generation stops at the window's end, and the
 gradient window (`grad_frames`) is counted inside it. Frames beyond the clip's own noise get fresh
 noise from `rng`.
@@ -52,8 +52,9 @@ class SelfForcingRollout:
     def __init__(self, steps: list[float] | None = None, warp: bool = True,
                  grad_frames: int | None = None, context_t: float = 0.0,
                  same_step_across_blocks: bool = True, first_block_steps: list[float] | None = None,
-                 rollout_frames: int | None = None, local_attn_size: int | None = None, sink_size: int = 0,
-                 sink_rope: str = "adjacent", *, scheduler: FlowMatchScheduler):
+                 rollout_frames: int | None = None, window_stride: int | None = None,
+                 local_attn_size: int | None = None, sink_size: int = 0, sink_rope: str = "adjacent",
+                 *, scheduler: FlowMatchScheduler):
         self.scheduler = scheduler  # the recipe's, handed in: no component has a convention of its own
         steps = DEFAULT_STEPS if steps is None else steps
         if not steps or (first_block_steps is not None and not first_block_steps):
@@ -71,7 +72,9 @@ class SelfForcingRollout:
             check_window(local_attn_size, sink_size, sink_rope)
         elif sink_size:
             raise ValueError("sink_size needs local_attn_size (the sink is part of a bounded cache)")
-        self.rollout_frames = rollout_frames
+        if window_stride is not None and window_stride < 1:
+            raise ValueError(f"window_stride must be >= 1 or None, got {window_stride}")
+        self.rollout_frames, self.window_stride = rollout_frames, window_stride
         self.cache_kwargs = ({} if local_attn_size is None else
                              {"local_attn_size": int(local_attn_size), "sink_size": int(sink_size),
                               "sink_rope": sink_rope})
@@ -91,11 +94,14 @@ class SelfForcingRollout:
 
     def window_start(self, num_frames: int, blocks: list[tuple[int, int]], rng: torch.Generator | None) -> int:
         """First frame of the F-frame clip taken from a long rollout: a block start drawn uniformly
-        among those whose window fits (0 without a long rollout)."""
+        among those whose window fits and that are multiples of `window_stride` (None: every block
+        start; the clip length: the rollout's consecutive clips, so the video's start is drawn as
+        often as any later clip). 0 without a long rollout."""
         total = self.rollout_frames or num_frames
         if total < num_frames:
             raise ValueError(f"rollout_frames={total} is shorter than the clip ({num_frames} latent frames)")
-        starts = [a for a, _ in blocks if a + num_frames <= total]
+        stride = self.window_stride or 1
+        starts = [a for a, _ in blocks if a + num_frames <= total and a % stride == 0]
         if len(starts) == 1:
             return 0
         return starts[int(torch.randint(0, len(starts), (1,), generator=rng))]
