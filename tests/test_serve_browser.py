@@ -1,7 +1,9 @@
 """The live page (`oneforcing serve`) in a real headless Chromium, on the toy world's shipped causal
 student: frames arrive with the latency and frames/s shown, a prompt typed mid-stream takes effect
 (the frames turn to the new prompt's background), and the server survives a tab closed mid-stream.
-Set ONEFORCING_SERVE_SCREENSHOT=FILE.png to keep a screenshot (docs/assets/serve.png is one)."""
+Set ONEFORCING_SERVE_SCREENSHOT=FILE.png to keep a screenshot; docs/assets/serve.png is one, taken
+with ONEFORCING_SERVE_CHECKPOINT=runs/demo/export (the `make demo` student; default: the shipped
+toy causal ODE init)."""
 
 import json
 import os
@@ -33,14 +35,15 @@ const d = g.getImageData(0, 0, c.width, c.height).data; let s = 0; for (let i = 
 
 @pytest.fixture(scope="module")
 def server():
-    job = ServeJob(checkpoint=str(packaged_asset("toy_causal_ode_init")), prompt=RED_ON_BLACK)
+    checkpoint = os.environ.get("ONEFORCING_SERVE_CHECKPOINT") or str(packaged_asset("toy_causal_ode_init"))
+    job = ServeJob(checkpoint=checkpoint, prompt=RED_ON_BLACK)
     with served(job.create_app(RunContext(seed=0))) as (url, thread):
         yield url, thread
 
 
 @pytest.fixture(scope="module")
 def browser():
-    with headless_chromium("--window-size=1180,720") as driver:
+    with headless_chromium("--window-size=1180,820") as driver:
         yield driver
 
 
