@@ -6,7 +6,8 @@ seconds per frame; first a `hello` event with the stream's id); `/api/prompt` (P
 prompt}) switches a stream's prompt from its next block on; `/api/status` the open streams.
 Server-sent events need no WebSocket library (uvicorn's WebSockets need one more dependency). A
 stream ends when its tab closes (the disconnect is seen before the next block), or after
-`max_seconds`; frames are paced to `fps` (the video's rate) unless `pace` is off.
+`max_seconds`; frames are paced to `fps` (the video's rate) unless `pace` is off. At most
+MAX_STREAMS streams are open at once.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import json
 import time
 from pathlib import Path
 
-from fastapi import FastAPI, HTTPException, Request
+from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse, StreamingResponse
 from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
@@ -36,6 +37,9 @@ def clean_prompt(raw: str) -> str:
     if not prompt or len(prompt) > MAX_PROMPT:
         raise HTTPException(400, f"a prompt is 1 to {MAX_PROMPT} characters")
     return prompt
+
+
+MAX_STREAMS = 8  # open at once: each holds a KV cache and takes its turn on the one model
 
 
 def create_app(engine: Engine, *, fps: int = 16, pace: bool = True, max_seconds: float = 600.0,
@@ -64,8 +68,10 @@ def create_app(engine: Engine, *, fps: int = 16, pace: bool = True, max_seconds:
         return {"stream": body.stream, "from_frame": stream.frames}
 
     @app.get("/api/stream")
-    async def stream(request: Request, prompt: str, seed: int = 0) -> StreamingResponse:
+    async def stream(request: Request, prompt: str, seed: int = Query(0, ge=0, lt=2**62)) -> StreamingResponse:
         prompt = clean_prompt(prompt)
+        if len(streams) >= MAX_STREAMS:
+            raise HTTPException(429, f"{MAX_STREAMS} streams are open: close a tab")
         sid = next(ids)
         live = await run_in_threadpool(engine.open, prompt, seed)
         streams[sid] = live
