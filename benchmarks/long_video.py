@@ -53,6 +53,10 @@ def main(argv=None) -> None:
     ap.add_argument("--windows", type=int, default=3)
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--weights", default="ema", choices=["ema", "raw", "auto"],
+                    help="which weights of a training export (default ema; auto = what the export declares)")
+    ap.add_argument("--caches", nargs="+", choices=list(CACHES), default=list(CACHES), metavar="NAME",
+                    help=f"which of {list(CACHES)} (default: all)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
 
@@ -62,7 +66,7 @@ def main(argv=None) -> None:
     shape = (frames, *codec.latent_shape(TRAINED_FRAMES, 32, 32)[1:])
     with torch.no_grad():
         text = build(dict(DEFAULT_TEXT_ENCODER), TEXT_ENCODERS).encode(prompts).float()
-    weights = resolve_model_dir(args.checkpoint, "ema")
+    weights = resolve_model_dir(args.checkpoint, args.weights)
     scheduler = FlowMatchScheduler()
     model = load_generator_model(model_config({"frames_per_block": 1}), weights, None, scheduler).float().eval()
     model.requires_grad_(False)
@@ -70,7 +74,7 @@ def main(argv=None) -> None:
     print(f"{weights}: {args.videos} test prompts x {frames} latent frames, CPU {args.threads} thread(s)")
 
     rows = []
-    for name, cache in CACHES.items():
+    for name, cache in ((n, CACHES[n]) for n in args.caches):
         sampler = build({**SAMPLER, **cache}, SAMPLERS, scheduler=scheduler)
         t0 = time.process_time()
         latents = []

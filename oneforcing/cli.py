@@ -9,6 +9,8 @@
                                            oneforcing toy-data out_dir=data/toy num_train=2000
     oneforcing study systems=[DIR,DIR] prompts=FILE    a pairwise preference study on http://127.0.0.1:8765
     oneforcing study-report db=FILE [out=DIR]          its Table 2 as markdown and CSV
+    oneforcing serve CHECKPOINT [k=v ...]   a live page on http://127.0.0.1:8766: frames as they are
+                                           generated, prompts switched mid-stream (or serve RECIPE)
 """
 
 from __future__ import annotations
@@ -41,6 +43,16 @@ def split_recipe_args(args: list[str]) -> tuple[str | None, list[str]]:
     if args and "=" not in args[0]:
         return args[0], args[1:]
     return None, args
+
+
+def serve_args(args: list[str]) -> list[str]:
+    """`serve CHECKPOINT ...` is `serve checkpoint=CHECKPOINT ...`: anything but a .yaml/.yml file
+    names a checkpoint (a missing one is then reported as a missing checkpoint)."""
+    from pathlib import Path
+
+    if args and "=" not in args[0] and Path(args[0]).suffix not in (".yaml", ".yml"):
+        return [f"checkpoint={args[0]}", *args[1:]]
+    return args
 
 
 def cmd_list(args: list[str]) -> int:
@@ -106,7 +118,7 @@ def cmd_show(args: list[str]) -> int:
     try:
         job = _job_name(recipe_path)
         if job is not None:  # `oneforcing show generate [RECIPE] k=v` resolves `oneforcing generate ...`
-            job_recipe, overrides = split_recipe_args(overrides)
+            job_recipe, overrides = split_recipe_args(serve_args(overrides) if job == "serve" else overrides)
             recipe, _, _ = prepare(job_recipe, overrides, job_name=job)
         else:
             recipe = load_recipe(recipe_path, overrides)
@@ -146,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
         hint = did_you_mean(command, names)
         print(f"error: unknown command '{command}'.{hint} Commands: {', '.join(names)}", file=sys.stderr)
         return 2
-    recipe, overrides = split_recipe_args(rest)
+    recipe, overrides = split_recipe_args(serve_args(rest) if job == "serve" else rest)
     return run(recipe, overrides, job_name=job)
 
 

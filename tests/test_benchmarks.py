@@ -21,6 +21,8 @@ SMOKE = [  # (script and its smallest arguments, a line its output must hold)
     (["memory.py", "plan"], "optimizer + params"),
     (["toy_frame_stats.py", "--prompts", "1", "--steps", "1"], "toy_causal_ode_init, one-step rollout"),
     (["toy_placement_ceiling.py", "--videos", "4"], "| blind_both |"),
+    (["prompt_switch.py", "--videos", "2", "--batch-size", "2"], "| switch, recache |"),
+    (["serve_speed.py", "--frames", "4"], "keep: cpu, 32x32: latency to first frame"),
 ]
 SLOW = [
     (["unit_world.py", "--part", "objectives", "--seeds", "1", "--updates", "3", "--out", "{tmp}/unit_world"],

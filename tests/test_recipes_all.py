@@ -17,7 +17,7 @@ TOY_TRAIN = ["one_forcing_framewise", "one_forcing_framewise_causvid_init", "one
              "self_forcing_ode_init", "causal_forcing_ar_diffusion", "causal_forcing_ar_diffusion_chunkwise",
              "causal_forcing_ode_init", "causal_forcing_ode_init_chunkwise", "causal_forcing_dmd", "teacher",
              "student_base", "analytic_ode_init", "one_forcing_framewise_exact", "causal_forcing_cd_init",
-             "causal_forcing_cd_init_chunkwise", "one_forcing_framewise_cd_init"]
+             "causal_forcing_cd_init_chunkwise", "one_forcing_framewise_cd_init", "one_forcing_framewise_long"]
 
 
 @pytest.mark.parametrize("name", REAL)

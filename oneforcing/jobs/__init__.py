@@ -2,5 +2,5 @@
 eval, toy_report) are in oneforcing/toy/jobs/."""
 
 from oneforcing.jobs import (  # noqa: F401
-    curvature, dist_check, generate, ode_pairs, pipeline, plot, prepare_data, study, train, vbench_export,
+    curvature, dist_check, generate, ode_pairs, pipeline, plot, prepare_data, serve, study, train, vbench_export,
 )

@@ -14,6 +14,11 @@ export.json (the recipe's export.inference_weights: raw for One-Forcing, whose o
 loads the generator; EMA for Self Forcing and Causal Forcing, run with --use_ema), raw without
 one; `raw` / `ema` force a choice. The job logs which it used and records it in generate_manifest.json.
 
+Prompt schedules (oneforcing/streaming): `prompt_schedule: [{frame: 0, prompt: A}, {frame: 40,
+prompt: B}]` instead of prompt(s) renders each sample as one video whose prompt switches at the
+given video frames; `prompt_switch: recache` (the default: the cached frames' K/V re-computed under
+the new prompt) or `keep` (only cross-attention switches). Needs the causal_inference sampler.
+
 Every rank builds the same plan (the list of (prompt, sample) videos, their seeds and file
 names) and renders its share, videos n = rank, rank + world_size, ... No communication is
 needed, so any launcher and any number of ranks give byte-identical noise per video: the
@@ -41,7 +46,10 @@ from oneforcing.models.text_encoder import parse_dtype
 from oneforcing.registry import JOBS, TEXT_ENCODERS, VAES, build
 from oneforcing.runtime import device_memory
 from oneforcing.samplers.common import PlansItsCache
+from oneforcing.samplers.causal_inference import CausalInference
 from oneforcing.speed import Timing, sync
+from oneforcing.streaming.live import scheduled_rollout
+from oneforcing.streaming.schedule import PlannedSchedule, block_starts, check_switch_mode, parse_schedule
 from oneforcing.video import DEFAULT_FPS, DEFAULT_QUALITY, write_mp4
 from oneforcing.weights import WEIGHTS_RENAMED, check_weights, weights_kind
 
@@ -127,8 +135,16 @@ class Generate(Job):
         skip_existing: bool = True,
         quality: float = DEFAULT_QUALITY,
         progress: bool = True,
+        prompt_schedule: list | None = None,
+        prompt_switch: str = "recache",
     ):
-        self.prompts = load_prompts(prompt, prompts, prompts_file)
+        self.schedule = None if prompt_schedule is None else parse_schedule(prompt_schedule, num_frames)
+        self.prompt_switch = check_switch_mode(prompt_switch)
+        if self.schedule is not None and (prompt or prompts or prompts_file):
+            raise UserError("generate: give either 'prompt_schedule' or prompt/prompts/prompts_file, not both",
+                            key="prompt_schedule")
+        self.prompts = ([self.schedule[0].prompt] if self.schedule is not None  # it names the files
+                        else load_prompts(prompt, prompts, prompts_file))
         # What {prompt}/{slug} name the files by: the prompts themselves, or (names_file) VBench's
         # original prompts while the model reads their LLM-extended versions, line for line.
         self.names = self.prompts if names_file is None else load_prompts(None, None, names_file)
@@ -157,6 +173,10 @@ class Generate(Job):
         self.sampler_cfg = sampler or {"type": "causal_inference"}
         # Built now (cheap), with the recipe's flow-matching convention (`scheduler:`, its shift).
         self.sampler = build_sampler(self.sampler_cfg, scheduler)
+        if self.schedule is not None and not isinstance(self.sampler, CausalInference):
+            raise UserError("generate: a prompt_schedule needs the causal_inference sampler (a block loop the "
+                            "prompt can change in)", key="sampler.type")
+        self.planned: PlannedSchedule | None = None  # the schedule on the clip's blocks, once the model is known
         self.samples_per_prompt, self.seeds = samples_per_prompt, seeds
         self.num_frames, self.height, self.width, self.fps = num_frames, height, width, fps
         self.filename, self.out_dir = filename, Path(out_dir).expanduser()
@@ -207,9 +227,13 @@ class Generate(Job):
             latent_shape = _latent_shape(vae, self.num_frames, self.height, self.width)
             model = load_generator_model(self.model_cfg, self.weights_dir, ctx.recipe_file, self.sampler.scheduler)
             _check_model_fits(model, latent_shape, self.height, self.width, ctx.recipe_file)
+            if self.schedule is not None:
+                starts = block_starts(self.schedule, model.block_ranges(latent_shape[0]), vae.temporal_factor)
+                self.planned = PlannedSchedule(self.schedule, starts, self.prompt_switch, vae.temporal_factor)
             sampler = self.sampler
             self._check_memory(model, sampler, latent_shape, device, dtype)
-            text = self._encode_prompts(ctx, sorted({it.prompt for it in mine}))  # before the model moves
+            wanted = {it.prompt for it in mine} | {sw.prompt for sw in self.schedule or ()}
+            text = self._encode_prompts(ctx, sorted(wanted))  # before the model moves
             model = model.to(device, dtype)
             model.eval().requires_grad_(False)
             self.out_dir.mkdir(parents=True, exist_ok=True)
@@ -263,7 +287,10 @@ class Generate(Job):
             # Fresh noise between the steps of a multi-step block (first-frame enhancement) comes
             # from the batch's first video's seed, so it too is reproducible per video at batch 1.
             renoise = torch.Generator().manual_seed(derive_seed(batch[0].seed, "renoise"))
-            video, first, dit, total = render(sampler, model, vae, noise, emb, device, renoise)
+            if self.planned is not None:  # every video of the batch follows the schedule
+                emb = [torch.stack([text[sw.prompt]] * len(batch)).to(device, dtype) for sw in self.schedule]
+            video, first, dit, total = render(sampler, model, vae, noise, emb, device, renoise,
+                                              schedule=self.planned)
             timing.add(len(batch), video.shape[1], first, dit, total)
             for it, clip in zip(batch, video):
                 write_mp4(it.path, clip, fps=self.fps, quality=self.quality)
@@ -295,9 +322,10 @@ class Generate(Job):
 
     def manifest(self, items: list[Item]) -> dict:
         """Which file holds which prompt and seed (every video, all ranks)."""
+        schedule = {} if self.planned is None else self.planned.manifest()
         return {"checkpoint": str(self.checkpoint), "weights": str(self.weights_dir),
                 "weights_kind": self.weights_kind, "fps": self.fps,
-                "num_frames": self.num_frames, "height": self.height, "width": self.width,
+                "num_frames": self.num_frames, "height": self.height, "width": self.width, **schedule,
                 "videos": [{"file": it.path.name, "prompt": it.prompt, "prompt_index": it.prompt_index,
                             "index": it.sample, "seed": it.seed} for it in items]}
 
@@ -333,15 +361,15 @@ def _check_model_fits(model, latent_shape: tuple[int, int, int, int], height: in
 
 
 # --- rollout and timing ----------------------------------------------------------------------
-def render(sampler, model, vae, noise: torch.Tensor, text: torch.Tensor, device: torch.device,
-           rng: torch.Generator | None = None,
-           clock=time.perf_counter) -> tuple[torch.Tensor, float, float, float]:
+def render(sampler, model, vae, noise: torch.Tensor, text: torch.Tensor | list[torch.Tensor], device: torch.device,
+           rng: torch.Generator | None = None, clock=time.perf_counter,
+           schedule: PlannedSchedule | None = None) -> tuple[torch.Tensor, float, float, float]:
     """Generate and decode one batch: (video [B, T, 3, H, W], first, dit, total) with seconds to
     the first decoded frames, in the generator alone, and in all (`clock`: wall time unless a
     benchmark asks for another). With a VAE that streams (`stream_decoder()` not None) each block is
     decoded as soon as the sampler yields it, so frame 0 is ready before the last block is
     generated; otherwise (or with a sampler that reports no blocks) the clip is decoded at the end
-    and frame 0 arrives with the rest."""
+    and frame 0 arrives with the rest. With a `schedule`, `text` holds one embedding per switch."""
     decoder = vae.stream_decoder()  # None: this VAE decodes whole clips only
     chunks, spent = [], {"decode": 0.0, "first": float("nan")}
     t0 = sync(device, clock)
@@ -354,9 +382,13 @@ def render(sampler, model, vae, noise: torch.Tensor, text: torch.Tensor, device:
         if spent["first"] != spent["first"]:
             spent["first"] = done - t0
 
+    on_block = decode_block if decoder is not None else None
     with torch.no_grad():
-        latents, _ = rollout(sampler, model, noise, text, device, rng,
-                             on_block=decode_block if decoder is not None else None)
+        if schedule is None:
+            latents, _ = rollout(sampler, model, noise, text, device, rng, on_block=on_block)
+        else:
+            latents = scheduled_rollout(sampler, model, noise, text, schedule.starts, switch=schedule.mode,
+                                        rng=rng, on_block=on_block)
     t1 = sync(device, clock)
     if not chunks:
         video = vae.decode(latents.float())

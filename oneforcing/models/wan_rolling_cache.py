@@ -22,6 +22,10 @@ on query-key distances, which the window bounds). The sink is where they differ:
 (Causal Forcing's clean context pass also drops the sink once the cache is full; here the
 context pass reads the same keys as the denoising passes.)
 
+Re-cache (a prompt switch, oneforcing/streaming): `forget_before(f)` makes window frames before f
+unreadable, so a re-computed window attends to the sink and to the re-computed frames only, never
+to K/V still holding the old prompt.
+
 Writes: as in `WanKVCache`, `write=True` stores the block's K/V (detached) and advances `frames`;
 forwards without write store nothing. Gradients flow through the current block's own K/V only.
 """
@@ -59,11 +63,18 @@ class RollingKVCache(WanKVCache):
         # the window, so a window far larger than any video costs nothing before it is checked).
         self.slot_frame: dict[int, int] = {}
         self._plan: dict = {}
+        self.floor = 0  # window frames before it are never read (forget_before)
 
     def reset(self) -> None:
         """Forget the video and the prompt (keeps the buffers): reuse for a new sample."""
         super().reset()
         self.slot_frame = {}
+        self._plan = {}
+        self.floor = 0
+
+    def forget_before(self, frame: int) -> None:
+        """Window frames before `frame` are no longer read (the sink still is)."""
+        self.floor = max(self.floor, frame)
         self._plan = {}
 
     # --- which frames a block sees ----------------------------------------------------------------
@@ -79,7 +90,7 @@ class RollingKVCache(WanKVCache):
             raise ValueError(f"a block of {n} frames does not fit a local_attn_size of {self.local_attn_size} "
                              f"frames with a sink of {self.sink_size}")
         sink = list(range(min(f0, self.sink_size)))
-        recent = list(range(max(self.sink_size, f0 - (room - len(sink))), f0))
+        recent = list(range(max(self.sink_size, self.floor, f0 - (room - len(sink))), f0))
         return sink + recent
 
     def key_frames(self, f0: int, n: int) -> torch.Tensor:

@@ -481,3 +481,40 @@ def _(w):
 @case("curvature_teacher_of_other_channels", r"teacher: teacher has in_channels=4 but the latents have 16 channels")
 def _(w):
     return curvature(f"teacher={w.wan}", "model={causal: false, attention: sdpa}")
+
+
+# --- generate: prompt schedules (oneforcing/streaming/schedule.py) ------------------------------
+def _schedule_recipe(w, schedule: str, *extra: str) -> list[str]:
+    (w.root / "switch.yaml").write_text(
+        "job: generate\ncheckpoint: ${assets:toy_student_base}\nout_dir: videos\nvae: {type: toy_codec}\n"
+        "text_encoder: {type: umt5, path: '${assets:toy_text_encoder}', max_length: 16}\n"
+        "model: {type: causal_wan, attention: sdpa}\nnum_frames: 6\nheight: 32\nwidth: 32\n"
+        f"prompt_schedule: {schedule}\n")
+    return ["generate", "switch.yaml", *extra]
+
+
+@case("generate_schedule_frames_not_increasing",
+      r"switch\.yaml: prompt_schedule\[1\]\.frame: generate: frames must increase, got 0 after 0")
+def _(w):
+    return _schedule_recipe(w, "[{frame: 0, prompt: a red ball}, {frame: 0, prompt: a blue cube}]")
+
+
+@case("generate_schedule_entry_without_prompt",
+      r"switch\.yaml: prompt_schedule\[1\]: generate: each entry must be a mapping with exactly 'frame' and 'prompt'")
+def _(w):
+    return _schedule_recipe(w, "[{frame: 0, prompt: a red ball}, {frame: 3}]")
+
+
+@case("generate_schedule_switch_mode", r"switch\.yaml: prompt_switch: generate: prompt_switch must be one of recache, keep")
+def _(w):
+    return _schedule_recipe(w, "[{frame: 0, prompt: a red ball}]", "prompt_switch=recompute")
+
+
+@case("generate_schedule_past_the_end", r"prompt_schedule\[1\]\.frame: generate: frame 6 is past the video's last frame \(5\)")
+def _(w):
+    return _schedule_recipe(w, "[{frame: 0, prompt: a red ball}, {frame: 6, prompt: a blue cube}]")
+
+
+@case("generate_schedule_and_prompts", r"prompt_schedule: generate: give either 'prompt_schedule' or prompt")
+def _(w):
+    return _schedule_recipe(w, "[{frame: 0, prompt: a red ball}]", "prompt=a cat")
