@@ -120,3 +120,18 @@ def test_gpu_script_refuses_bad_arguments_in_one_line(tmp_path):
     (tmp_path / "x").write_text("")
     proc = gpu_sh("--smoke", "--work", str(tmp_path), timeout=60)
     assert proc.returncode == 2 and "not empty" in proc.stderr and not (tmp_path / "data").exists()
+
+
+def test_toy_convergence_runs(tmp_path):
+    """benchmarks/toy_convergence.py: the init's row, then one run trained to 1 and resumed to 2
+    iterations, each export scored, on a one-object tier of 4 examples."""
+    subprocess.run([sys.executable, str(ROOT / "recipes" / "run.py"), str(ROOT / "recipes" / "toy" / "data_single.yaml"),
+                    f"out={tmp_path / 'tier'}", "num_examples=4"], cwd=ROOT, env=ENV, check=True, capture_output=True,
+                   timeout=300)
+    out = run_script(["toy_convergence.py", "recipes/toy/one_forcing_framewise_single.yaml", "--points", "1,2",
+                      "--out", str(tmp_path / "curve"), "--tier", "1,1", "--videos", "2", "--eval", "fd=false",
+                      "--eval", "batch_size=2", "--", f"data.path={tmp_path / 'tier'}", "deepspeed.micro_batch_size=1",
+                      "generator_every=1"], ROOT)
+    assert "| generator updates | total |" in out and "| 2 |" in out
+    rows = json.loads((tmp_path / "curve" / "curve.json").read_text())["rows"]
+    assert [r["updates"] for r in rows] == [0, 1, 2] and (tmp_path / "curve" / "curve.md").is_file()
