@@ -54,8 +54,10 @@ def main() -> None:
     ap.add_argument("--videos", type=int, default=128)
     ap.add_argument("--eval", action="append", default=[], metavar="KEY=VALUE",
                     help="an override of recipes/toy/eval_student.yaml (e.g. fd=false); repeatable")
-    ap.add_argument("overrides", nargs="*", help="recipe overrides (after --)")
-    args = ap.parse_args()
+    argv = sys.argv[1:]
+    cut = argv.index("--") if "--" in argv else len(argv)
+    args = ap.parse_args(argv[:cut])
+    args.overrides = argv[cut + 1:]  # recipe overrides, after --
     points = [int(p) for p in args.points.split(",")]
     if points != sorted(set(points)) or points[0] < 1:
         ap.error("--points: distinct positive iteration counts, ascending")
