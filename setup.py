@@ -11,7 +11,7 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["oneforcing", "oneforcing.*"]),
     include_package_data=True,
-    package_data={"oneforcing": ["assets/**/*", "recipes/**/*.yaml", "study/*.html"]},
+    package_data={"oneforcing": ["assets/**/*", "recipes/**/*.yaml", "study/*.html", "serve/*.html"]},
     install_requires=[
         # Install torch first (`pip install torch==2.13.0`): a bare requirement would pull a CUDA build.
         "torch>=2.5",

@@ -27,8 +27,8 @@ TIERS: tuple[tuple[str, ...], ...] = (
     ("attention", "schedulers", "loggers", "data"),
     ("models", "eval"),
     ("critics", "samplers"),
-    ("losses",),
-    ("trainer", "study"),
+    ("losses", "streaming"),
+    ("trainer", "study", "serve"),
     ("jobs",),
     ("testing", TOY, "unit_world"),                           # test fixtures; the toy world; the 2-D unit world
     ("runner",),                                              # entry points
