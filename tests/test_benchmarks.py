@@ -135,3 +135,18 @@ def test_toy_convergence_runs(tmp_path):
     assert "| generator updates | total |" in out and "| 2 |" in out
     rows = json.loads((tmp_path / "curve" / "curve.json").read_text())["rows"]
     assert [r["updates"] for r in rows] == [0, 1, 2] and (tmp_path / "curve" / "curve.md").is_file()
+
+
+def test_rollout_regression_diagnostic_trains(tmp_path):
+    """benchmarks/rollout_regression.yaml (DMD's exact limit on the one-object tier) takes a step."""
+    subprocess.run([sys.executable, str(ROOT / "recipes" / "run.py"), str(ROOT / "recipes" / "toy" / "data_single.yaml"),
+                    f"out={tmp_path / 'tier'}", "num_examples=4"], cwd=ROOT, env=ENV, check=True, capture_output=True,
+                   timeout=300)
+    proc = subprocess.run([sys.executable, str(ROOT / "recipes" / "run.py"), "benchmarks/rollout_regression.yaml",
+                           "steps=2", f"run_dir={tmp_path / 'run'}", f"data.path={tmp_path / 'tier'}",
+                           "deepspeed.micro_batch_size=1", f"export={{dir: {tmp_path / 'export'}}}"],
+                          cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert any("generator/rollout_regression/mse" in r for r in rows)
+    assert (tmp_path / "export" / "generator" / "config.json").is_file()
