@@ -2,7 +2,7 @@
 
     OMP_NUM_THREADS=1 python benchmarks/toy_one_step_fit.py FOLDER [--frames 21] [--lr 1e-3] [--steps 600]
         [--batch 8] [--layers 3 --heads 3 --ffn 384 | --pretrained] [--context clean|none] [--fixed-noise]
-        [--absolute-position]
+        [--absolute-position] [--patch 1]
     OMP_NUM_THREADS=1 python benchmarks/toy_one_step_fit.py fresh --max-objects 1 --start-positions 1 ...
 
 FOLDER is either a toy_data folder of a tier with one start position per object (`toy_data
@@ -79,9 +79,10 @@ def build_model(args) -> torch.nn.Module:
     if args.pretrained:
         return load_generator_model({"type": "causal_wan", "frames_per_block": 1},
                                     packaged_asset("toy_student_base"), None, FlowMatchScheduler()).float().train()
-    cfg = dict(patch_size=[1, 2, 2], in_channels=16, out_channels=16, text_dim=32, freq_dim=64,
+    grid = 8 // args.patch
+    cfg = dict(patch_size=[1, args.patch, args.patch], in_channels=16, out_channels=16, text_dim=32, freq_dim=64,
                num_attention_heads=args.heads, attention_head_dim=32, ffn_dim=args.ffn, num_layers=args.layers,
-               rope_max_seq_len=64, absolute_position_grid=[4, 4] if args.absolute_position else None)
+               rope_max_seq_len=64, absolute_position_grid=[grid, grid] if args.absolute_position else None)
     torch.manual_seed(args.seed)
     return CausalWan(config=cfg, frames_per_block=1).float().train()
 
@@ -127,6 +128,7 @@ def main() -> None:
     ap.add_argument("--layers", type=int, default=3)
     ap.add_argument("--heads", type=int, default=3)
     ap.add_argument("--ffn", type=int, default=384)
+    ap.add_argument("--patch", type=int, default=2, choices=[1, 2], help="spatial patch (Wan: 2; 1: a token per latent)")
     ap.add_argument("--pretrained", action="store_true", help="start from the shipped toy student base")
     ap.add_argument("--context", choices=["clean", "none"], default="clean")
     ap.add_argument("--seed", type=int, default=0)

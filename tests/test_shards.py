@@ -212,6 +212,31 @@ def test_ode_pairs_round_trip(tmp_path):
     assert isinstance(ds, OdePairShards)
 
 
+def test_frames_keeps_the_first_frames_of_latents_and_ode_pairs(tmp_path):
+    """`data.frames: N` (an image stage trains on first frames): the same values, cut on the frame axis."""
+    d = tmp_path / "latents"
+    d.mkdir()
+    latent = torch.randn(5, 3, 4, 2, 2)
+    _write_small(d / "shard-00000.safetensors", latent=latent)
+    write_index(d)
+    ds = build({"type": "latent_shards", "path": str(d), "shuffle": False, "frames": 2}, DATASETS)
+    batch = next(ds.batches(5))
+    assert torch.equal(batch.latents, latent[:, :2])
+    for bad in (0, 4, 1.5, True):
+        with pytest.raises(UserError, match=r"data\.frames: .*frames must be an integer in 1\.\.3"):
+            LatentShards(str(d), frames=bad)
+    p = tmp_path / "pairs"
+    with ShardWriter(p, kind="ode_pairs", examples_per_shard=4) as w:
+        for i in range(4):
+            w.add(prompt=f"p{i}", states=torch.arange(4 * 3 * 8.0).reshape(4, 3, 2, 2, 2) + i,
+                  timesteps=torch.tensor([1000.0, 937.5, 833.3, 625.0]), clean=torch.arange(24.0).reshape(3, 2, 2, 2),
+                  prompt_embed=torch.randn(5, 4), prompt_mask=torch.ones(5, dtype=torch.bool))
+    item = OdePairShards(str(p), shuffle=False, frames=1).read(2)
+    full = OdePairShards(str(p), shuffle=False).read(2)
+    assert item["states"].shape == (4, 1, 2, 2, 2) and torch.equal(item["states"], full["states"][:, :1])
+    assert torch.equal(item["clean"], full["clean"][:1])
+
+
 def _gloo_worker(rank, world_size, out, port, result_dir):
     torch.set_num_threads(1)
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))

@@ -62,13 +62,15 @@ class LatentShards:
     "metadata" dict ({} if none), "index" int (position in the whole folder)}; extra fields too.
 
     Iterate items (`for item in ds`), or `ds.batches(batch_size)` for training `Batch`es.
-    `infinite=True` runs epoch after epoch; `dtype` casts float fields on read."""
+    `infinite=True` runs epoch after epoch; `dtype` casts float fields on read. `frames: N` keeps
+    the first N latent frames of every example (an image stage: `frames: 1` trains on first frames)."""
 
     kind = "latents"
 
     def __init__(self, path: str, seed: int = 0, shuffle: bool = True, rank: int | None = None,
                  world_size: int | None = None, drop_last: bool = True, infinite: bool = False,
-                 check_finite: bool = True, dtype: str | None = None, max_open: int = 8):
+                 check_finite: bool = True, dtype: str | None = None, max_open: int = 8,
+                 frames: int | None = None):
         self.path = Path(path)
         self.index = read_index(self.path)
         if self.index.get("kind") != self.kind:
@@ -82,6 +84,7 @@ class LatentShards:
         self.seed, self.shuffle, self.drop_last, self.infinite = seed, shuffle, drop_last, infinite
         self.check_finite, self.max_open = check_finite, max_open
         self.dtype = dtype_from_name(dtype, what="latent_shards.dtype") if dtype else None
+        self.frames = self.check_frames(frames)
         self.shards = self.index["shards"]
         self.offsets = [0]
         for s in self.shards:
@@ -99,6 +102,18 @@ class LatentShards:
         self._order: tuple[int, list[int]] | None = None
 
     # --- checks ---------------------------------------------------------------------------
+    # the fields that hold latent frames, and the position of their frame axis (per example)
+    frame_axis: dict[str, int] = {"latent": 0}
+
+    def check_frames(self, frames: int | None) -> int | None:
+        if frames is None:
+            return None
+        stored = self.fields[next(iter(self.frame_axis))]["shape"][next(iter(self.frame_axis.values()))]
+        if isinstance(frames, bool) or not isinstance(frames, int) or not 1 <= frames <= stored:
+            raise UserError(f"{self.path}: frames must be an integer in 1..{stored} (the stored frames), "
+                            f"got {frames!r}", key="data.frames")
+        return frames
+
     def verify_shard_header(self, shard: dict) -> None:
         file = self.path / shard["file"]
         header = read_shard_header(file)
@@ -207,6 +222,8 @@ class LatentShards:
                     raise UserError(f"{file}: example {i}: {key!r} holds NaN or inf")
                 if self.dtype is not None:
                     t = t.to(self.dtype)
+            if self.frames is not None and key in self.frame_axis:
+                t = t.narrow(self.frame_axis[key], 0, self.frames)
             item[key] = t
         prompts, metadata = self._prompts[s]
         item["prompt"] = prompts[i]
@@ -253,6 +270,7 @@ class OdePairShards(LatentShards):
     "clean" [F, C, H, W] (the endpoint), "prompt_embed", "prompt_mask", "prompt", "metadata", "index"}."""
 
     kind = "ode_pairs"
+    frame_axis = {"states": 1, "clean": 0, "context": 0}
 
     def to_batch(self, fields: dict) -> Batch:
         t = fields["timesteps"]
