@@ -1,6 +1,7 @@
 """Every shipped recipe: the real ones resolve and validate (`oneforcing show`), the toy ones
 run a few training steps on the CPU from the shipped toy weights."""
 
+import json
 import os
 import subprocess
 import sys
@@ -81,3 +82,20 @@ def test_toy_recipe_runs_a_few_steps(name, precision, toy_inputs, tmp_path):
     proc = run([str(ROOT / "recipes/toy" / f"{name}.yaml"), *overrides], tmp_path)
     assert f"not sharded, {precision})" in proc.stderr  # the models were built in that precision
     assert (tmp_path / "run/checkpoints/step_00000002/meta.json").exists()
+
+
+def test_one_object_tier_init_chain_runs(toy_inputs, tmp_path):
+    """The demo's init, both stages (single_init_frame0.yaml -> single_init.yaml): the image stage
+    trains on first frames only and exports a wide causal toy Wan with absolute positions; the video
+    stage starts from that export and trains on all frames."""
+    stage1 = [str(ROOT / "recipes/toy/single_init_frame0.yaml"), f"run_dir={tmp_path}/s1", "steps=2",
+              "checkpoint_every=2", f"export={{dir: {tmp_path}/s1/export}}", "deepspeed.micro_batch_size=2",
+              f"data.path={toy_inputs}/data"]
+    run(stage1, tmp_path)
+    cfg = json.loads((tmp_path / "s1/export/generator/config.json").read_text())
+    assert (cfg["num_layers"], cfg["num_attention_heads"] * cfg["attention_head_dim"]) == (4, 192)
+    assert cfg["absolute_position_grid"] == [4, 4]
+    run([str(ROOT / "recipes/toy/single_init.yaml"), f"run_dir={tmp_path}/s2", "steps=2", "checkpoint_every=2",
+         "export=null", "deepspeed.micro_batch_size=2", f"data.path={toy_inputs}/data",
+         f"models.generator.pretrained={tmp_path}/s1/export/generator"], tmp_path)
+    assert (tmp_path / "s2/checkpoints/step_00000002/meta.json").exists()
