@@ -37,5 +37,5 @@ setup(
         # (it never downloads a browser). `make install` installs .[dev,study].
         "dev": ["pytest>=8", "pytest-timeout>=2.3", "httpx>=0.27", "selenium>=4.20"],
     },
-    entry_points={"console_scripts": ["oneforcing=oneforcing.cli:main"]},
+    entry_points={"console_scripts": ["oneforcing=oneforcing.cli:entry"]},
 )

@@ -1,7 +1,5 @@
 """`python -m oneforcing ...` is the `oneforcing` command (used to start child runs)."""
 
-import sys
+from oneforcing.cli import entry
 
-from oneforcing.cli import main
-
-sys.exit(main())
+entry()

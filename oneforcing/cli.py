@@ -162,5 +162,12 @@ def main(argv: list[str] | None = None) -> int:
     return run(recipe, overrides, job_name=job)
 
 
+def entry() -> None:
+    """The `oneforcing` console command: main(), then leave (a launched rank: distributed.exit_process)."""
+    from oneforcing.distributed import exit_process
+
+    exit_process(main())
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

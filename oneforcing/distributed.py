@@ -95,3 +95,21 @@ def teardown_distributed() -> None:
         except Exception:  # noqa: BLE001 - a peer already gone must not mask the real exit status
             pass
         torch.distributed.destroy_process_group()
+
+
+def exit_process(code: int) -> None:
+    """Leave the process with `code`. A worker of a multi-rank launch (WORLD_SIZE > 1) whose process
+    group is already torn down leaves with os._exit after flushing: interpreter finalization there
+    can abort in C++ ("terminate called without an active exception", SIGABRT, seen on 2-rank gloo
+    runs under load after a completed job: pytorch/pytorch#190489, #179291), turning a finished run
+    into a failed one. Everything a job writes is closed before this (atomic writes, the loggers'
+    close); only atexit handlers are skipped. Alone, a normal sys.exit."""
+    if env_int("WORLD_SIZE", 1) > 1 and not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        logging.shutdown()
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):  # a closed or broken pipe: nothing more to say
+                pass
+        os._exit(code)
+    sys.exit(code)

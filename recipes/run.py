@@ -13,6 +13,7 @@ try:
 except ImportError:  # running from a checkout that is not pip-installed
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from oneforcing.cli import main, strip_launcher_args
+from oneforcing.distributed import exit_process
 
 if __name__ == "__main__":
     # The deepspeed launcher inserts --local_rank=N before the user's arguments.
@@ -20,4 +21,4 @@ if __name__ == "__main__":
     if not args or args[0] in ("-h", "--help"):
         print(__doc__)
         sys.exit(0 if args else 2)
-    sys.exit(main(["run", *args]))
+    exit_process(main(["run", *args]))

@@ -53,3 +53,20 @@ def test_deepspeed_launcher_two_ranks(tmp_path, root):
     report = run_job([bin_of("deepspeed"), "--num_gpus", "2", "--master_port", str(free_port()),
                       str(root / "recipes/run.py"), str(tmp_path / "r.yaml")], tmp_path)
     check_report(report, "deepspeed")
+
+
+@pytest.mark.parametrize("world_size", ["1", "2"])
+def test_a_finished_rank_leaves_with_its_code_and_its_output(world_size):
+    """exit_process: alone, sys.exit (atexit handlers run); a rank of a multi-rank launch whose process
+    group is gone leaves through os._exit after flushing (interpreter finalization can abort there in
+    C++ and turn a finished run into SIGABRT), so its output and exit code survive, atexit does not."""
+    code = ("import atexit, sys\n"
+            "from oneforcing.distributed import exit_process\n"
+            "atexit.register(lambda: print('atexit ran'))\n"
+            "print('finished', flush=False); print('on stderr', file=sys.stderr)\n"
+            "exit_process(3)\n")
+    env = {**os.environ, "WORLD_SIZE": world_size, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 3
+    assert "finished" in proc.stdout and "on stderr" in proc.stderr
+    assert ("atexit ran" in proc.stdout) == (world_size == "1")
