@@ -9,7 +9,8 @@ several) and exports to DIR/export_P; `recipes/toy/eval_student.yaml` then score
 weights its recipe declares for inference) on the tier's test prompts (`--tier MAX_OBJECTS,
 START_POSITIONS`, e.g. 1,1 for the one-object tier; default: the whole world). Point 0 scores the
 recipe's generator init. Writes DIR/curve.md (one ToyBench row per point), DIR/curve.json and prints
-the table: total, subject consistency and count against generator updates (P / generator_every).
+the table: total, subject consistency and count against generator updates (P / generator_every, less a
+`generator_start` warm-up).
 Where the curve flattens sets a report's iteration budget (issue 19, item 3).
 """
 
@@ -28,6 +29,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from oneforcing.config.recipe import load_recipe  # noqa: E402
+
+
+def generator_updates(iterations: int, every: int, start: int = 0) -> int:
+    """Generator updates in trainer steps 0..iterations-1: at each step >= `generator_start` that is a
+    multiple of `generator_every` past it (trainer/loop.py); a critic-only warm-up counts none."""
+    return 0 if iterations <= start else -(-(iterations - start) // every)
 
 
 def run(args: list[str]) -> None:
@@ -67,7 +74,7 @@ def main() -> None:
         tier = [f"max_objects={int(objects)}", f"start_positions={int(starts)}"]
     evaluation = [f"num_videos={args.videos}", *tier, *args.eval]
     recipe = load_recipe(args.recipe, args.overrides)
-    every = int(recipe.get("generator_every", 1))
+    every, start = int(recipe.get("generator_every", 1)), int(recipe.get("generator_start", 0))
     init = recipe["models"]["generator"]["pretrained"]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -76,9 +83,10 @@ def main() -> None:
     for p in points:
         run([args.recipe, *args.overrides, f"run_dir={out / 'run'}", f"steps={p}", f"checkpoint_every={p}",
              f"export={{dir: {out / f'export_{p}'}}}", "resume=auto"])
-        res = score(str(out / f"export_{p}"), out / f"eval_{p}", f"{p // every} updates", evaluation)
-        rows.append({"iterations": p, "updates": p // every, **res})
-        print(f"{p} iterations ({p // every} generator updates): total {100 * res['total']:.2f}  "
+        n = generator_updates(p, every, start)
+        res = score(str(out / f"export_{p}"), out / f"eval_{p}", f"{n} updates", evaluation)
+        rows.append({"iterations": p, "updates": n, **res})
+        print(f"{p} iterations ({n} generator updates): total {100 * res['total']:.2f}  "
               f"({time.perf_counter() - t0:.0f} s)", flush=True)
     (out / "curve.json").write_text(json.dumps({"recipe": args.recipe, "overrides": args.overrides, "tier": tier,
                                                 "machine": platform.processor() or platform.machine(),

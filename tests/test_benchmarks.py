@@ -137,6 +137,19 @@ def test_toy_convergence_runs(tmp_path):
     assert [r["updates"] for r in rows] == [0, 1, 2] and (tmp_path / "curve" / "curve.md").is_file()
 
 
+def test_toy_convergence_counts_the_generator_updates_the_trainer_makes():
+    """The curve's x axis: updates at steps >= generator_start, every generator_every (trainer/loop.py);
+    a critic-only warm-up counts none (it once labelled 400 iterations after a 200 warm-up as 80)."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        from toy_convergence import generator_updates
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    assert [generator_updates(p, 5) for p in (1, 5, 6, 200, 201)] == [1, 1, 2, 40, 41]
+    assert generator_updates(400, 5, 200) == 40 and generator_updates(200, 5, 200) == 0
+    assert generator_updates(100, 5, 200) == 0 and generator_updates(2, 1) == 2
+
+
 def test_rollout_regression_diagnostic_trains(tmp_path):
     """benchmarks/rollout_regression.yaml (DMD's exact limit on the one-object tier) takes a step."""
     subprocess.run([sys.executable, str(ROOT / "recipes" / "run.py"), str(ROOT / "recipes" / "toy" / "data_single.yaml"),
