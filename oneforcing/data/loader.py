@@ -108,7 +108,8 @@ class LatentShards:
     def check_frames(self, frames: int | None) -> int | None:
         if frames is None:
             return None
-        stored = self.fields[next(iter(self.frame_axis))]["shape"][next(iter(self.frame_axis.values()))]
+        key, axis = next(iter(self.frame_axis.items()))  # every frame field stores the same frames
+        stored = self.fields[key]["shape"][axis]
         if isinstance(frames, bool) or not isinstance(frames, int) or not 1 <= frames <= stored:
             raise UserError(f"{self.path}: frames must be an integer in 1..{stored} (the stored frames), "
                             f"got {frames!r}", key="data.frames")
