@@ -165,8 +165,12 @@ def test_lock_double_input_reload_two_annotators_stale_tab_and_kill_9(server, br
     assert not enabled(browser)
     WebDriverWait(browser, 20, poll_frequency=0.05).until(enabled)
     assert server.votes("alice") == []
-    assert browser.execute_script("""return ["left", "right"].every((id) => { const v = document.getElementById(id);
-        return !v.paused && v.currentTime > 0 && v.loop && v.muted && v.videoWidth == 64; });""")
+    # both clips play, looped and muted, at their size; polled because a looping clip reads currentTime 0 at the
+    # instant it wraps (CI saw one such read under load)
+    WebDriverWait(browser, 10, poll_frequency=0.05).until(lambda d: d.execute_script(
+        """return ["left", "right"].every((id) => { const v = document.getElementById(id);
+        return !v.paused && v.currentTime > 0 && v.loop && v.muted && v.videoWidth == 64; });"""),
+        message="the two clips are not both playing, looped and muted at 64 px")
     if os.environ.get("ONEFORCING_STUDY_SCREENSHOT"):
         browser.save_screenshot(os.environ["ONEFORCING_STUDY_SCREENSHOT"])
 
