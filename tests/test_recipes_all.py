@@ -99,3 +99,32 @@ def test_one_object_tier_init_chain_runs(toy_inputs, tmp_path):
          "export=null", "deepspeed.micro_batch_size=2", f"data.path={toy_inputs}/data",
          f"models.generator.pretrained={tmp_path}/s1/export/generator"], tmp_path)
     assert (tmp_path / "s2/checkpoints/step_00000002/meta.json").exists()
+
+
+TIER_TWINS = ["one_forcing_framewise_single", "one_forcing_chunkwise_single", "one_forcing_fkl_single",
+              "asd_1step_single", "causal_forcing_dmd_single", "self_forcing_1step_single",
+              "self_forcing_4step_single"]
+
+
+@pytest.mark.parametrize("name", TIER_TWINS)
+def test_one_object_tier_twin_runs_in_bf16(name, toy_inputs, tmp_path):
+    """Every method's twin on the one-object tier (the toy report's methods): two steps in bf16 from
+    the shipped wide inits, the exact teacher as real score, critics built from the wide init (fp32:
+    the quick report, test_toy_report.py). Their method lines are their toy recipe's."""
+    from oneforcing.config.recipe import load_recipe
+
+    proc = run([str(ROOT / "recipes/toy" / f"{name}.yaml"), f"run_dir={tmp_path}/run", "deepspeed.precision=bf16",
+                "steps=2", "generator_every=1", "checkpoint_every=2", "export=null", "deepspeed.micro_batch_size=1",
+                f"_paths.single_data={toy_inputs}/data", f"_paths.single_ode_pairs={toy_inputs}/ode"], tmp_path)
+    assert "not sharded, bf16)" in proc.stderr
+    assert (tmp_path / "run/checkpoints/step_00000002/meta.json").exists()
+    twin = load_recipe(str(ROOT / "recipes/toy" / f"{name}.yaml"))
+    assert twin["models"]["real_score"]["type"] == "toy_analytic_teacher"
+    assert [x["cfg_scale"] for x in twin["generator_losses"] if x["type"] == "dmd"] == [1.0]
+    assert "toy_single_init" in twin["models"]["generator"]["pretrained"]
+    assert twin["models"]["critic"]["pretrained"].endswith("toy_single_init")
+    toy = load_recipe(str(ROOT / "recipes/toy" / f"{name.removesuffix('_single')}.yaml"))
+    for key in ("sampler", "critic_losses", "generator_every", "ema"):
+        assert twin.get(key) == toy.get(key), key
+    assert twin["export"]["inference_weights"] == toy["export"]["inference_weights"]
+    assert [x["type"] for x in twin["generator_losses"]] == [x["type"] for x in toy["generator_losses"]]
