@@ -260,7 +260,7 @@ def test_quick_report_end_to_end(tmp_path):
                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=1500)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     text = (tmp_path / "runs/toy_report_quick/report.md").read_text()
-    for label in ("One-Forcing framewise, 1 step", "Self Forcing, 4 steps", "reference: toy teacher"):
+    for label in ("One-Forcing framewise, 1 step", "Self Forcing, 4 steps", "reference: the exact toy teacher"):
         assert label in text
     assert text.count("no verdict (1 seed: no test)") >= 5 and "**(h) control" in text
     assert "**(f)" in text and "not run" not in text.split("**(f)")[1].split("**(g)")[0]
