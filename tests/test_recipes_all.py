@@ -87,7 +87,7 @@ def test_toy_recipe_runs_a_few_steps(name, precision, toy_inputs, tmp_path):
 def test_one_object_tier_init_chain_runs(toy_inputs, tmp_path):
     """The demo's init, both stages (single_init_frame0.yaml -> single_init.yaml): the image stage
     trains on first frames only and exports a wide causal toy Wan with absolute positions; the video
-    stage starts from that export and trains on all frames."""
+    stage starts from that export and trains on all frames; so does its CausVid-style twin (ODE pairs)."""
     stage1 = [str(ROOT / "recipes/toy/single_init_frame0.yaml"), f"run_dir={tmp_path}/s1", "steps=2",
               "checkpoint_every=2", f"export={{dir: {tmp_path}/s1/export}}", "deepspeed.micro_batch_size=2",
               f"data.path={toy_inputs}/data"]
@@ -99,11 +99,16 @@ def test_one_object_tier_init_chain_runs(toy_inputs, tmp_path):
          "export=null", "deepspeed.micro_batch_size=2", f"data.path={toy_inputs}/data",
          f"models.generator.pretrained={tmp_path}/s1/export/generator"], tmp_path)
     assert (tmp_path / "s2/checkpoints/step_00000002/meta.json").exists()
+    # the CausVid-style twin of stage 2 (claim (g)): ODE regression with the noisy context, from the same image stage
+    run([str(ROOT / "recipes/toy/single_causvid_init.yaml"), f"run_dir={tmp_path}/s2c", "steps=2", "checkpoint_every=2",
+         "export=null", "deepspeed.micro_batch_size=2", f"data.path={toy_inputs}/ode",
+         f"models.generator.pretrained={tmp_path}/s1/export/generator"], tmp_path)
+    assert (tmp_path / "s2c/checkpoints/step_00000002/meta.json").exists()
 
 
 TIER_TWINS = ["one_forcing_framewise_single", "one_forcing_chunkwise_single", "one_forcing_fkl_single",
               "asd_1step_single", "causal_forcing_dmd_single", "self_forcing_1step_single",
-              "self_forcing_4step_single"]
+              "self_forcing_4step_single", "one_forcing_framewise_causvid_init_single"]
 
 
 @pytest.mark.parametrize("name", TIER_TWINS)
@@ -121,7 +126,8 @@ def test_one_object_tier_twin_runs_in_bf16(name, toy_inputs, tmp_path):
     twin = load_recipe(str(ROOT / "recipes/toy" / f"{name}.yaml"))
     assert twin["models"]["real_score"]["type"] == "toy_analytic_teacher"
     assert [x["cfg_scale"] for x in twin["generator_losses"] if x["type"] == "dmd"] == [1.0]
-    assert "toy_single_init" in twin["models"]["generator"]["pretrained"]
+    assert os.path.basename(twin["models"]["generator"]["pretrained"]) in (
+        "toy_single_init", "toy_single_init_chunkwise", "toy_single_causvid_init")
     assert twin["models"]["critic"]["pretrained"].endswith("toy_single_init")
     toy = load_recipe(str(ROOT / "recipes/toy" / f"{name.removesuffix('_single')}.yaml"))
     for key in ("sampler", "critic_losses", "generator_every", "ema"):

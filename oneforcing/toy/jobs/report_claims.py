@@ -42,8 +42,9 @@ PAPER = {  # the One-Forcing paper's Table 1, Table 3, Figure 4, Eq. 2 (its code
     "e": "logit gap: One-Forcing mean 1.53 (sd 1.20); ASD ~0.001",
     "f": "the Wan teacher puts 92.5 % of its curvature mass at t ≥ 0.9",
     "g": "Table 3 compares a causal consistency-distillation (CD) init, not a CausVid-style one: framewise "
-         "with CD init 82.36, dynamic degree 23.61 vs 52.76 with the causal ODE init. This repository has no "
-         "causal CD init yet, so this row tests what it has: the causal ODE init against a CausVid-style ODE init",
+         "with CD init 82.36, dynamic degree 23.61 vs 52.76 with the causal ODE init. The toy tier has no "
+         "causal CD init (it trains no full-range AR-diffusion model to distil), so this row tests the init it "
+         "has: the causal ODE init against a CausVid-style (noisy-context) ODE init",
     "h": "no such row; the paper argues the real-data GAN is what separates One-Forcing from ASD",
 }
 
