@@ -104,11 +104,17 @@ def test_one_object_tier_init_chain_runs(toy_inputs, tmp_path):
          "export=null", "deepspeed.micro_batch_size=2", f"data.path={toy_inputs}/ode",
          f"models.generator.pretrained={tmp_path}/s1/export/generator"], tmp_path)
     assert (tmp_path / "s2c/checkpoints/step_00000002/meta.json").exists()
+    # and its control (claim (i)): the same with the clean context (the pair's endpoint)
+    run([str(ROOT / "recipes/toy/single_causal_pairs_init.yaml"), f"run_dir={tmp_path}/s2p", "steps=2",
+         "checkpoint_every=2", "export=null", "deepspeed.micro_batch_size=2", f"data.path={toy_inputs}/ode",
+         f"models.generator.pretrained={tmp_path}/s1/export/generator"], tmp_path)
+    assert (tmp_path / "s2p/checkpoints/step_00000002/meta.json").exists()
 
 
 TIER_TWINS = ["one_forcing_framewise_single", "one_forcing_chunkwise_single", "one_forcing_fkl_single",
               "asd_1step_single", "causal_forcing_dmd_single", "self_forcing_1step_single",
-              "self_forcing_4step_single", "one_forcing_framewise_causvid_init_single"]
+              "self_forcing_4step_single", "one_forcing_framewise_causvid_init_single",
+              "one_forcing_framewise_causal_pairs_init_single"]
 
 
 @pytest.mark.parametrize("name", TIER_TWINS)
@@ -127,7 +133,7 @@ def test_one_object_tier_twin_runs_in_bf16(name, toy_inputs, tmp_path):
     assert twin["models"]["real_score"]["type"] == "toy_analytic_teacher"
     assert [x["cfg_scale"] for x in twin["generator_losses"] if x["type"] == "dmd"] == [1.0]
     assert os.path.basename(twin["models"]["generator"]["pretrained"]) in (
-        "toy_single_init", "toy_single_init_chunkwise", "toy_single_causvid_init")
+        "toy_single_init", "toy_single_init_chunkwise", "toy_single_causvid_init", "toy_single_causal_pairs_init")
     assert twin["models"]["critic"]["pretrained"].endswith("toy_single_init")
     toy = load_recipe(str(ROOT / "recipes/toy" / f"{name.removesuffix('_single')}.yaml"))
     for key in ("sampler", "critic_losses", "generator_every", "ema"):

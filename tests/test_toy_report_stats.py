@@ -209,6 +209,19 @@ def test_claim_e_reads_the_late_logit_gap():
     assert _claims({"one_forcing_framewise": [0.5] * 5}, gaps=gaps).verdict("e")[0].startswith("partly")
 
 
+def test_claim_i_compares_the_two_contexts_of_the_same_init_recipe():
+    """(i): the clean-context arm against the CausVid-style (noisy-context) arm, both ways, and not run
+    without the control arm; (g) is unaffected by it."""
+    base = [0.30 + 0.01 * k for k in range(5)]
+    noisy, clean = "one_forcing_framewise_causvid_init", "one_forcing_framewise_causal_pairs_init"
+    worse = _claims({noisy: base, clean: [b - 0.02 + e for b, e in zip(base, NOISE)]})
+    assert worse.verdict("i")[0] == "contradicted: the noisy context helps"
+    same = _claims({noisy: base, clean: [b + e for b, e in zip(base, NOISE)]})
+    assert same.verdict("i")[0].startswith("equivalent at margin ±2 (the context makes no difference")
+    assert _claims({noisy: base}).verdict("i")[0] == f"not run (the report has no {clean})"
+    assert same.verdict("g")[0].startswith("not run")
+
+
 def test_one_family_holm_over_every_claim():
     """Adding claims to the family makes each test harder to pass: a difference that survives alone
     does not survive among many tests."""

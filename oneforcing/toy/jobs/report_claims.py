@@ -1,4 +1,5 @@
-"""The paper's claims (a)-(g) and the GAN control (h), as tests over seeds with Holm-corrected verdicts.
+"""The paper's claims (a)-(g) and two controls, (h) the GAN term and (i) the init's context, as tests over
+seeds with Holm-corrected verdicts.
 
 Every test of every claim is one family, corrected with Holm at the report's `alpha`
 (oneforcing/toy/jobs/report_stats.py); a claim's verdict reads only the corrected decisions. The
@@ -19,6 +20,7 @@ from oneforcing.toy.jobs.report_stats import Hypothesis, correct, mean_ci, paire
 OF, ASD, SF1, SF4 = "one_forcing_framewise", "asd_1step", "self_forcing_1step", "self_forcing_4step"
 OFC, FKL, CAUSVID, NO_GAN = ("one_forcing_chunkwise", "one_forcing_fkl", "one_forcing_framewise_causvid_init",
                              "one_forcing_framewise_no_gan")
+CAUSAL_PAIRS = "one_forcing_framewise_causal_pairs_init"   # (i): the CausVid-style init's recipe, clean context
 TOTAL, DYNAMIC = ("total",), ("raw", "dynamic_degree")
 GAP_ZERO, GAP_ONE = 0.1, 1.0      # claim (e): "≈ 0" is a mean gap below 0.1; One-Forcing's must exceed 1
 COLLAPSE = 0.5                    # claim (d): "collapses" is a dynamic degree at most half the baseline's
@@ -33,6 +35,8 @@ CLAIM_TEXT = {
     "f": "the teacher ODE's curvature concentrates at high noise (t ≥ 0.9)",
     "g": "the causal ODE init beats a CausVid-style ODE init (init ablation)",
     "h": "control: One-Forcing's GAN term matters (framewise vs the same recipe with GAN weights 0)",
+    "i": "control: the init's context alone matters (the CausVid-style init's recipe with a clean context vs "
+         "its noisy one: same pairs, loss and steps)",
 }
 PAPER = {  # the One-Forcing paper's Table 1, Table 3, Figure 4, Eq. 2 (its code: docs/fidelity.md)
     "a": "One-Forcing framewise 83.76 > ASD 79.12 > Self Forcing 77.18 (VBench total)",
@@ -46,6 +50,8 @@ PAPER = {  # the One-Forcing paper's Table 1, Table 3, Figure 4, Eq. 2 (its code
          "causal CD init (it trains no full-range AR-diffusion model to distil), so this row tests the init it "
          "has: the causal ODE init against a CausVid-style (noisy-context) ODE init",
     "h": "no such row; the paper argues the real-data GAN is what separates One-Forcing from ASD",
+    "i": "no such row; it separates the context (the paper's argument for a causal init) from the other "
+         "differences between the two inits of (g) (kept states vs continuous t, x0 vs velocity error, pairs vs data)",
 }
 
 
@@ -64,6 +70,8 @@ TWO_WAY = {
           "One-Forcing 1-step ≈ Self Forcing 4-step", "≈"),
     "c": ("framewise is better", "chunkwise is better", "framewise no worse than chunkwise beyond the margin", ">"),
     "h": ("the GAN term helps", "the GAN term hurts", "the GAN term makes no difference beyond the margin", ">"),
+    "i": ("the clean context helps", "the noisy context helps", "the context makes no difference beyond the margin",
+          ">"),
 }
 
 
@@ -223,6 +231,10 @@ class Claims:
 
     def _tests_h(self):
         return self._missing(OF, NO_GAN) or [self.diff_test(OF, NO_GAN), self.diff_test(OF, NO_GAN, "equivalence")]
+
+    def _tests_i(self):
+        return self._missing(CAUSAL_PAIRS, CAUSVID) or [self.diff_test(CAUSAL_PAIRS, CAUSVID),
+                                                        self.diff_test(CAUSAL_PAIRS, CAUSVID, "equivalence")]
 
     # --- verdicts
     def verdict(self, letter: str) -> tuple[str, list[str]]:
